@@ -1,0 +1,57 @@
+"""slimkit: make PyTorch models really smaller and really faster for CPU and edge, and prove it.
+
+The public API is curated here; technique families are imported lazily so ``import slimkit``
+stays fast (see ``__getattr__``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from slimkit.errors import (
+    ConfigError,
+    MissingExtraError,
+    NumericsError,
+    ParityError,
+    SlimkitError,
+    TargetError,
+    UnsafeFileError,
+)
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first access.
+_LAZY: dict[str, str] = {
+    "load": "slimkit.io",
+    "save": "slimkit.io",
+    "build_model": "slimkit.models",
+    "load_dataset": "slimkit.data",
+    "from_tensors": "slimkit.data",
+    "train": "slimkit.training",
+    "TrainConfig": "slimkit.training",
+    "evaluate": "slimkit.metrics",
+    "evaluate_accuracy": "slimkit.training",
+    "export": "slimkit.export",
+    "metrics": "slimkit.metrics",
+    "models": "slimkit.models",
+    "data": "slimkit.data",
+}
+
+__all__ = [
+    "ConfigError", "MissingExtraError", "NumericsError", "ParityError", "SlimkitError",
+    "TargetError", "UnsafeFileError", "__version__", *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__ == f"slimkit.{name}" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

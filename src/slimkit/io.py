@@ -1,0 +1,116 @@
+"""Save and load models as safetensors + a JSON manifest in the safetensors header.
+
+Nothing here unpickles: weights are safetensors, the architecture is the JSON of
+:func:`slimkit.models.spec.describe`. User ``.pt`` files go through
+``torch.load(weights_only=True)`` with no fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from slimkit import atomic
+from slimkit.errors import ConfigError, NumericsError, UnsafeFileError
+from slimkit.models import spec as model_spec
+
+FORMAT = "slimkit-weights"
+FORMAT_VERSION = "1"
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as contiguous CPU tensors with no shared storage."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> int:
+    """Write ``model`` to ``path`` (safetensors) atomically; return the bytes written."""
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "spec": json.dumps(model_spec.describe(model), sort_keys=True),
+        "meta": json.dumps(meta or {}, sort_keys=True),
+    }
+    data = st_save(state_tensors(model), metadata=header)
+    atomic.write_bytes(path, data)
+    return len(data)
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and header metadata of a safetensors file (no code runs)."""
+    raw = Path(path).read_bytes()
+    try:
+        tensors = st_load(raw)
+    except Exception as exc:
+        raise UnsafeFileError(f"{path} is not a valid safetensors file: {exc}") from None
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    return tensors, header.get("__metadata__", {}) or {}
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NumericsError(
+                f"{source}: tensor {name!r} holds NaN or inf; refusing to load it. "
+                "Pass allow_nonfinite=True to load it anyway."
+            )
+
+
+def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, allow_nonfinite: bool = False) -> nn.Module:
+    """Load a model saved by :func:`save` (or a ``.slim`` artifact); never unpickles.
+
+    With ``model`` given, only the weights are loaded into it (strict).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no such file: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    from slimkit.export import slimformat
+
+    if magic.startswith(slimformat.MAGIC):
+        return slimformat.load(path, allow_nonfinite=allow_nonfinite)
+    if path.suffix in {".pt", ".pth", ".bin", ".ckpt"} or magic[:2] in (b"PK", b"\x80\x02"):
+        state = load_torch_state(path)
+        if model is None:
+            raise ConfigError(f"{path} holds weights only; pass model=... to load them into")
+        if not allow_nonfinite:
+            check_finite(state, str(path))
+        model.load_state_dict(state)
+        return model
+    tensors, header = read_safetensors(path)
+    if not allow_nonfinite:
+        check_finite(tensors, str(path))
+    if model is None:
+        if header.get("format") != FORMAT:
+            raise ConfigError(f"{path} has no slimkit manifest; pass model=... to load its weights")
+        model = model_spec.build(json.loads(header["spec"]))
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+def load_torch_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a user ``.pt`` state dict with ``torch.load(weights_only=True)``; no fallback."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        raise UnsafeFileError(
+            f"{path} cannot be loaded safely: it needs full unpickling, which can run arbitrary "
+            f"code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). slimkit only loads "
+            "plain tensor state dicts (torch.load(weights_only=True)); re-save the weights with "
+            "safetensors or torch.save(model.state_dict())"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UnsafeFileError(f"{path} does not hold a state dict of tensors")
+    return obj

@@ -1,0 +1,82 @@
+"""One measured row per model state: bytes on disk, params, nonzeros, FLOPs, latency, accuracy.
+
+Every later stage reports through :func:`evaluate`; nothing here estimates a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.metrics.flops import count_flops
+from slimkit.metrics.latency import ort_latency, torch_latency
+from slimkit.metrics.size import count_nonzeros, count_params, file_bytes
+
+
+@dataclasses.dataclass
+class Measurement:
+    params: int
+    nonzeros: int
+    flops: int
+    bytes_safetensors: int
+    bytes_onnx: int | None = None
+    accuracy: float | None = None
+    latency: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def latency_ms(self, runner: str = "ort", batch: int = 1) -> float | None:
+        for row in self.latency:
+            if row["runner"] == runner and row["batch"] == batch:
+                return float(row["median_ms"])
+        return None
+
+
+def evaluate(model: nn.Module, data=None, *, example_input: torch.Tensor | None = None,
+             batches: tuple[int, ...] = (1, 64), runners: tuple[str, ...] = ("torch", "ort"),
+             threads: int = 2, runs: int = 30, workdir: str | os.PathLike[str] | None = None) -> Measurement:
+    """Measure ``model``: writes it (safetensors, ONNX) to ``workdir`` and times what it wrote."""
+    from slimkit import io as slim_io
+    from slimkit.export.onnx import to_onnx
+    from slimkit.training import evaluate_accuracy
+
+    if example_input is None:
+        if data is None:
+            raise ValueError("evaluate needs data or example_input")
+        example_input = data.example_input(1)
+    model = model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(workdir or tmp)
+        st_path = folder / "model.safetensors"
+        try:
+            slim_io.save(model, st_path)
+        except Exception:  # not a zoo model: weights only
+            from safetensors.torch import save_file
+
+            save_file(slim_io.state_tensors(model), str(st_path))
+        m = Measurement(
+            params=count_params(model),
+            nonzeros=count_nonzeros(model),
+            flops=count_flops(model, example_input),
+            bytes_safetensors=file_bytes(st_path),
+        )
+        onnx_path = folder / "model.onnx"
+        if "ort" in runners:
+            res = to_onnx(model, onnx_path, example_input)
+            m.bytes_onnx = res.bytes
+        for b in batches:
+            if "torch" in runners:
+                m.latency.append(torch_latency(model, example_input, b, threads=threads, runs=runs).to_dict())
+            if "ort" in runners:
+                m.latency.append(ort_latency(onnx_path, example_input, b, threads=threads, runs=runs).to_dict())
+    if data is not None:
+        m.accuracy = evaluate_accuracy(model, data.test)
+    return m

@@ -1,0 +1,199 @@
+"""slimkit's small model zoo, sized for 28x28 (MNIST) and 8x8 (sklearn digits) inputs.
+
+Every builder takes ``num_classes``, ``in_channels`` and ``image_size``; ``build_model`` stamps
+the result with ``slimkit_arch = {"zoo": name, "kwargs": {...}}`` so artifacts can rebuild it
+without pickling (see :mod:`slimkit.models.spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import ConfigError
+
+
+class LeNet300100(nn.Module):
+    """LeNet-300-100 (Deep Compression): 784-300-100-10 fully connected, ReLU."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(in_channels * image_size * image_size, 300)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(300, 100)
+        self.relu2 = nn.ReLU()
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        x = self.flatten(x)
+        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as in Caffe / Deep Compression: conv20-pool-conv50-pool-fc500-fc10 (431k params).
+
+    For small inputs (8x8 digits) the convs pad by 2 so the spatial size survives.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        pad = 0 if image_size >= 28 else 2
+        self.conv1 = nn.Conv2d(in_channels, 20, 5, padding=pad)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(20, 50, 5, padding=pad)
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        side = image_size
+        for _ in range(2):
+            side = (side + 2 * pad - 4) // 2
+        self.fc1 = nn.Linear(50 * side * side, 500)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.conv1(x))  # (B, 20, 12, 12) for 28x28
+        x = self.pool2(self.conv2(x))  # (B, 50, 4, 4)
+        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv-BN when shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))  # residual add couples channels
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He 2016) with ``blocks`` basic blocks per stage, widths w, 2w, 4w."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        width: int = 16,
+        blocks: int = 1,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        layers: list[nn.Module] = []
+        cin = width
+        for stage, mult in enumerate((1, 2, 4)):
+            cout = width * mult
+            for b in range(blocks):
+                stride = 2 if (stage > 0 and b == 0 and image_size >= 16) else 1
+                layers.append(BasicBlock(cin, cout, stride))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand - 3x3 depthwise - 1x1 linear project (+ residual)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),  # depthwise
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_residual else out
+
+
+class MobileNetV2Tiny(nn.Module):
+    """A MobileNetV2 (Sandler 2018) cut down for 28x28 / 8x8 inputs: depthwise + inverted residuals."""
+
+    # (expand t, channels c, repeats n, stride s) as in the paper's table 2, scaled down.
+    SETTINGS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2), (4, 48, 1, 1))
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        stem: int = 16,
+        last: int = 128,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6()
+        )
+        blocks: list[nn.Module] = []
+        cin = stem
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                stride = s if (i == 0 and image_size >= 16) else 1
+                blocks.append(InvertedResidual(cin, c, stride, t))
+                cin = c
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.features(self.stem(x)))
+        return self.classifier(self.flatten(self.pool(x)))
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {
+    "lenet300": LeNet300100,
+    "lenet5": LeNet5,
+    "resnet": ResNet,
+    "mobilenetv2": MobileNetV2Tiny,
+}
+
+
+def zoo_names() -> list[str]:
+    return sorted(ZOO)
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a zoo model by name, e.g. ``build_model("lenet5", image_size=8)``."""
+    if name not in ZOO:
+        raise ConfigError(f"unknown zoo model {name!r}; valid names are {zoo_names()}")
+    try:
+        model = ZOO[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"zoo model {name!r} rejected its options {kwargs}: {exc}") from None
+    model.slimkit_arch = {"zoo": name, "kwargs": dict(kwargs)}  # type: ignore[assignment]
+    return model
