@@ -36,6 +36,16 @@ _LAZY: dict[str, str] = {
     "metrics": "slimkit.metrics",
     "models": "slimkit.models",
     "data": "slimkit.data",
+    "quantize_": "slimkit.quantization",
+    "prune_": "slimkit.pruning",
+    "decompose_": "slimkit.decomposition",
+    "quantization": "slimkit.quantization",
+    "pruning": "slimkit.pruning",
+    "decomposition": "slimkit.decomposition",
+    "distillation": "slimkit.distillation",
+    "search": "slimkit.search",
+    "pipeline": "slimkit.pipeline",
+    "transformers": "slimkit.transformers",
 }
 
 __all__ = [

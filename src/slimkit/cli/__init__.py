@@ -16,6 +16,13 @@ import typer
 
 COMMAND_MODULES = [
     "slimkit.cli.core",
+    "slimkit.cli.quantize",
+    "slimkit.cli.prune",
+    "slimkit.cli.compress",
+    "slimkit.cli.distill",
+    "slimkit.cli.decompose",
+    "slimkit.cli.search",
+    "slimkit.cli.hf",
 ]
 
 app = typer.Typer(
