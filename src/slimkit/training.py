@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -60,8 +60,12 @@ class TrainConfig(SlimConfig):
             check_int("max_batches", self.max_batches, 1, 10**9)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, extra_params: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    # extra_params: trainable tensors outside the model (e.g. distillation adapters).
     params = [p for p in model.parameters() if p.requires_grad]
+    params += [p for p in extra_params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -76,15 +80,19 @@ def train(
     after_step: Callable[[nn.Module], None] | None = None,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     description: str = "train",
+    extra_params: Iterable[nn.Parameter] = (),
 ) -> nn.Module:
-    """Train ``model`` in place on ``data.train``; returns the model (in eval mode)."""
+    """Train ``model`` in place on ``data.train``; returns the model (in eval mode).
+
+    ``extra_params`` are optimized together with the model (e.g. the adapters a ``loss_fn`` owns).
+    """
     cfg = cfg or TrainConfig()
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     model.to(device)
     if cfg.epochs == 0:
         return model.eval()
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, list(extra_params))
     steps_per_epoch = len(data.train) if cfg.max_batches is None else min(cfg.max_batches, len(data.train))
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
