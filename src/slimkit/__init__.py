@@ -49,8 +49,15 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "ConfigError", "MissingExtraError", "NumericsError", "ParityError", "SlimkitError",
-    "TargetError", "UnsafeFileError", "__version__", *sorted(_LAZY),
+    "ConfigError",
+    "MissingExtraError",
+    "NumericsError",
+    "ParityError",
+    "SlimkitError",
+    "TargetError",
+    "UnsafeFileError",
+    "__version__",
+    *sorted(_LAZY),
 ]
 
 

@@ -67,8 +67,15 @@ class SlimConfig:
             raise ConfigError(f"{cls.__name__}: {exc}") from None
 
 
-def check_range(name: str, value: Any, low: float, high: float, *, high_open: bool = False,
-                low_open: bool = False) -> None:
+def check_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    high_open: bool = False,
+    low_open: bool = False,
+) -> None:
     """Check ``low <= value <= high`` (with open ends when asked) and that value is a real number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, but got {value!r}")

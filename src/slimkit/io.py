@@ -33,18 +33,22 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> int:
     """Write ``model`` to ``path`` (safetensors) atomically; return the bytes written."""
-    header = {
+    # One metadata key: safetensors writes its metadata map in hash order, so several keys
+    # would make two saves of the same model differ byte for byte.
+    manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "spec": json.dumps(model_spec.describe(model), sort_keys=True),
-        "meta": json.dumps(meta or {}, sort_keys=True),
+        "spec": model_spec.describe(model),
+        "meta": meta or {},
     }
-    data = st_save(state_tensors(model), metadata=header)
+    data = st_save(state_tensors(model), metadata={"slimkit": json.dumps(manifest, sort_keys=True)})
     atomic.write_bytes(path, data)
     return len(data)
 
 
-def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read tensors and header metadata of a safetensors file (no code runs)."""
     raw = Path(path).read_bytes()
     try:
@@ -65,7 +69,9 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
             )
 
 
-def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, allow_nonfinite: bool = False) -> nn.Module:
+def load(
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, allow_nonfinite: bool = False
+) -> nn.Module:
     """Load a model saved by :func:`save` (or a ``.slim`` artifact); never unpickles.
 
     With ``model`` given, only the weights are loaded into it (strict).
@@ -91,11 +97,28 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, allow_
     if not allow_nonfinite:
         check_finite(tensors, str(path))
     if model is None:
-        if header.get("format") != FORMAT:
+        manifest = read_manifest(header)
+        if manifest is None:
             raise ConfigError(f"{path} has no slimkit manifest; pass model=... to load its weights")
-        model = model_spec.build(json.loads(header["spec"]))
+        model = model_spec.build(manifest["spec"])
     model.load_state_dict(tensors, strict=True)
     return model.eval()
+
+
+def read_manifest(header: dict[str, str]) -> dict[str, Any] | None:
+    """The slimkit manifest stored in a safetensors header, or None."""
+    try:
+        manifest = json.loads(header["slimkit"])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"file format version {manifest.get('version')!r} is not supported by this slimkit "
+            f"(supports {FORMAT_VERSION!r}); upgrade slimkit"
+        )
+    return manifest
 
 
 def load_torch_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -53,9 +53,13 @@ class TrainConfig(SlimConfig):
         check_range("lr", self.lr, 0.0, 10.0, low_open=True)
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"optimizer must be one of ['adamw', 'sgd'], but got {self.optimizer!r}")
+            raise ConfigError(
+                f"optimizer must be one of ['adamw', 'sgd'], but got {self.optimizer!r}"
+            )
         if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule must be one of ['cosine', 'constant'], but got {self.schedule!r}")
+            raise ConfigError(
+                f"schedule must be one of ['cosine', 'constant'], but got {self.schedule!r}"
+            )
         if self.max_batches is not None:
             check_int("max_batches", self.max_batches, 1, 10**9)
 
@@ -67,7 +71,9 @@ def make_optimizer(
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in extra_params if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -93,10 +99,15 @@ def train(
     if cfg.epochs == 0:
         return model.eval()
     opt = make_optimizer(model, cfg, list(extra_params))
-    steps_per_epoch = len(data.train) if cfg.max_batches is None else min(cfg.max_batches, len(data.train))
+    steps_per_epoch = (
+        len(data.train) if cfg.max_batches is None else min(cfg.max_batches, len(data.train))
+    )
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + np.cos(np.pi * s / total))) if cfg.schedule == "cosine" else (lambda s: 1.0)
+        opt,
+        (lambda s: 0.5 * (1 + np.cos(np.pi * s / total)))
+        if cfg.schedule == "cosine"
+        else (lambda s: 1.0),
     )
     # The loader's shuffle generator is re-seeded so a run is the same whatever ran before it.
     gen = getattr(data.train, "generator", None)

@@ -22,7 +22,9 @@ def load_model(spec: str, image_size: int | None = None):
     if not path.exists():
         from slimkit.errors import ConfigError
 
-        raise ConfigError(f"{spec!r} is neither a zoo model ({sorted(ZOO)}) nor an existing model file")
+        raise ConfigError(
+            f"{spec!r} is neither a zoo model ({sorted(ZOO)}) nor an existing model file"
+        )
     return slim_io.load(path)
 
 
@@ -39,7 +41,14 @@ def image_size_of(dataset: str) -> int:
 def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     table = Table(title=title)
     for c in columns:
-        table.add_column(c, justify="right" if c not in ("name", "type", "layer", "runner") else "left")
+        table.add_column(
+            c, justify="right" if c not in ("name", "type", "layer", "runner") else "left"
+        )
     for r in rows:
-        table.add_row(*[f"{v:,}" if isinstance(v, int) else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
+        table.add_row(
+            *[
+                f"{v:,}" if isinstance(v, int) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                for v in r
+            ]
+        )
     console.print(table)

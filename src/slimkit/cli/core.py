@@ -18,14 +18,19 @@ def inspect_rows(model, example):
         if list(m.children()) or name == "":
             continue
         params = sum(p.numel() for p in m.parameters(recurse=False))
-        shape = "x".join(map(str, m.weight.shape)) if getattr(m, "weight", None) is not None else "-"
+        shape = (
+            "x".join(map(str, m.weight.shape)) if getattr(m, "weight", None) is not None else "-"
+        )
         nbytes = sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
         rows.append([name, type(m).__name__, shape, params, flops.get(name, 0), nbytes])
     return rows
 
 
 def bench_rows(measurement):
-    return [[r["runner"], r["batch"], r["threads"], r["median_ms"], r["p90_ms"]] for r in measurement.latency]
+    return [
+        [r["runner"], r["batch"], r["threads"], r["median_ms"], r["p90_ms"]]
+        for r in measurement.latency
+    ]
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +41,9 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(5),
         lr: float = typer.Option(1e-3),
         seed: int = typer.Option(0),
-        out: Path = typer.Option(Path("model.safetensors"), help="where to write the trained model"),
+        out: Path = typer.Option(
+            Path("model.safetensors"), help="where to write the trained model"
+        ),
     ):
         """Train a zoo model and save it as safetensors + JSON manifest."""
         from slimkit import io as slim_io
@@ -48,7 +55,9 @@ def register(app: typer.Typer) -> None:
         run_train(m, data, TrainConfig(epochs=epochs, lr=lr, seed=seed))
         acc = evaluate_accuracy(m, data.test)
         n = slim_io.save(m, out)
-        console.print(f"accuracy {acc:.4f} on {len(data.test.dataset)} test samples; wrote {out} ({n:,} bytes)")
+        console.print(
+            f"accuracy {acc:.4f} on {len(data.test.dataset)} test samples; wrote {out} ({n:,} bytes)"
+        )
 
     @app.command("eval")
     def eval_(model: str, dataset: str = typer.Option("mnist5k")):
@@ -69,12 +78,25 @@ def register(app: typer.Typer) -> None:
         size = arch.get("kwargs", {}).get("image_size", image_size)
         example = torch.zeros(1, 1, size, size)
         rows = inspect_rows(m, example)
-        total = ["total", "", "", sum(r[3] for r in rows), sum(r[4] for r in rows), sum(r[5] for r in rows)]
-        print_table(f"{model}", ["name", "type", "shape", "params", "FLOPs", "bytes"], rows + [total])
+        total = [
+            "total",
+            "",
+            "",
+            sum(r[3] for r in rows),
+            sum(r[4] for r in rows),
+            sum(r[5] for r in rows),
+        ]
+        print_table(
+            f"{model}", ["name", "type", "shape", "params", "FLOPs", "bytes"], rows + [total]
+        )
 
     @app.command()
-    def export(model: str, out: Path = typer.Option(Path("model.onnx")), image_size: int = typer.Option(28),
-               atol: float = typer.Option(1e-4)):
+    def export(
+        model: str,
+        out: Path = typer.Option(Path("model.onnx")),
+        image_size: int = typer.Option(28),
+        atol: float = typer.Option(1e-4),
+    ):
         """Export to ONNX (opset 17, dynamic batch) with a parity check against PyTorch."""
         import torch
 
@@ -83,11 +105,17 @@ def register(app: typer.Typer) -> None:
         m = load_model(model, image_size)
         size = getattr(m, "slimkit_arch", {}).get("kwargs", {}).get("image_size", image_size)
         res = to_onnx(m, out, torch.randn(1, 1, size, size), atol=atol)
-        console.print(f"wrote {res.path} ({res.bytes:,} bytes), max |ORT - torch| = {res.max_abs_diff:.3g}")
+        console.print(
+            f"wrote {res.path} ({res.bytes:,} bytes), max |ORT - torch| = {res.max_abs_diff:.3g}"
+        )
 
     @app.command()
-    def bench(model: str, image_size: int = typer.Option(28), threads: int = typer.Option(2),
-              runs: int = typer.Option(30)):
+    def bench(
+        model: str,
+        image_size: int = typer.Option(28),
+        threads: int = typer.Option(2),
+        runs: int = typer.Option(30),
+    ):
         """Latency (median of N after warm-up) in PyTorch eager and ONNX Runtime, batch 1 and 64."""
         import torch
 
@@ -96,5 +124,11 @@ def register(app: typer.Typer) -> None:
         m = load_model(model, image_size)
         size = getattr(m, "slimkit_arch", {}).get("kwargs", {}).get("image_size", image_size)
         meas = evaluate(m, example_input=torch.randn(1, 1, size, size), threads=threads, runs=runs)
-        print_table(f"{model} latency (ms)", ["runner", "batch", "threads", "median", "p90"], bench_rows(meas))
-        console.print(f"params {meas.params:,}  FLOPs {meas.flops:,}  safetensors {meas.bytes_safetensors:,} B  onnx {meas.bytes_onnx:,} B")
+        print_table(
+            f"{model} latency (ms)",
+            ["runner", "batch", "threads", "median", "p90"],
+            bench_rows(meas),
+        )
+        console.print(
+            f"params {meas.params:,}  FLOPs {meas.flops:,}  safetensors {meas.bytes_safetensors:,} B  onnx {meas.bytes_onnx:,} B"
+        )

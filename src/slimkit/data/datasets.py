@@ -85,11 +85,15 @@ def from_tensors(
     ys = [torch.as_tensor(a, dtype=torch.int64) for a in (y_train, y_test)]
     for label, x, y in (("train", xs[0], ys[0]), ("test", xs[1], ys[1])):
         if len(x) == 0 or len(x) != len(y):
-            raise ConfigError(f"{label} data must be non-empty with one label per sample, got {len(x)} samples and {len(y)} labels")
+            raise ConfigError(
+                f"{label} data must be non-empty with one label per sample, got {len(x)} samples and {len(y)} labels"
+            )
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, but got {batch_size}")
     gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(TensorDataset(xs[0], ys[0]), batch_size=batch_size, shuffle=True, generator=gen)
+    train = DataLoader(
+        TensorDataset(xs[0], ys[0]), batch_size=batch_size, shuffle=True, generator=gen
+    )
     test = DataLoader(TensorDataset(xs[1], ys[1]), batch_size=256)
     n_cal = min(calib_samples, len(xs[0]))
     calib = DataLoader(TensorDataset(xs[0][:n_cal], ys[0][:n_cal]), batch_size=64)
@@ -97,15 +101,28 @@ def from_tensors(
     return DataBundle(name, train, test, calib, tuple(xs[0].shape[1:]), classes)
 
 
-def from_loaders(train: DataLoader, test: DataLoader, calib: DataLoader | None = None, *,
-                 num_classes: int, name: str = "loaders") -> DataBundle:
+def from_loaders(
+    train: DataLoader,
+    test: DataLoader,
+    calib: DataLoader | None = None,
+    *,
+    num_classes: int,
+    name: str = "loaders",
+) -> DataBundle:
     """Wrap user DataLoaders yielding ``(x, y)`` batches."""
     x, _ = next(iter(test))
     return DataBundle(name, train, test, calib or test, tuple(x.shape[1:]), num_classes)
 
 
-def load_dataset(name: str, *, batch_size: int = 64, calib_samples: int = 256, seed: int = 0,
-                 train_samples: int | None = None, test_samples: int | None = None) -> DataBundle:
+def load_dataset(
+    name: str,
+    *,
+    batch_size: int = 64,
+    calib_samples: int = 256,
+    seed: int = 0,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+) -> DataBundle:
     """Load a packaged dataset by name; ``train_samples``/``test_samples`` cut it for quick runs."""
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; valid names are {dataset_names()}")
@@ -114,5 +131,14 @@ def load_dataset(name: str, *, batch_size: int = 64, calib_samples: int = 256, s
         xtr, ytr = xtr[:train_samples], ytr[:train_samples]
     if test_samples is not None:
         xte, yte = xte[:test_samples], yte[:test_samples]
-    return from_tensors(xtr, ytr, xte, yte, name=name, batch_size=batch_size,
-                        calib_samples=calib_samples, seed=seed, num_classes=10)
+    return from_tensors(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        name=name,
+        batch_size=batch_size,
+        calib_samples=calib_samples,
+        seed=seed,
+        num_classes=10,
+    )

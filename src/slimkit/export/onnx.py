@@ -31,8 +31,14 @@ class ExportResult:
     tolerance: float
 
 
-def export_bytes(model: nn.Module, example_inputs: torch.Tensor, *, opset: int = DEFAULT_OPSET,
-                 dynamic_batch: bool = True, dynamo: bool = False) -> bytes:
+def export_bytes(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    dynamo: bool = False,
+) -> bytes:
     """Serialise ``model`` to ONNX bytes (input ``input``, output ``output``)."""
     model = model.eval()
     buf = io.BytesIO()
@@ -40,15 +46,29 @@ def export_bytes(model: nn.Module, example_inputs: torch.Tensor, *, opset: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example_inputs,), buf, input_names=["input"], output_names=["output"],
-            opset_version=opset, dynamic_axes=axes, dynamo=dynamo, do_constant_folding=True,
+            model,
+            (example_inputs,),
+            buf,  # type: ignore[arg-type]  # file-like objects are accepted
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=dynamo,
+            do_constant_folding=True,
         )
     return buf.getvalue()
 
 
-def to_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: torch.Tensor, *,
-            opset: int = DEFAULT_OPSET, atol: float = 1e-4, check: bool = True,
-            dynamo: bool = False) -> ExportResult:
+def to_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_inputs: torch.Tensor,
+    *,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+    check: bool = True,
+    dynamo: bool = False,
+) -> ExportResult:
     """Export ``model`` to ``path`` atomically and check ORT against PyTorch.
 
     Raises ParityError when the max |ORT - torch| over the example (and a batch of 3 copies,
@@ -67,7 +87,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: torc
 
 
 @torch.no_grad()
-def parity(model: nn.Module, onnx_model: bytes | str | os.PathLike[str], example_inputs: torch.Tensor) -> float:
+def parity(
+    model: nn.Module, onnx_model: bytes | str | os.PathLike[str], example_inputs: torch.Tensor
+) -> float:
     """Max |ORT - PyTorch| on the example and on a 3x batch of it."""
     from slimkit.export.ort import make_session
 

@@ -18,8 +18,13 @@ def check_external_data(model: onnx.ModelProto, folder: Path) -> None:
             continue
         loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
         p = Path(loc)
-        target = (folder / p)
-        if p.is_absolute() or ".." in p.parts or target.is_symlink() or not target.resolve().is_relative_to(root):
+        target = folder / p
+        if (
+            p.is_absolute()
+            or ".." in p.parts
+            or target.is_symlink()
+            or not target.resolve().is_relative_to(root)
+        ):
             raise UnsafeFileError(
                 f"ONNX tensor {tensor.name!r} points its external data at {loc!r}, outside the "
                 f"model's folder {root}; only plain relative files inside that folder are allowed"
@@ -44,8 +49,9 @@ def load_checked(source: bytes | str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
-def make_session(source: bytes | str | os.PathLike[str], *, threads: int = 2,
-                 optimization: str = "all"):
+def make_session(
+    source: bytes | str | os.PathLike[str], *, threads: int = 2, optimization: str = "all"
+):
     """An InferenceSession on CPU with ``threads`` intra-op threads, after the checks above."""
     import onnxruntime as ort
 

@@ -7,7 +7,20 @@ from slimkit.metrics.report import Measurement, evaluate
 from slimkit.metrics.size import count_nonzeros, count_params, dense_fp32_bytes, file_bytes
 
 __all__ = [
-    "Fidelity", "Latency", "Measurement", "compare_outputs", "count_flops", "count_macs",
-    "count_nonzeros", "count_params", "dense_fp32_bytes", "evaluate", "file_bytes",
-    "flops_by_module", "model_fidelity", "ort_latency", "sqnr_db", "torch_latency",
+    "Fidelity",
+    "Latency",
+    "Measurement",
+    "compare_outputs",
+    "count_flops",
+    "count_macs",
+    "count_nonzeros",
+    "count_params",
+    "dense_fp32_bytes",
+    "evaluate",
+    "file_bytes",
+    "flops_by_module",
+    "model_fidelity",
+    "ort_latency",
+    "sqnr_db",
+    "torch_latency",
 ]

@@ -41,8 +41,13 @@ def compare_outputs(reference: torch.Tensor, approx: torch.Tensor) -> Fidelity:
     out = approx.detach().float().reshape(len(approx), -1)
     cos = torch.nn.functional.cosine_similarity(ref, out, dim=1, eps=1e-12)
     agree = float((ref.argmax(1) == out.argmax(1)).float().mean()) if ref.shape[1] > 1 else 1.0
-    return Fidelity(float(cos.mean()), float(cos.min()), float((ref - out).abs().max()),
-                    sqnr_db(ref, out), agree)
+    return Fidelity(
+        float(cos.mean()),
+        float(cos.min()),
+        float((ref - out).abs().max()),
+        sqnr_db(ref, out),
+        agree,
+    )
 
 
 @torch.no_grad()

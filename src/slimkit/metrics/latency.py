@@ -48,8 +48,15 @@ def _summary(runner: str, batch: int, threads: int, times: list[float]) -> Laten
 
 
 @torch.no_grad()
-def torch_latency(model: nn.Module, example: torch.Tensor, batch: int = 1, *, threads: int | None = None,
-                  warmup: int = 5, runs: int = 30) -> Latency:
+def torch_latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    batch: int = 1,
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    runs: int = 30,
+) -> Latency:
     """Median eager latency of ``model`` on a batch built by repeating ``example[:1]``."""
     x = example[:1].repeat(batch, *([1] * (example.dim() - 1)))
     old = torch.get_num_threads()
@@ -63,8 +70,15 @@ def torch_latency(model: nn.Module, example: torch.Tensor, batch: int = 1, *, th
     return _summary("torch", batch, n, times)
 
 
-def ort_latency(onnx_path: str | os.PathLike[str], example: torch.Tensor | np.ndarray, batch: int = 1, *,
-                threads: int = 2, warmup: int = 5, runs: int = 30) -> Latency:
+def ort_latency(
+    onnx_path: str | os.PathLike[str],
+    example: torch.Tensor | np.ndarray,
+    batch: int = 1,
+    *,
+    threads: int = 2,
+    warmup: int = 5,
+    runs: int = 30,
+) -> Latency:
     """Median ONNX Runtime latency of the model file at ``onnx_path``."""
     from slimkit.export.ort import make_session
 

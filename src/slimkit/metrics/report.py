@@ -40,9 +40,17 @@ class Measurement:
         return None
 
 
-def evaluate(model: nn.Module, data=None, *, example_input: torch.Tensor | None = None,
-             batches: tuple[int, ...] = (1, 64), runners: tuple[str, ...] = ("torch", "ort"),
-             threads: int = 2, runs: int = 30, workdir: str | os.PathLike[str] | None = None) -> Measurement:
+def evaluate(
+    model: nn.Module,
+    data=None,
+    *,
+    example_input: torch.Tensor | None = None,
+    batches: tuple[int, ...] = (1, 64),
+    runners: tuple[str, ...] = ("torch", "ort"),
+    threads: int = 2,
+    runs: int = 30,
+    workdir: str | os.PathLike[str] | None = None,
+) -> Measurement:
     """Measure ``model``: writes it (safetensors, ONNX) to ``workdir`` and times what it wrote."""
     from slimkit import io as slim_io
     from slimkit.export.onnx import to_onnx
@@ -74,9 +82,13 @@ def evaluate(model: nn.Module, data=None, *, example_input: torch.Tensor | None 
             m.bytes_onnx = res.bytes
         for b in batches:
             if "torch" in runners:
-                m.latency.append(torch_latency(model, example_input, b, threads=threads, runs=runs).to_dict())
+                m.latency.append(
+                    torch_latency(model, example_input, b, threads=threads, runs=runs).to_dict()
+                )
             if "ort" in runners:
-                m.latency.append(ort_latency(onnx_path, example_input, b, threads=threads, runs=runs).to_dict())
+                m.latency.append(
+                    ort_latency(onnx_path, example_input, b, threads=threads, runs=runs).to_dict()
+                )
     if data is not None:
         m.accuracy = evaluate_accuracy(model, data.test)
     return m

@@ -58,14 +58,21 @@ LEAVES: dict[str, tuple[type[nn.Module], ArgsFn]] = {
     "Conv2d": (nn.Conv2d, _conv_args),
     "Linear": (
         nn.Linear,
-        lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
+        lambda m: {
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bias": m.bias is not None,
+        },
     ),
     "BatchNorm1d": (nn.BatchNorm1d, _bn_args),
     "BatchNorm2d": (nn.BatchNorm2d, _bn_args),
     "LayerNorm": (
         nn.LayerNorm,
-        lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
-                   "elementwise_affine": m.elementwise_affine},
+        lambda m: {
+            "normalized_shape": list(m.normalized_shape),  # type: ignore[arg-type]
+            "eps": m.eps,
+            "elementwise_affine": m.elementwise_affine,
+        },
     ),
     "ReLU": (nn.ReLU, lambda m: {}),
     "ReLU6": (nn.ReLU6, lambda m: {}),
@@ -108,7 +115,11 @@ def _leaf_name(m: nn.Module) -> str | None:
 
 
 def _json_attrs(m: nn.Module) -> dict[str, Any]:
-    return {k: copy.deepcopy(v) for k, v in vars(m).items() if k.startswith("slimkit_") and k != "slimkit_arch"}
+    return {
+        k: copy.deepcopy(v)
+        for k, v in vars(m).items()
+        if k.startswith("slimkit_") and k != "slimkit_arch"
+    }
 
 
 def describe_module(m: nn.Module) -> dict[str, Any]:
@@ -120,7 +131,11 @@ def describe_module(m: nn.Module) -> dict[str, Any]:
         kind = type(m).__name__
         node = {"type": kind if kind in CONTAINERS and type(m) is CONTAINERS[kind] else "@" + kind}
         node["children"] = {n: describe_module(c) for n, c in m.named_children()}
-    own = {n: [list(b.shape), str(b.dtype).removeprefix("torch.")] for n, b in m.named_buffers(recurse=False) if b is not None}
+    own = {
+        n: [list(b.shape), str(b.dtype).removeprefix("torch.")]
+        for n, b in m.named_buffers(recurse=False)
+        if b is not None
+    }
     if own:
         node["buffers"] = own
     attrs = _json_attrs(m)
@@ -149,8 +164,14 @@ def _build_node(node: dict[str, Any], fresh: nn.Module | None, path: str) -> nn.
         module = cls(**args)
     elif kind in CONTAINERS:
         children = node.get("children", {})
-        fresh_children = dict(fresh.named_children()) if fresh is not None and type(fresh) is CONTAINERS[kind] else {}
-        built = {n: _build_node(c, fresh_children.get(n), f"{path}.{n}") for n, c in children.items()}
+        fresh_children = (
+            dict(fresh.named_children())
+            if fresh is not None and type(fresh) is CONTAINERS[kind]
+            else {}
+        )
+        built = {
+            n: _build_node(c, fresh_children.get(n), f"{path}.{n}") for n, c in children.items()
+        }
         module = CONTAINERS[kind]()
         for n, c in built.items():
             module.add_module(n, c)

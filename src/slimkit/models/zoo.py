@@ -165,7 +165,9 @@ class MobileNetV2Tiny(nn.Module):
                 blocks.append(InvertedResidual(cin, c, stride, t))
                 cin = c
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6())
+        self.head = nn.Sequential(
+            nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(last, num_classes)
@@ -187,12 +189,18 @@ def zoo_names() -> list[str]:
     return sorted(ZOO)
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name, e.g. ``build_model("lenet5", image_size=8)``."""
+def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build a zoo model by name, e.g. ``build_model("lenet5", image_size=8, seed=0)``.
+
+    With ``seed`` the initial weights depend only on it (the global RNG is left untouched).
+    """
     if name not in ZOO:
         raise ConfigError(f"unknown zoo model {name!r}; valid names are {zoo_names()}")
     try:
-        model = ZOO[name](**kwargs)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = ZOO[name](**kwargs)
     except TypeError as exc:
         raise ConfigError(f"zoo model {name!r} rejected its options {kwargs}: {exc}") from None
     model.slimkit_arch = {"zoo": name, "kwargs": dict(kwargs)}  # type: ignore[assignment]

@@ -1,0 +1,88 @@
+import dataclasses
+
+import pytest
+from torch import nn
+
+from slimkit.config import (
+    SlimConfig,
+    check_int,
+    check_range,
+    get_module,
+    select_modules,
+    set_module,
+)
+from slimkit.errors import ConfigError, TargetError
+from slimkit.models import build_model
+from slimkit.registry import Registry
+
+
+def test_exact_name_then_regex_and_ignore_wins():
+    m = build_model("lenet5")
+    assert list(select_modules(m)) == ["conv1", "conv2", "fc1", "fc2"]
+    assert list(select_modules(m, targets=["fc1"])) == ["fc1"]
+    assert list(select_modules(m, targets=["re:fc.*"])) == ["fc1", "fc2"]
+    assert list(select_modules(m, targets=["re:.*"], ignore=["fc2", "re:conv.*"])) == ["fc1"]
+    assert list(select_modules(m, targets=["re:conv."], types=(nn.Conv2d,))) == ["conv1", "conv2"]
+
+
+def test_no_match_lists_near_matches():
+    m = build_model("lenet5")
+    with pytest.raises(TargetError, match=r"'fc3'.*near matches: \['fc2', 'fc1'\]"):
+        select_modules(m, targets=["fc3"])
+    with pytest.raises(ConfigError, match="not a valid regex"):
+        select_modules(m, targets=["re:("])
+
+
+def test_get_and_set_module():
+    m = build_model("resnet", image_size=8)
+    conv = get_module(m, "layers.0.conv1")
+    assert isinstance(conv, nn.Conv2d)
+    set_module(m, "layers.0.conv1", nn.Identity())
+    assert isinstance(get_module(m, "layers.0.conv1"), nn.Identity)
+    with pytest.raises(TargetError, match="near matches"):
+        get_module(m, "layers.0.conv9")
+
+
+def test_range_errors_state_rule_and_value():
+    with pytest.raises(ConfigError, match=r"bits must be in 1..8, but got 12"):
+        check_int("bits", 12, 1, 8)
+    with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\), but got 1.0"):
+        check_range("sparsity", 1.0, 0, 1, high_open=True)
+    with pytest.raises(ConfigError, match="finite number"):
+        check_range("lr", float("nan"), 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg(SlimConfig):
+    bits: int = 8
+    targets: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        check_int("bits", self.bits, 1, 8)
+
+
+def test_config_from_dict_roundtrip_and_unknown_keys():
+    cfg = _Cfg.from_dict({"bits": 4, "targets": ["fc1"]})
+    assert cfg.targets == ("fc1",)
+    assert _Cfg.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown option\(s\) \['bitz'\]; valid options are \['bits', 'targets'\]",
+    ):
+        _Cfg.from_dict({"bitz": 4})
+    with pytest.raises(ConfigError, match="bits must be in 1..8, but got 0"):
+        _Cfg(bits=0)
+
+
+def test_registry_fails_loudly():
+    reg = Registry("demo")
+
+    @reg.register(_Cfg)
+    def handler(model, cfg):
+        return cfg.bits
+
+    assert reg.lookup(_Cfg())(None, _Cfg(bits=3)) == 3
+    with pytest.raises(ConfigError, match=r"int is not a demo config; valid configs: \['_Cfg'\]"):
+        reg.lookup(5)
+    with pytest.raises(RuntimeError, match="registered twice"):
+        reg.register(_Cfg)(handler)

@@ -1,0 +1,64 @@
+import pickle
+
+import pytest
+import torch
+
+from slimkit import io as slim_io
+from slimkit.errors import ConfigError, NumericsError, UnsafeFileError
+from slimkit.models import build_model
+
+EXECUTED = []
+
+
+class Payload:
+    def __reduce__(self):
+        return (EXECUTED.append, ("pwned",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"weight": Payload()}, fh)
+    with pytest.raises(UnsafeFileError, match="weights_only=True"):
+        slim_io.load(path, model=build_model("lenet300"))
+    assert EXECUTED == []
+
+
+def test_plain_state_dict_pt_loads(tmp_path):
+    model = build_model("lenet300")
+    path = tmp_path / "ok.pt"
+    torch.save(model.state_dict(), path)
+    other = slim_io.load(path, model=build_model("lenet300"))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values())
+    )
+    with pytest.raises(ConfigError, match="pass model="):
+        slim_io.load(path)
+
+
+def test_nonfinite_weights_refused_unless_allowed(tmp_path):
+    model = build_model("lenet300")
+    with torch.no_grad():
+        model.fc2.weight[0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    slim_io.save(model, path)
+    with pytest.raises(NumericsError, match="fc2.weight"):
+        slim_io.load(path)
+    assert torch.isnan(slim_io.load(path, allow_nonfinite=True).fc2.weight[0, 0])
+
+
+def test_save_is_atomic_and_deterministic(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("lenet5", image_size=8)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    slim_io.save(model, a)
+    slim_io.save(model, b)
+    assert a.read_bytes() == b.read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(UnsafeFileError, match="not a valid safetensors"):
+        slim_io.load(path)

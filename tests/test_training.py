@@ -1,0 +1,22 @@
+import torch
+
+from slimkit.models import build_model
+from slimkit.training import TrainConfig, evaluate_accuracy, train
+
+
+def test_training_learns_and_is_deterministic(digits):
+    accs, weights = [], []
+    for _ in range(2):
+        m = build_model("lenet300", image_size=8, seed=0)
+        torch.manual_seed(123)  # the config's seed must win over the global state
+        train(m, digits, TrainConfig(epochs=2, lr=3e-3, seed=1))
+        accs.append(evaluate_accuracy(m, digits.test))
+        weights.append(m.fc1.weight.detach().clone())
+    assert accs[0] > 0.85
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_bf16_autocast_and_sgd(digits):
+    m = build_model("lenet5", image_size=8)
+    train(m, digits, TrainConfig(epochs=1, lr=0.05, optimizer="sgd", bf16=True, max_batches=10))
+    assert evaluate_accuracy(m, digits.test) > 0.2
