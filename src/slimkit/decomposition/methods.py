@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from slimkit.config import SlimConfig
+from slimkit.decomposition.fusion import FuseBatchNorm
 from slimkit.decomposition.svd import SVDDecomposition
 from slimkit.errors import ConfigError
 
 METHODS: dict[str, type[SlimConfig]] = {
     "svd": SVDDecomposition,
+    "fuse_bn": FuseBatchNorm,
 }
 
 
