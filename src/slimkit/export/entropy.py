@@ -1,0 +1,171 @@
+"""Entropy coding stage of the ``.slim`` artifact: canonical Huffman over byte symbols, or lzma.
+
+:func:`encode` tries every coder on one byte stream and keeps the smallest (ties go to the
+simpler coder), so a stream never grows by more than its one-byte method tag:
+
+- ``raw`` (tag 0): the bytes as they are.
+- ``huffman`` (tag 1): canonical Huffman code over the 256 byte values.
+- ``lzma`` (tag 2): LZMA2 raw stream, preset 9 | extreme (no container header).
+
+Huffman stream layout (all integers little-endian)::
+
+    u32 count                 number of symbols encoded
+    u8  table_kind            0: 256 code lengths, one byte each; 1: u16 n + n (symbol, length) pairs
+    ... table
+    bits                      codes MSB-first, concatenated, zero-padded to a whole byte
+
+Code lengths define the canonical code (symbols sorted by (length, value), codes counting up),
+as in DEFLATE, so the table is all a decoder needs. Everything is deterministic: the same input
+gives the same bytes (ties in the Huffman tree are broken by symbol value).
+"""
+
+from __future__ import annotations
+
+import heapq
+import lzma
+import struct
+
+import numpy as np
+
+from slimkit.errors import UnsafeFileError
+
+RAW, HUFFMAN, LZMA = 0, 1, 2
+METHOD_NAMES = {RAW: "raw", HUFFMAN: "huffman", LZMA: "lzma"}
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def code_lengths(counts: np.ndarray) -> np.ndarray:
+    """Huffman code length of each of the 256 byte values (0 for an unused value)."""
+    lengths = np.zeros(256, dtype=np.int64)
+    used = [int(s) for s in np.nonzero(counts)[0]]
+    if len(used) == 1:
+        lengths[used[0]] = 1  # a one-symbol alphabet still needs one bit per symbol
+        return lengths
+    # Heap of (weight, tie-break id, symbols under this node); merging adds one bit to each.
+    heap = [(int(counts[s]), s, [s]) for s in used]
+    heapq.heapify(heap)
+    next_id = 256
+    while len(heap) > 1:
+        w1, _, s1 = heapq.heappop(heap)
+        w2, _, s2 = heapq.heappop(heap)
+        for s in s1 + s2:
+            lengths[s] += 1
+        heapq.heappush(heap, (w1 + w2, next_id, s1 + s2))
+        next_id += 1
+    return lengths
+
+
+def canonical_codes(lengths: np.ndarray) -> dict[int, tuple[int, int]]:
+    """``{symbol: (code, length)}`` of the canonical code for these lengths."""
+    order = sorted((int(n), int(s)) for s, n in enumerate(lengths) if n > 0)
+    codes: dict[int, tuple[int, int]] = {}
+    code, prev = 0, order[0][0] if order else 0
+    for n, s in order:
+        code <<= n - prev
+        codes[s] = (code, n)
+        code += 1
+        prev = n
+    return codes
+
+
+def _table_bytes(lengths: np.ndarray) -> bytes:
+    used = [(s, int(n)) for s, n in enumerate(lengths) if n > 0]
+    if any(n > 255 for _, n in used):  # pragma: no cover - needs > 2**255 symbols
+        raise ValueError("Huffman code length above 255")
+    pairs = struct.pack("<BH", 1, len(used)) + b"".join(struct.pack("<BB", s, n) for s, n in used)
+    full = struct.pack("<B", 0) + bytes(int(n) for n in lengths)
+    return pairs if len(pairs) <= len(full) else full
+
+
+def huffman_encode(data: bytes) -> bytes:
+    """Canonical Huffman code of ``data`` (see the module docstring for the layout)."""
+    sym = np.frombuffer(data, dtype=np.uint8)
+    head = struct.pack("<I", len(sym))
+    if len(sym) == 0:
+        return head + struct.pack("<BH", 1, 0)
+    lengths = code_lengths(np.bincount(sym, minlength=256))
+    codes = canonical_codes(lengths)
+    # Per symbol value, its code as a '0'/'1' string; join in C, then one int conversion.
+    table = [format(codes[s][0], f"0{codes[s][1]}b") if s in codes else "" for s in range(256)]
+    bits = "".join([table[s] for s in sym.tolist()])
+    pad = (-len(bits)) % 8
+    bits += "0" * pad
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+    return head + _table_bytes(lengths) + payload
+
+
+def huffman_decode(blob: bytes) -> bytes:
+    """Inverse of :func:`huffman_encode`; a corrupt stream raises UnsafeFileError."""
+    try:
+        (count,) = struct.unpack_from("<I", blob, 0)
+        kind = blob[4]
+        pos = 5
+        lengths = np.zeros(256, dtype=np.int64)
+        if kind == 0:
+            lengths[:] = np.frombuffer(blob, dtype=np.uint8, count=256, offset=pos)
+            pos += 256
+        elif kind == 1:
+            (n,) = struct.unpack_from("<H", blob, pos)
+            pos += 2
+            for _ in range(n):
+                s, ln = blob[pos], blob[pos + 1]
+                lengths[s] = ln
+                pos += 2
+        else:
+            raise ValueError(f"unknown table kind {kind}")
+    except (struct.error, IndexError, ValueError) as exc:
+        raise UnsafeFileError(f"corrupt Huffman stream header: {exc}") from None
+    if count == 0:
+        return b""
+    codes = canonical_codes(lengths)
+    lookup = {(n, c): s for s, (c, n) in codes.items()}
+    max_len = max(n for _, n in codes.values())
+    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8, offset=pos)).tolist()
+    out = bytearray()
+    code = n = 0
+    i = 0
+    total = len(bits)
+    while len(out) < count:
+        if i >= total or n >= max_len:
+            raise UnsafeFileError("corrupt Huffman stream: ran out of bits or hit an unknown code")
+        code = (code << 1) | bits[i]
+        n += 1
+        i += 1
+        s = lookup.get((n, code))
+        if s is not None:
+            out.append(s)
+            code = n = 0
+    return bytes(out)
+
+
+def lzma_encode(data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+
+
+def lzma_decode(blob: bytes) -> bytes:
+    try:
+        return lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    except lzma.LZMAError as exc:
+        raise UnsafeFileError(f"corrupt lzma stream: {exc}") from None
+
+
+def encode(data: bytes, methods: tuple[int, ...] = (RAW, HUFFMAN, LZMA)) -> tuple[int, bytes]:
+    """Return ``(method, coded)`` with the smallest coded form of ``data`` among ``methods``."""
+    best = (RAW, data)
+    for m in methods:
+        if m == RAW:
+            continue
+        coded = huffman_encode(data) if m == HUFFMAN else lzma_encode(data)
+        if len(coded) < len(best[1]):
+            best = (m, coded)
+    return best
+
+
+def decode(method: int, blob: bytes) -> bytes:
+    if method == RAW:
+        return bytes(blob)
+    if method == HUFFMAN:
+        return huffman_decode(blob)
+    if method == LZMA:
+        return lzma_decode(blob)
+    raise UnsafeFileError(f"unknown entropy coding method {method}; valid methods: {METHOD_NAMES}")
