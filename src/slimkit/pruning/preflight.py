@@ -1,0 +1,65 @@
+"""Pre-flight check for structural channel pruning: refuse layers the engine cannot resize.
+
+Torch-Pruning's DependencyGraph resizes Conv2d / Linear / BatchNorm / LayerNorm and passes shape
+changes through parameter-free ops (add, cat, pooling, activations, flatten). A module that holds
+its own weights of another type (a custom layer with an ``nn.Parameter``), or a grouped conv whose
+groups cannot shrink consistently, would be traced as an opaque op and silently left with the old
+shapes, so it is named here before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from slimkit.errors import ConfigError
+
+# Types whose own parameters/buffers the engine knows how to slice (plus extra types that callers
+# register, e.g. slimkit's channel gates while they are inserted).
+SUPPORTED: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+)
+
+
+def _has_own_state(m: nn.Module) -> bool:
+    own_params = any(True for _ in m.parameters(recurse=False))
+    own_buffers = any(b is not None for _, b in m.named_buffers(recurse=False))
+    return own_params or own_buffers
+
+
+def preflight(model: nn.Module, extra_supported: Iterable[type[nn.Module]] = ()) -> None:
+    """Raise ConfigError naming the first layer the channel-pruning engine cannot handle.
+
+    Rules: every module holding its own parameters or buffers must be one of
+    Conv2d / Linear / BatchNorm1d / BatchNorm2d / LayerNorm; a Conv2d must have ``groups == 1`` or
+    be depthwise (``groups == in_channels == out_channels``).
+    """
+    supported = SUPPORTED + tuple(extra_supported)
+    names = [t.__name__ for t in SUPPORTED]
+    for name, m in model.named_modules():
+        label = name or "<root>"
+        if isinstance(m, nn.Conv2d) and type(m) is nn.Conv2d:
+            depthwise = m.groups == m.in_channels == m.out_channels
+            if m.groups != 1 and not depthwise:
+                raise ConfigError(
+                    f"layer {label!r} (Conv2d, in={m.in_channels}, out={m.out_channels}, "
+                    f"groups={m.groups}) is a grouped conv; structural pruning supports groups == 1 "
+                    "or depthwise (groups == in == out) only, because removing channels must keep "
+                    "every group the same size. Replace it by a dense or depthwise conv first"
+                )
+            continue
+        if type(m) in supported:
+            continue
+        if _has_own_state(m):
+            own = [n for n, _ in m.named_parameters(recurse=False)]
+            own += [n for n, b in m.named_buffers(recurse=False) if b is not None]
+            raise ConfigError(
+                f"layer {label!r} of type {type(m).__name__} holds its own weights {own}, which the "
+                f"channel-pruning engine cannot resize (supported layers with weights: {names}). "
+                "Rewrite it with standard layers, or prune a model without it"
+            )
