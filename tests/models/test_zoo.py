@@ -33,7 +33,7 @@ def test_deep_compression_sizes():
 def test_unknown_model_lists_names():
     with pytest.raises(
         ConfigError,
-        match=r"unknown zoo model 'vgg'; valid names are \['lenet300', 'lenet5', 'mobilenetv2', 'resnet'\]",
+        match=r"unknown zoo model 'vgg'; valid names are \['lenet300', 'lenet5', 'mobilenetv2', 'resnet', 'searchnet'\]",
     ):
         build_model("vgg")
     with pytest.raises(ConfigError, match="rejected its options"):

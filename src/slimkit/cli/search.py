@@ -1,9 +1,119 @@
-"""`slimkit search` commands (filled in by its technique family)."""
+"""`slimkit search hpo|nas|worker`: studies on SQLite by default, PostgreSQL to scale out."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from slimkit.cli.common import console, print_table
+
+search_app = typer.Typer(
+    help="Hyperparameter optimisation, NAS and auto-compress on Optuna studies.",
+    no_args_is_help=True,
+)
+
+
+@search_app.command("nas")
+def nas_cmd(
+    study: str = typer.Option("slimkit-nas", help="study name (resume by reusing it)"),
+    storage: str = typer.Option(None, help="SQLAlchemy URL; default sqlite:///./slimkit-search.db"),
+    dataset: str = typer.Option("digits"),
+    strategy: str = typer.Option("evolution", help="random | evolution | reinforce | tpe | nsga2"),
+    trials: int = typer.Option(20),
+    epochs: int = typer.Option(2),
+    max_params: int = typer.Option(None, help="parameter cap for single-objective search"),
+    objectives: str = typer.Option("accuracy", help="comma list: accuracy,params,flops,latency_ms"),
+    space: Path = typer.Option(None, help="YAML file mapping choice names to option lists"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, help="write the result (best, Pareto front, trials) as JSON"),
+):
+    """Neural architecture search over slimkit's SearchNet space."""
+    from slimkit import atomic
+    from slimkit.search import DEFAULT_NAS_SPACE, NASConfig, SearchSpace, nas
+
+    cfg = NASConfig(
+        dataset=dataset,
+        strategy=strategy,
+        n_trials=trials,
+        epochs=epochs,
+        max_params=max_params,
+        objectives=tuple(objectives.split(",")),
+        seed=seed,
+    )
+    result = nas(
+        cfg=cfg,
+        space=SearchSpace.from_yaml(space) if space else DEFAULT_NAS_SPACE,
+        storage=storage,
+        study_name=study,
+    )
+    rows = [
+        [str(r["arch"]), r["accuracy"], int(r["params"]), int(r["flops"])] for r in result.pareto
+    ]
+    print_table("Pareto front (accuracy vs params)", ["arch", "accuracy", "params", "FLOPs"], rows)
+    console.print(
+        f"best: {result.best['arch']} accuracy {result.best['accuracy']:.4f} params {int(result.best['params']):,}"
+    )
+    if out:
+        import dataclasses
+
+        atomic.write_json(out, dataclasses.asdict(result))
+
+
+@search_app.command("hpo")
+def hpo_cmd(
+    study: str = typer.Option("slimkit-hpo"),
+    storage: str = typer.Option(None),
+    model: str = typer.Option("lenet5"),
+    dataset: str = typer.Option("digits"),
+    trials: int = typer.Option(10),
+    pruner: str = typer.Option("median", help="median | hyperband | none"),
+    space: Path = typer.Option(None, help="YAML: {lr: {low, high, log}, batch_size: [..], ...}"),
+    seed: int = typer.Option(0),
+):
+    """Tune training (and compression) hyperparameters with TPE and early pruning."""
+    import yaml
+
+    from slimkit.search import HPOConfig, hpo
+
+    kwargs = {
+        "model": model,
+        "dataset": dataset,
+        "n_trials": trials,
+        "pruner": pruner,
+        "seed": seed,
+    }
+    if space:
+        kwargs["space"] = yaml.safe_load(space.read_text())
+        if isinstance(kwargs["space"], dict) and any(
+            k in kwargs["space"] for k in ("sparsity", "bits")
+        ):
+            kwargs["objectives"] = ("accuracy", "bytes")
+    s = hpo(HPOConfig(**kwargs), storage=storage, study_name=study)
+    rows = [
+        [t.number, str(t.params), t.state.name, t.values[0] if t.values else float("nan")]
+        for t in s.trials
+    ]
+    print_table("trials", ["trial", "params", "state", "accuracy"], rows)
+
+
+@search_app.command("worker")
+def worker_cmd(
+    study: str = typer.Option(..., help="name of an existing study"),
+    storage: str = typer.Option(..., help="SQLAlchemy URL shared by all workers"),
+    trials: int = typer.Option(None, help="stop when the study has this many finished trials"),
+    heartbeat: int = typer.Option(
+        10, help="seconds between heartbeats; a trial silent for 2x is failed and retried"
+    ),
+):
+    """Join a stored study and run trials until it reaches its trial count."""
+    from slimkit.search.storage import mask_url
+    from slimkit.search.worker import run_worker
+
+    n = run_worker(study, storage, trials, heartbeat=heartbeat)
+    console.print(f"study {study!r} at {mask_url(storage)}: {n} finished trials")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this family's commands to the app."""
+    app.add_typer(search_app, name="search")

@@ -177,11 +177,94 @@ class MobileNetV2Tiny(nn.Module):
         return self.classifier(self.flatten(self.pool(x)))
 
 
+class SearchCell(nn.Module):
+    """One NAS cell: ``plain`` conv-BN-ReLU, ``dwsep`` depthwise k x k + pointwise, or
+    ``residual`` (two convs with an identity / 1x1 shortcut)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, block: str) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.block = block
+        if block == "plain":
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, kernel, 1, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+            )
+        elif block == "dwsep":
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cin, kernel, 1, pad, groups=cin, bias=False),
+                nn.BatchNorm2d(cin),
+                nn.ReLU(),
+                nn.Conv2d(cin, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            )
+        elif block == "residual":
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, kernel, 1, pad, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, kernel, 1, pad, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+            self.shortcut: nn.Module = (
+                nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+            )
+            self.relu = nn.ReLU()
+        else:
+            raise ConfigError(
+                f"block must be one of ['plain', 'dwsep', 'residual'], but got {block!r}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.block == "residual":
+            return self.relu(self.body(x) + self.shortcut(x))
+        return self.body(x)
+
+
+class SearchNet(nn.Module):
+    """The NAS space's network: a stem, ``depth`` cells of ``width`` channels (doubling after
+    the first cell, with 2x2 max-pooling between cells), global pooling and a classifier."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        depth: int = 2,
+        width: int = 16,
+        kernel: int = 3,
+        block: str = "plain",
+    ) -> None:
+        super().__init__()
+        if not 1 <= depth <= 6:
+            raise ConfigError(f"depth must be in 1..6, but got {depth}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        cells: list[nn.Module] = []
+        cin, side = width, image_size
+        for i in range(depth):
+            cout = width if i == 0 else width * 2
+            cells.append(SearchCell(cin, cout, kernel, block))
+            if side >= 4 and i < depth - 1:
+                cells.append(nn.MaxPool2d(2))
+                side //= 2
+            cin = cout
+        self.cells = nn.Sequential(*cells)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.cells(self.stem(x)))))
+
+
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300100,
     "lenet5": LeNet5,
     "resnet": ResNet,
     "mobilenetv2": MobileNetV2Tiny,
+    "searchnet": SearchNet,
 }
 
 

@@ -1,0 +1,78 @@
+"""Regularized (aging) evolution as an Optuna sampler (Real et al. 2019, "AmoebaNet").
+
+Population = the ``population`` most recently finished trials (the oldest die: aging).
+Each new trial: draw ``sample_size`` members at random (tournament), take the best as parent,
+copy its choices and mutate one of them to a different option. Until the population is full,
+trials are sampled at random.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial
+
+from slimkit.config import check_int
+from slimkit.errors import ConfigError
+from slimkit.search.history import categorical_space, completed, score, trial_rng
+
+
+class RegularizedEvolutionSampler(BaseSampler):
+    def __init__(self, population: int = 20, sample_size: int = 5, seed: int | None = None) -> None:
+        check_int("population", population, 2, 100_000)
+        check_int("sample_size", sample_size, 1, 100_000)
+        if sample_size > population:
+            raise ConfigError(
+                f"sample_size must be <= population, but got sample_size={sample_size}, "
+                f"population={population}"
+            )
+        self.population = population
+        self.sample_size = sample_size
+        self.seed = seed
+        self._random = RandomSampler(seed=seed)
+
+    def reseed_rng(self) -> None:
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        self._raise_error_if_multi_objective(study)
+        return categorical_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        done = completed(study)
+        if not search_space or len(done) < self.population:
+            return {}
+        rng = trial_rng(self.seed, trial, salt=1)
+        alive = done[-self.population :]  # aging: only the newest survive
+        picks = rng.choice(len(alive), size=self.sample_size, replace=False)
+        parent = max((alive[int(i)] for i in picks), key=lambda t: score(study, t))
+        child = {n: parent.params[n] for n in search_space}
+        mutable = [n for n, d in search_space.items() if len(d.choices) > 1]  # type: ignore[attr-defined]
+        if mutable:
+            name = mutable[int(rng.integers(len(mutable)))]
+            dist = search_space[name]
+            assert isinstance(dist, CategoricalDistribution)
+            others = [c for c in dist.choices if c != child[name]]
+            child[name] = others[int(rng.integers(len(others)))]
+        return child
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        # Before the population is full (and for non-categorical parameters): random.
+        if isinstance(param_distribution, CategoricalDistribution):
+            rng = trial_rng(self.seed, trial, salt=zlib.crc32(param_name.encode()))
+            return param_distribution.choices[int(rng.integers(len(param_distribution.choices)))]
+        return self._random.sample_independent(study, trial, param_name, param_distribution)

@@ -1,0 +1,45 @@
+"""What slimkit's samplers derive their state from: the study's finished trials, in order.
+
+Our evolution and REINFORCE samplers keep no state of their own between trials: population and
+policy are recomputed from the storage every time. So they resume after a crash and share one
+study across many worker processes exactly like Optuna's own samplers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+
+def completed(study: Study) -> list[FrozenTrial]:
+    """Finished trials ordered by trial number (the order the search produced them)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(trials, key=lambda t: t.number)
+
+
+def score(study: Study, trial: FrozenTrial) -> float:
+    """Larger is better, whatever the study's direction."""
+    assert trial.value is not None
+    return float(trial.value) if study.direction == StudyDirection.MAXIMIZE else -float(trial.value)
+
+
+def categorical_space(study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    """The categorical parameters every finished trial shares (the relative search space)."""
+    from optuna.search_space import intersection_search_space
+
+    space = intersection_search_space(completed(study))
+    return {n: d for n, d in space.items() if isinstance(d, CategoricalDistribution)}
+
+
+def trial_rng(seed: int | None, trial: FrozenTrial, salt: int) -> np.random.Generator:
+    """A generator that depends only on (seed, trial number): reproducible across workers."""
+    base = 0 if seed is None else seed
+    return np.random.default_rng([base, trial.number, salt])
+
+
+def choice_index(dist: CategoricalDistribution, value: Any) -> int:
+    return list(dist.choices).index(value)

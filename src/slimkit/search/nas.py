@@ -1,0 +1,156 @@
+"""Neural architecture search over :class:`~slimkit.search.spaces.SearchSpace` with Optuna.
+
+Each trial builds ``searchnet`` from the sampled choices, trains it briefly, and measures
+accuracy, parameters, FLOPs and (optionally) ONNX Runtime latency. Single-objective searches
+maximise accuracy under an optional parameter cap (a trial over the cap scores its accuracy
+minus 1, so it never beats a trial within it); multi-objective searches (NSGA-II) return the
+Pareto front of accuracy vs params/FLOPs/latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from slimkit.config import SlimConfig, check_int
+from slimkit.errors import ConfigError
+from slimkit.search.pareto import pareto_front
+from slimkit.search.spaces import DEFAULT_NAS_SPACE, SearchSpace
+
+OBJECTIVES = ("accuracy", "params", "flops", "latency_ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class NASConfig(SlimConfig):
+    dataset: str = "digits"
+    epochs: int = 2
+    lr: float = 3e-3
+    n_trials: int = 20
+    strategy: str = "evolution"
+    objectives: tuple[str, ...] = ("accuracy",)
+    max_params: int | None = None
+    seed: int = 0
+    measure_latency: bool = False
+    sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_int("epochs", self.epochs, 1, 1000)
+        check_int("n_trials", self.n_trials, 1, 100_000)
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if not self.objectives or bad or self.objectives[0] != "accuracy":
+            raise ConfigError(
+                f"objectives must start with 'accuracy' and use only {list(OBJECTIVES)}, "
+                f"but got {list(self.objectives)}"
+            )
+        if "latency_ms" in self.objectives and not self.measure_latency:
+            object.__setattr__(self, "measure_latency", True)
+
+
+def evaluate_architecture(
+    params: dict[str, Any], data, *, epochs: int, lr: float, seed: int, measure_latency: bool
+) -> dict[str, float]:
+    """Train ``searchnet(**params)`` on ``data`` and measure it: accuracy, params, FLOPs, latency."""
+    from slimkit.metrics import count_flops, count_params
+    from slimkit.models import build_model
+    from slimkit.training import TrainConfig, evaluate_accuracy, train
+
+    size = data.input_shape[-1]
+    model = build_model("searchnet", image_size=size, seed=seed, **params)
+    train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed), description="nas trial")
+    x = data.example_input(1)
+    out = {
+        "accuracy": evaluate_accuracy(model, data.test),
+        "params": float(count_params(model)),
+        "flops": float(count_flops(model, x)),
+    }
+    if measure_latency:
+        import tempfile
+        from pathlib import Path
+
+        from slimkit.export.onnx import to_onnx
+        from slimkit.metrics import ort_latency
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            to_onnx(model, path, x)
+            out["latency_ms"] = ort_latency(path, x, 1, threads=1, runs=20).median_ms
+    return out
+
+
+def directions(cfg: NASConfig) -> list[str]:
+    return ["maximize"] + ["minimize"] * (len(cfg.objectives) - 1)
+
+
+def make_objective(space: SearchSpace, data, cfg: NASConfig):
+    def objective(trial) -> float | tuple[float, ...]:
+        params = space.suggest(trial)
+        measured = evaluate_architecture(
+            params,
+            data,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            measure_latency=cfg.measure_latency,
+        )
+        for k, v in measured.items():
+            trial.set_user_attr(k, v)
+        if len(cfg.objectives) > 1:
+            return tuple(measured[o] for o in cfg.objectives)
+        acc = measured["accuracy"]
+        over = cfg.max_params is not None and measured["params"] > cfg.max_params
+        trial.set_user_attr("within_cap", not over)
+        return acc - 1.0 if over else acc
+
+    return objective
+
+
+@dataclasses.dataclass
+class NASResult:
+    study_name: str
+    best: dict[str, Any]
+    pareto: list[dict[str, Any]]
+    trials: list[dict[str, Any]]
+
+
+def summarize(study, cfg: NASConfig) -> NASResult:
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    rows = [{"number": t.number, "arch": dict(t.params), **t.user_attrs} for t in done]
+    if not rows:
+        raise ConfigError(f"study {study.study_name!r} has no finished trial yet")
+    objs = list(cfg.objectives) if len(cfg.objectives) > 1 else ["accuracy", "params"]
+    front_idx = pareto_front([[r[o] for o in objs] for r in rows], [o == "accuracy" for o in objs])
+    eligible = [r for r in rows if cfg.max_params is None or r["params"] <= cfg.max_params] or rows
+    best = max(eligible, key=lambda r: (r["accuracy"], -r["params"]))
+    return NASResult(study.study_name, best, [rows[i] for i in front_idx], rows)
+
+
+def nas(
+    data=None,
+    cfg: NASConfig | None = None,
+    *,
+    space: SearchSpace = DEFAULT_NAS_SPACE,
+    sampler=None,
+    storage: str | None = None,
+    study_name: str = "slimkit-nas",
+) -> NASResult:
+    """Run (or resume) a NAS study; returns the best architecture and the Pareto front."""
+    from slimkit.search.study import open_study, run_until
+
+    cfg = cfg or NASConfig()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if data is None:
+        from slimkit.data import load_dataset
+
+        data = load_dataset(cfg.dataset)
+    task = {
+        "kind": "nas",
+        "config": cfg.to_dict(),
+        "space": {k: list(v) for k, v in space.choices.items()},
+    }
+    study = open_study(study_name, storage, directions(cfg), task, sampler=sampler)
+    run_until(study, make_objective(space, data, cfg), cfg.n_trials)
+    return summarize(study, cfg)

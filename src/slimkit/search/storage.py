@@ -1,0 +1,64 @@
+"""Study storage: an SQLite file by default, any SQLAlchemy URL (PostgreSQL) to scale out.
+
+Workers on many machines open the same URL and study name. A heartbeat marks running trials;
+a worker killed mid-trial stops beating, its trial is failed after the grace period and
+re-queued once (RetryHeartbeatStaleTrialCallback), so no trial stays stuck RUNNING.
+URLs are only ever shown through :func:`mask_url` (password replaced by ``***``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from slimkit.errors import ConfigError, import_extra
+
+_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db`` (also inside messages)."""
+    return _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def default_url(folder: str | Path = ".") -> str:
+    return f"sqlite:///{Path(folder).resolve() / 'slimkit-search.db'}"
+
+
+def make_storage(
+    url: str | None = None,
+    *,
+    heartbeat_interval: int = 10,
+    grace_period: int | None = None,
+    max_retry: int = 1,
+):
+    """An Optuna RDBStorage with heartbeat + retry; ``None`` means ``./slimkit-search.db``."""
+    import warnings
+
+    optuna = import_extra("optuna", "search")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = url or default_url()
+    if "://" not in url:
+        raise ConfigError(
+            f"storage must be an SQLAlchemy URL such as sqlite:///study.db or "
+            f"postgresql+psycopg://user@host/db, but got {mask_url(url)!r}"
+        )
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine_kwargs = (
+        {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry
+            ),
+        )
+    except Exception as exc:  # connection/driver errors: never echo the password
+        raise ConfigError(
+            f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}"
+        ) from None
