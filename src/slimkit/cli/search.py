@@ -77,7 +77,7 @@ def hpo_cmd(
 
     from slimkit.search import HPOConfig, hpo
 
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "model": model,
         "dataset": dataset,
         "n_trials": trials,
