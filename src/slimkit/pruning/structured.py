@@ -287,7 +287,7 @@ def prune_channels(
     model: nn.Module,
     *,
     ratio: float,
-    criterion: Criterion = Criterion.L1,
+    criterion: Criterion | str = Criterion.L1,
     global_: bool = False,
     min_channels: int = 1,
     max_layer_ratio: float = 1.0,
@@ -304,6 +304,8 @@ def prune_channels(
 
     ``scores`` (layer name -> per-channel score) replaces the criterion, e.g. learned gate scores.
     """
+    criterion = parse_enum(Criterion, criterion, "criterion")
+    check_range("ratio", ratio, 0.0, 1.0, high_open=True)
     targets, ignore = tuple(targets), tuple(ignore)
     example, loader = resolve_inputs(model, data, example_inputs)
     selected = set(select_modules(model, targets, ignore, PRUNABLE))
