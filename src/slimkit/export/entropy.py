@@ -5,7 +5,7 @@ simpler coder), so a stream never grows by more than its one-byte method tag:
 
 - ``raw`` (tag 0): the bytes as they are.
 - ``huffman`` (tag 1): canonical Huffman code over the 256 byte values.
-- ``lzma`` (tag 2): LZMA2 raw stream, preset 9 | extreme (no container header).
+- ``lzma`` (tag 2): one byte log2(dictionary size), then an LZMA2 raw stream, preset 9 | extreme.
 
 Huffman stream layout (all integers little-endian)::
 
@@ -31,7 +31,9 @@ from slimkit.errors import UnsafeFileError
 
 RAW, HUFFMAN, LZMA = 0, 1, 2
 METHOD_NAMES = {RAW: "raw", HUFFMAN: "huffman", LZMA: "lzma"}
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_TABLE_BITS = 20
+# lzma is slow (~1 s/MB); on a large stream whose bytes look random to Huffman it is skipped.
+_LZMA_SKIP_BYTES, _LZMA_SKIP_RATIO = 256 * 1024, 0.9
 
 
 def code_lengths(counts: np.ndarray) -> np.ndarray:
@@ -85,12 +87,18 @@ def huffman_encode(data: bytes) -> bytes:
         return head + struct.pack("<BH", 1, 0)
     lengths = code_lengths(np.bincount(sym, minlength=256))
     codes = canonical_codes(lengths)
-    # Per symbol value, its code as a '0'/'1' string; join in C, then one int conversion.
-    table = [format(codes[s][0], f"0{codes[s][1]}b") if s in codes else "" for s in range(256)]
-    bits = "".join([table[s] for s in sym.tolist()])
-    pad = (-len(bits)) % 8
-    bits += "0" * pad
-    payload = int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+    code_of = np.zeros(256, dtype=np.int64)
+    for s, (c, _) in codes.items():
+        code_of[s] = c
+    n_of = lengths[sym]  # (count,) code length of each symbol
+    c_of = code_of[sym]
+    start = np.cumsum(n_of) - n_of  # first stream bit of each symbol's code
+    total = int(n_of.sum())
+    bits = np.zeros(total + (-total) % 8, dtype=np.uint8)
+    for j in range(int(n_of.max())):  # bit j (MSB first) of every code at least j+1 long
+        has = n_of > j
+        bits[start[has] + j] = (c_of[has] >> (n_of[has] - 1 - j)) & 1
+    payload = np.packbits(bits).tobytes()
     return head + _table_bytes(lengths) + payload
 
 
@@ -118,17 +126,47 @@ def huffman_decode(blob: bytes) -> bytes:
     if count == 0:
         return b""
     codes = canonical_codes(lengths)
-    lookup = {(n, c): s for s, (c, n) in codes.items()}
     max_len = max(n for _, n in codes.values())
-    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8, offset=pos)).tolist()
+    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8, offset=pos))
+    if max_len > _TABLE_BITS:  # pragma: no cover - needs a very skewed alphabet
+        return _decode_bitwise(bits, codes, count, max_len)
+    # Table decode: the next max_len bits index (symbol, length) of the code they start with.
+    sym_of = np.zeros(1 << max_len, dtype=np.int64)
+    len_of = np.zeros(1 << max_len, dtype=np.int64)
+    for s, (c, n) in codes.items():
+        lo = c << (max_len - n)
+        sym_of[lo : lo + (1 << (max_len - n))] = s
+        len_of[lo : lo + (1 << (max_len - n))] = n
+    padded = np.concatenate([bits, np.zeros(max_len, dtype=np.uint8)]).astype(np.int64)
+    # windows[i] = the max_len-bit integer starting at stream bit i, (n_bits,)
+    windows = np.zeros(len(bits), dtype=np.int64)
+    for j in range(max_len):
+        windows = (windows << 1) | padded[j : j + len(bits)]
+    sym_l, len_l, win_l = sym_of.tolist(), len_of.tolist(), windows.tolist()
+    out = bytearray(count)
+    i, total = 0, len(bits)
+    for k in range(count):
+        if i >= total:
+            raise UnsafeFileError("corrupt Huffman stream: ran out of bits")
+        w = win_l[i]
+        out[k] = sym_l[w]
+        i += len_l[w]
+    if i > total:
+        raise UnsafeFileError("corrupt Huffman stream: ran out of bits")
+    return bytes(out)
+
+
+def _decode_bitwise(
+    bits: np.ndarray, codes: dict[int, tuple[int, int]], count: int, max_len: int
+) -> bytes:  # pragma: no cover - long codes only
+    lookup = {(n, c): s for s, (c, n) in codes.items()}
     out = bytearray()
-    code = n = 0
-    i = 0
-    total = len(bits)
+    code = n = i = 0
+    bit_list = bits.tolist()
     while len(out) < count:
-        if i >= total or n >= max_len:
+        if i >= len(bit_list) or n >= max_len:
             raise UnsafeFileError("corrupt Huffman stream: ran out of bits or hit an unknown code")
-        code = (code << 1) | bits[i]
+        code = (code << 1) | bit_list[i]
         n += 1
         i += 1
         s = lookup.get((n, code))
@@ -138,13 +176,26 @@ def huffman_decode(blob: bytes) -> bytes:
     return bytes(out)
 
 
+def _lzma_filters(log2_dict: int) -> list[dict[str, int]]:
+    return [
+        {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << log2_dict}
+    ]
+
+
 def lzma_encode(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    """One byte log2(dictionary size), then a raw LZMA2 stream (dictionary sized to the data:
+    the default 64 MiB dictionary costs more to allocate than small streams take to code)."""
+    log2_dict = max(12, min(26, (max(1, len(data)) - 1).bit_length()))
+    return bytes([log2_dict]) + lzma.compress(
+        data, format=lzma.FORMAT_RAW, filters=_lzma_filters(log2_dict)
+    )
 
 
 def lzma_decode(blob: bytes) -> bytes:
+    if not blob or not 12 <= blob[0] <= 26:
+        raise UnsafeFileError("corrupt lzma stream: bad dictionary size byte")
     try:
-        return lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        return lzma.decompress(blob[1:], format=lzma.FORMAT_RAW, filters=_lzma_filters(blob[0]))
     except lzma.LZMAError as exc:
         raise UnsafeFileError(f"corrupt lzma stream: {exc}") from None
 
@@ -154,6 +205,12 @@ def encode(data: bytes, methods: tuple[int, ...] = (RAW, HUFFMAN, LZMA)) -> tupl
     best = (RAW, data)
     for m in methods:
         if m == RAW:
+            continue
+        if (
+            m == LZMA
+            and len(data) > _LZMA_SKIP_BYTES
+            and len(best[1]) > _LZMA_SKIP_RATIO * len(data)
+        ):
             continue
         coded = huffman_encode(data) if m == HUFFMAN else lzma_encode(data)
         if len(coded) < len(best[1]):
