@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,8 +29,10 @@ class RandomPruning(UnstructuredPruning):
 
 def random_scores(seed: int):
     def score(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-        gen = torch.Generator().manual_seed(seed)
-        return {n: torch.rand(m.weight.shape, generator=gen) for n, m in layers.items()}
+        # NumPy's PCG64, not torch's generator: torch.manual_seed(s) before building the model
+        # would otherwise make the "random" scores the very numbers the weights were drawn from.
+        rng = np.random.default_rng(seed)
+        return {n: torch.from_numpy(rng.random(tuple(m.weight.shape))) for n, m in layers.items()}
 
     return score
 
