@@ -54,14 +54,25 @@ class RegularizedEvolutionSampler(BaseSampler):
         alive = done[-self.population :]  # aging: only the newest survive
         picks = rng.choice(len(alive), size=self.sample_size, replace=False)
         parent = max((alive[int(i)] for i in picks), key=lambda t: score(study, t))
-        child = {n: parent.params[n] for n in search_space}
         mutable = [n for n, d in search_space.items() if len(d.choices) > 1]  # type: ignore[attr-defined]
-        if mutable:
-            name = mutable[int(rng.integers(len(mutable)))]
-            dist = search_space[name]
-            assert isinstance(dist, CategoricalDistribution)
-            others = [c for c in dist.choices if c != child[name]]
-            child[name] = others[int(rng.integers(len(others)))]
+        seen = {
+            tuple(sorted(t.params.items()))
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number
+        }
+        child = {n: parent.params[n] for n in search_space}
+        # Mutate one choice; in a small space prefer a child nobody has evaluated yet
+        # (re-measuring a known architecture wastes budget), trying a few times.
+        for _ in range(10):
+            child = {n: parent.params[n] for n in search_space}
+            if mutable:
+                name = mutable[int(rng.integers(len(mutable)))]
+                dist = search_space[name]
+                assert isinstance(dist, CategoricalDistribution)
+                others = [c for c in dist.choices if c != child[name]]
+                child[name] = others[int(rng.integers(len(others)))]
+            if tuple(sorted(child.items())) not in seen:
+                break
         return child
 
     def sample_independent(

@@ -2,8 +2,8 @@
 
 Each trial builds ``searchnet`` from the sampled choices, trains it briefly, and measures
 accuracy, parameters, FLOPs and (optionally) ONNX Runtime latency. Single-objective searches
-maximise accuracy under an optional parameter cap (a trial over the cap scores its accuracy
-minus 1, so it never beats a trial within it); multi-objective searches (NSGA-II) return the
+maximise accuracy under an optional parameter cap (a trial over the cap scores below every
+trial within it, the lower the further over: :func:`capped_score`); multi-objective searches (NSGA-II) return the
 Pareto front of accuracy vs params/FLOPs/latency.
 """
 
@@ -79,6 +79,16 @@ def evaluate_architecture(
     return out
 
 
+def capped_score(accuracy: float, params: float, cap: float | None) -> float:
+    """Accuracy within the cap; below every feasible score over it, lower the further over.
+
+    The graded penalty (not a flat -1) tells guided samplers which way the cap lies.
+    """
+    if cap is None or params <= cap:
+        return accuracy
+    return accuracy - 1.0 - (params / cap - 1.0)
+
+
 def directions(cfg: NASConfig) -> list[str]:
     return ["maximize"] + ["minimize"] * (len(cfg.objectives) - 1)
 
@@ -98,10 +108,9 @@ def make_objective(space: SearchSpace, data, cfg: NASConfig):
             trial.set_user_attr(k, v)
         if len(cfg.objectives) > 1:
             return tuple(measured[o] for o in cfg.objectives)
-        acc = measured["accuracy"]
         over = cfg.max_params is not None and measured["params"] > cfg.max_params
         trial.set_user_attr("within_cap", not over)
-        return acc - 1.0 if over else acc
+        return capped_score(measured["accuracy"], measured["params"], cfg.max_params)
 
     return objective
 
