@@ -1,9 +1,95 @@
-"""`slimkit compress` commands (filled in by its technique family)."""
+"""`slimkit compress RECIPE --out DIR [--resume] [--set key.path=value ...]`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimkit.cli.common import console
+
+COLUMNS = [
+    "#",
+    "stage",
+    "method",
+    "accuracy",
+    ".slim bytes",
+    "bits/w",
+    "params",
+    "nonzeros",
+    "FLOPs",
+    "ORT ms",
+]
+
+
+def stage_rows(rows):
+    out = []
+    for r in rows:
+        acc = r.get("accuracy")
+        out.append(
+            [
+                r["index"],
+                r["stage"],
+                r.get("method") or "",
+                "-" if acc is None else f"{100 * acc:.2f}%",
+                r["bytes_slim"],
+                f"{r['bits_per_weight']:.3f}",
+                r["params"],
+                r["nonzeros"],
+                r["flops"],
+                "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
+            ]
+        )
+    return out
 
 
 def register(app: typer.Typer) -> None:
-    """Add this family's commands to the app."""
+    @app.command()
+    def compress(
+        recipe: Path = typer.Argument(..., help="YAML recipe (see examples/)"),
+        out: Path = typer.Option(
+            ..., "--out", help="output folder (checkpoints, artifacts, report)"
+        ),
+        resume: bool = typer.Option(
+            False, "--resume", help="continue after the last finished stage"
+        ),
+        set_: list[str] = typer.Option(
+            [], "--set", help="override a recipe key: data.train_samples=500"
+        ),
+    ):
+        """Run a compression recipe stage by stage; writes artifacts, metrics.json and report.html."""
+        from slimkit.errors import AccuracyGateError
+        from slimkit.pipeline import compress as run
+        from slimkit.pipeline import load_recipe
+
+        # Validate everything before writing anything.
+        r = load_recipe(recipe, overrides=list(set_))
+        try:
+            result = run(r, out, resume=resume, log=lambda s: console.print(s))
+        except AccuracyGateError:
+            metrics_path = out / "metrics.json"
+            if metrics_path.exists():
+                import json
+
+                _print(json.loads(metrics_path.read_text())["rows"], out)
+                console.print(f"report (marked failing): {(out / 'report.html').resolve()}")
+            raise
+        if result.report is None:  # a non-zero torchrun rank
+            return
+        _print(result.rows, out)
+        console.print(
+            f"compression ratio {result.metrics['compression_ratio']:.1f}x "
+            f"(dense fp32 {result.metrics['dense_fp32_bytes']:,} B)"
+        )
+        console.print(f"report: {result.report.resolve()}")
+
+
+def _print(rows, out: Path) -> None:
+    table = Table(title="stages (measured on the files written)")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("stage", "method") else "right")
+    for r in stage_rows(rows):
+        table.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in r])
+    Console(width=max(console.width, 130)).print(table)

@@ -1,0 +1,239 @@
+"""The compression recipe: a pydantic schema (unknown keys rejected) read with ``yaml.safe_load``.
+
+```yaml
+model: {zoo: lenet5}                 # or {path: model.safetensors}
+data: {dataset: mnist5k}             # null: no data (stages that need data are refused)
+seed: 0
+max_accuracy_drop: 0.5               # percentage points vs the reference (last train stage)
+stages:
+  - train: {epochs: 8}
+  - prune: {method: gradual, final_sparsity: 0.95, steps: 4, finetune: {epochs: 1}}
+  - quantize: {method: kmeans, bits: 4}
+  - export: {formats: [slim, onnx]}
+```
+
+Each stage is a one-key mapping ``{kind: options}``; the options are the same config the Python
+API takes and are validated by building it (:func:`slimkit.pipeline.stages.build_stage`), so a
+typo fails before anything runs, naming the stage index, the key, the value and the choices.
+``Recipe -> YAML -> Recipe`` round-trips exactly (:meth:`Recipe.to_yaml`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slimkit.errors import ConfigError
+
+STAGE_KINDS = (
+    "train",
+    "prune",
+    "quantize",
+    "distill",
+    "decompose",
+    "finetune",
+    "export",
+    "benchmark",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    """Where the model comes from: a zoo name (+ its kwargs) or a slimkit model file."""
+
+    zoo: str | None = None
+    path: str | None = None
+    image_size: int | None = None  # default: from the dataset (28 mnist5k, 8 digits)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSection(_Strict):
+    dataset: str = "mnist5k"
+    batch_size: int = Field(64, ge=1)
+    train_samples: int | None = Field(None, ge=1)
+    test_samples: int | None = Field(None, ge=1)
+    calib_samples: int = Field(256, ge=1)
+
+
+class MeasureSection(_Strict):
+    """How each stage is measured (ORT latency: median of ``latency_runs`` after warm-up)."""
+
+    latency_runs: int = Field(20, ge=1)
+    threads: int = Field(2, ge=1)
+    onnx: bool = True  # export each stage to ONNX and time it in ONNX Runtime
+
+
+class Recipe(_Strict):
+    name: str = "slimkit-run"
+    model: ModelSection
+    data: DataSection | None = Field(default_factory=lambda: DataSection.model_validate({}))
+    seed: int = Field(0, ge=0)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100)  # percentage points
+    measure: MeasureSection = Field(default_factory=lambda: MeasureSection.model_validate({}))
+    stages: list[dict[str, dict[str, Any]]]
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stage_shape(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError(
+                f"stages must be a non-empty list of {{kind: options}}, but got {value!r}"
+            )
+        out = []
+        for i, entry in enumerate(value):
+            if isinstance(entry, str):  # "- train" with no options
+                entry = {entry: {}}
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ValueError(
+                    f"stages[{i}] must be a one-key mapping like {{train: {{epochs: 5}}}}, "
+                    f"but got {entry!r}"
+                )
+            ((kind, options),) = entry.items()
+            if kind not in STAGE_KINDS:
+                near = difflib.get_close_matches(str(kind), STAGE_KINDS, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(
+                    f"stages[{i}] has unknown stage kind {kind!r}{hint}; valid kinds: {list(STAGE_KINDS)}"
+                )
+            if options is None:
+                options = {}
+            if not isinstance(options, dict):
+                raise ValueError(
+                    f"stages[{i}].{kind} options must be a mapping, but got {options!r}"
+                )
+            out.append({kind: options})
+        return out
+
+    # ---- conveniences ---------------------------------------------------------------------
+
+    def stage_list(self) -> list[tuple[str, dict[str, Any]]]:
+        return [next(iter(s.items())) for s in self.stages]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Stable hash of the recipe (resume refuses a run dir made by another recipe)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate_stages(self) -> list[Any]:
+        """Build every stage's config now; returns them (ConfigError names the bad stage)."""
+        from slimkit.pipeline.stages import build_stage
+
+        return [
+            build_stage(i, kind, opts, self) for i, (kind, opts) in enumerate(self.stage_list())
+        ]
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section = _section_of(err["loc"])
+            valid = sorted(section.model_fields) if section else []
+            near = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            parts.append(f"unknown key {loc!r}{hint}; valid keys here: {valid}")
+        elif err["type"] == "missing":
+            parts.append(f"missing required key {loc!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            where = f"{loc}: " if loc else ""
+            got = "" if "but got" in msg else f", but got {err.get('input')!r}"
+            parts.append(f"{where}{msg}{got}")
+    return f"invalid recipe {source}: " + "; ".join(parts)
+
+
+def _section_of(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    sections: dict[str, type[BaseModel]] = {
+        "model": ModelSection,
+        "data": DataSection,
+        "measure": MeasureSection,
+    }
+    if len(loc) == 1:
+        return Recipe
+    return sections.get(str(loc[0]))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML), e.g. ``stages.0.train.epochs=1``."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, but got {item!r}")
+        path, _, text = item.partition("=")
+        value = yaml.safe_load(text)
+        keys = path.split(".")
+        node: Any = raw
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(
+                        f"--set {path}: {k!r} is not an index of a {len(node)}-item list"
+                    )
+                node = node[int(k)]
+            else:
+                if node.get(k) is None:
+                    node[k] = {}
+                node = node[k]
+        last = keys[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(
+                    f"--set {path}: {last!r} is not an index of a {len(node)}-item list"
+                )
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def parse_recipe(raw: Any, source: str = "<dict>", overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe mapping (and every stage's config); ConfigError on any problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"recipe {source} must be a mapping at the top level, but got {type(raw).__name__}"
+        )
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+    recipe.validate_stages()
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe with ``yaml.safe_load`` and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {p} is not valid YAML: {exc}") from None
+    return parse_recipe(raw, str(p), overrides)
+
+
+def from_yaml(text: str) -> Recipe:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe is not valid YAML: {exc}") from None
+    return parse_recipe(raw, "<yaml>")

@@ -1,0 +1,414 @@
+"""Run a recipe stage by stage with measurement, checkpoints and resume.
+
+Output folder layout::
+
+    DIR/state.json                       finished stage, rows, recipe digest (atomic)
+    DIR/checkpoints/stage_{i}.safetensors  the model after stage i (slimkit.io.save, atomic)
+    DIR/checkpoints/stage_{i}.slim         the same model as a .slim artifact (its bytes are measured)
+    DIR/model.slim, model.onnx, ...       export stages
+    DIR/metrics.json, DIR/report.html     the measured table and the report
+
+After every stage the runner checks that the model's outputs are finite (naming the first layer
+that produced NaN/inf), writes the checkpoint and the measured row, then ``state.json``. With
+``resume=True`` it reloads the last finished checkpoint and continues; each stage reseeds from
+``recipe.seed + index`` so a resumed run gives the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit import atomic
+from slimkit import io as slim_io
+from slimkit.errors import AccuracyGateError, ConfigError, NumericsError
+from slimkit.pipeline.recipe import Recipe
+from slimkit.pipeline.stages import StageContext, StagePlan, deployable, example_input, run_stage
+from slimkit.training import evaluate_accuracy, seed_everything
+
+STATE = "state.json"
+
+
+@dataclasses.dataclass
+class RunResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    report: Path | None
+    passed: bool
+
+
+# ---- setup ----------------------------------------------------------------------------------
+
+
+def load_data(recipe: Recipe):
+    from slimkit.data import load_dataset
+
+    d = recipe.data
+    if d is None:
+        return None
+    return load_dataset(
+        d.dataset,
+        batch_size=d.batch_size,
+        calib_samples=d.calib_samples,
+        seed=recipe.seed,
+        train_samples=d.train_samples,
+        test_samples=d.test_samples,
+    )
+
+
+def load_model(recipe: Recipe) -> nn.Module:
+    from slimkit.models import build_model
+
+    m = recipe.model
+    if (m.zoo is None) == (m.path is None):
+        raise ConfigError(
+            f"model must give exactly one of zoo or path, but got zoo={m.zoo!r}, path={m.path!r}"
+        )
+    if m.path is not None:
+        return slim_io.load(m.path)
+    size = m.image_size or (
+        8 if recipe.data is not None and recipe.data.dataset == "digits" else 28
+    )
+    seed_everything(recipe.seed)
+    return build_model(str(m.zoo), image_size=size, **m.kwargs)
+
+
+def _world() -> tuple[int, int]:
+    """Join the torchrun process group (gloo on CPU) when launched by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sync(model: nn.Module) -> None:
+    """Make every rank hold rank 0's weights (ranks compute the same stages; this guarantees it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
+        dist.barrier()
+
+
+# ---- measurement ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def finite_gate(model: nn.Module, x: torch.Tensor, where: str) -> None:
+    """Raise NumericsError naming the first parameter or layer (in execution order) that is not finite."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise NumericsError(
+                f"{where}: parameter {name!r} holds NaN/inf; lower the learning rate or check the stage's options"
+            )
+    bad: list[str] = []
+
+    def hook(name: str):
+        def fn(_m, _inp, out):
+            if (
+                not bad
+                and isinstance(out, torch.Tensor)
+                and out.is_floating_point()
+                and not torch.isfinite(out).all()
+            ):
+                bad.append(name)
+
+        return fn
+
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if n and not list(m.children())
+    ]
+    try:
+        out = model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if bad or not torch.isfinite(out).all():
+        layer = bad[0] if bad else "<output>"
+        raise NumericsError(
+            f"{where}: layer {layer!r} is the first to produce NaN/inf on a calibration batch"
+        )
+
+
+def layer_table(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per Linear/Conv2d layer: sparsity of the weight and its bits per stored value."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            w = m.weight.detach()
+            q = getattr(m, "slimkit_quant", None)
+            bits = (
+                q["weight"].get("bits")
+                if isinstance(q, dict) and isinstance(q.get("weight"), dict)
+                else 32
+            )
+            out[name] = {
+                "sparsity": float((w == 0).float().mean()),
+                "bits": int(bits),
+                "numel": w.numel(),
+            }
+    return out
+
+
+def weight_histogram(model: nn.Module, bins: int = 80) -> dict[str, Any]:
+    ws = [
+        m.weight.detach().reshape(-1)
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    w = torch.cat(ws).numpy() if ws else np.zeros(1)
+    nz = w[w != 0]
+    lim = float(np.abs(w).max()) or 1.0
+    counts, edges = np.histogram(nz, bins=bins, range=(-lim, lim))
+    return {
+        "counts": counts.tolist(),
+        "edges": edges.tolist(),
+        "zeros": int((w == 0).sum()),
+        "total": int(w.size),
+    }
+
+
+def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) -> dict[str, Any]:
+    """One row of measured figures for the model after a stage (files actually written)."""
+    from slimkit.export import slimformat
+    from slimkit.export.onnx import export_bytes, parity
+    from slimkit.metrics import count_flops, count_nonzeros, count_params
+    from slimkit.metrics.latency import ort_latency
+
+    final = deployable(model)
+    x = example_input(ctx, final)
+    slim_bytes = slimformat.save(final, slim_path)
+    params = count_params(final)
+    row: dict[str, Any] = {
+        "bytes_safetensors": ckpt.stat().st_size,
+        "bytes_slim": slim_bytes,
+        "bits_per_weight": 8 * slim_bytes / max(1, params),
+        "params": params,
+        "nonzeros": count_nonzeros(final),
+        "flops": count_flops(final, x),
+        "accuracy": evaluate_accuracy(final, ctx.data.test) if ctx.data is not None else None,
+        "latency_ms": None,
+        "onnx_max_diff": None,
+        "layers": layer_table(final),
+    }
+    if ctx.recipe.measure.onnx:
+        try:
+            data = export_bytes(final, x)
+            row["onnx_max_diff"] = parity(final, data, x)
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "m.onnx"
+                p.write_bytes(data)
+                lat = ort_latency(
+                    p,
+                    x,
+                    1,
+                    threads=ctx.recipe.measure.threads,
+                    runs=ctx.recipe.measure.latency_runs,
+                )
+            row["latency_ms"] = lat.median_ms
+            row["bytes_onnx"] = len(data)
+        except Exception as exc:  # a model ORT cannot run is reported, not fatal
+            row["onnx_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return row
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
+    path = out / STATE
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    if state.get("digest") != recipe.digest():
+        raise ConfigError(
+            f"{out} was produced by a different recipe (digest {state.get('digest')} vs "
+            f"{recipe.digest()}); resume needs the same recipe, or drop --resume to start over"
+        )
+    return state
+
+
+def compress(
+    recipe: Recipe,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Run ``recipe`` into folder ``out``; raises AccuracyGateError (after saving) on a missed gate.
+
+    ``stop_after`` (tests) ends the run after that stage index, as a crash would.
+    """
+    plans: list[StagePlan] = recipe.validate_stages()
+    out = Path(out)
+    rank, world = _world()
+    is_main = rank == 0
+    state = _read_state(out, recipe) if resume else None
+    if is_main and not resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / STATE).unlink(missing_ok=True)
+    ckdir = out / "checkpoints"
+    data = load_data(recipe)
+    ctx = StageContext(recipe, data, out, reference=None, is_main=is_main)
+
+    if state is None:
+        model = load_model(recipe)
+        rows: list[dict[str, Any]] = []
+        start = 0
+        state = {
+            "digest": recipe.digest(),
+            "finished": -1,
+            "rows": rows,
+            "reference_stage": None,
+            "world_size": world,
+            "artifacts": {},
+            "notes": {},
+        }
+        if is_main:
+            x = example_input(ctx, model)
+            finite_gate(model, x, "input model")
+            ck = ckdir / "stage_input.safetensors"
+            slim_io.save(model, ck)
+            row = measure(model, ctx, ck, ckdir / "stage_input.slim")
+            rows.append({"index": -1, "stage": "input", "seconds": 0.0, **row})
+            state["hist_before"] = weight_histogram(model)
+            atomic.write_json(out / STATE, state)
+    else:
+        finished = int(state["finished"])
+        name = "stage_input" if finished < 0 else f"stage_{finished}"
+        model = _reload(ckdir / f"{name}.safetensors")
+        if state.get("reference_stage") is not None:
+            ctx.reference = _reload(ckdir / f"stage_{state['reference_stage']}.safetensors")
+        rows = state["rows"]
+        start = finished + 1
+        ctx.artifacts.update(state.get("artifacts", {}))
+        ctx.notes.update(state.get("notes", {}))
+        if is_main:
+            log(f"resuming {out} after stage {finished} ({len(plans) - start} stage(s) left)")
+
+    for plan in plans[start:]:
+        t0 = time.perf_counter()
+        if is_main:
+            log(
+                f"[{plan.index + 1}/{len(plans)}] {plan.kind}"
+                + (f" ({plan.method})" if plan.method else "")
+            )
+        seed_everything(recipe.seed + plan.index)
+        model = run_stage(plan, model, ctx)
+        _sync(model)
+        x = example_input(ctx, model)
+        finite_gate(model, x, f"after stages[{plan.index}].{plan.kind}")
+        if plan.kind == "train":
+            ctx.reference = copy.deepcopy(model).eval()
+            state["reference_stage"] = plan.index
+        if is_main:
+            ck = ckdir / f"stage_{plan.index}.safetensors"
+            slim_io.save(model, ck, meta={"stage": plan.index, "kind": plan.kind})
+            row = measure(model, ctx, ck, ckdir / f"stage_{plan.index}.slim")
+            rows.append(
+                {
+                    "index": plan.index,
+                    "stage": plan.kind,
+                    "method": plan.method,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    **row,
+                }
+            )
+            state.update(finished=plan.index, rows=rows, artifacts=ctx.artifacts, notes=ctx.notes)
+            atomic.write_json(out / STATE, state)
+        if stop_after is not None and plan.index >= stop_after:
+            raise KeyboardInterrupt(f"stopped after stage {plan.index} (stop_after)")
+
+    if not is_main:
+        _sync(model)
+        return RunResult(out, rows, {}, None, True)
+    metrics = _finish(recipe, model, ctx, state, rows)
+    from slimkit.report.html import write_report
+
+    report = write_report(metrics, out)
+    atomic.write_json(out / "metrics.json", metrics)
+    _sync(model)
+    result = RunResult(out, rows, metrics, report, metrics["gate"]["passed"])
+    if not result.passed:
+        g = metrics["gate"]
+        raise AccuracyGateError(
+            f"accuracy dropped {g['drop_pp']:.2f} pp (reference {g['reference_accuracy']:.4f} -> final "
+            f"{g['final_accuracy']:.4f}), more than max_accuracy_drop = {g['max_drop_pp']} pp; the "
+            f"artifacts and the report ({report}) are saved and marked failing"
+        )
+    return result
+
+
+def _reload(path: Path) -> nn.Module:
+    model = slim_io.load(path)
+    if any(hasattr(m, "weight_mask") for m in model.modules()):
+        from slimkit.pruning import attach_masks
+
+        attach_masks(model)
+    return model
+
+
+def _finish(
+    recipe: Recipe,
+    model: nn.Module,
+    ctx: StageContext,
+    state: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    ref_index = state.get("reference_stage")
+    ref_row = next((r for r in rows if r["index"] == ref_index), rows[0])
+    final_row = rows[-1]
+    ref_acc, final_acc = ref_row.get("accuracy"), final_row.get("accuracy")
+    drop = None if ref_acc is None or final_acc is None else 100.0 * (ref_acc - final_acc)
+    limit = recipe.max_accuracy_drop
+    passed = limit is None or drop is None or drop <= limit + 1e-9
+    slim = ctx.artifacts.get("slim")
+    if slim is not None and ctx.data is not None:
+        # The artifact itself, loaded back: its accuracy must equal the measured one.
+        from slimkit.export import slimformat
+
+        loaded = slimformat.load(ctx.out / slim["path"])
+        slim["accuracy"] = evaluate_accuracy(loaded, ctx.data.test)
+    dense = rows[0]["params"] * 4
+    return {
+        "name": recipe.name,
+        "recipe": recipe.to_dict(),
+        "recipe_yaml": recipe.to_yaml(),
+        "world_size": state.get("world_size", 1),
+        "rows": rows,
+        "artifacts": ctx.artifacts,
+        "notes": ctx.notes,
+        "dense_fp32_bytes": dense,
+        "compression_ratio": dense / slim["bytes"] if slim else dense / final_row["bytes_slim"],
+        "hist_before": state.get("hist_before"),
+        "hist_after": weight_histogram(deployable(model)),
+        "gate": {
+            "passed": passed,
+            "max_drop_pp": limit,
+            "drop_pp": drop,
+            "reference_stage": ref_index,
+            "reference_accuracy": ref_acc,
+            "final_accuracy": final_acc,
+        },
+    }

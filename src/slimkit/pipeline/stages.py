@@ -1,0 +1,489 @@
+"""One function per stage kind, plus :func:`build_stage` that validates a stage's options.
+
+A stage's options are the config the Python API takes (``TrainConfig``, a pruning/quantization/
+decomposition ``METHODS[method]`` config, ``DistillConfig``) plus a few pipeline keys:
+
+- ``train`` / ``finetune``: TrainConfig fields. ``finetune`` keeps pruned weights at zero.
+- ``prune``: ``method`` + that config's fields; ``finalize`` (default true) folds masks into zeros.
+- ``quantize``: ``method`` + fields; ``finetune_centroids`` (TrainConfig fields) fine-tunes k-means
+  centroids afterwards (Deep Compression), keeping the zero centroid pinned.
+- ``distill``: ``teacher: reference`` (the model after the last train stage) + DistillConfig.
+- ``decompose``: ``method`` + fields; ``finetune`` (TrainConfig fields) optional.
+- ``export``: ``formats`` from slim / onnx / onnx-int8 / safetensors, ``dir`` inside the output.
+- ``benchmark``: ``runs``, ``threads``, ``batches`` for the final latency table.
+
+Train-like stages run under ``torchrun`` unchanged: with a process group of more than one
+process the model is wrapped in DistributedDataParallel (gloo) and the training loader uses a
+DistributedSampler (see :func:`fit`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from slimkit.config import SlimConfig
+from slimkit.errors import ConfigError, SlimkitError
+from slimkit.training import TrainConfig, train
+
+if TYPE_CHECKING:
+    from slimkit.data.datasets import DataBundle
+    from slimkit.pipeline.recipe import Recipe
+
+EXPORT_FORMATS = ("slim", "onnx", "onnx-int8", "safetensors")
+# Methods that read data even without fine-tuning (scores, calibration, training-time QAT).
+_PRUNE_NEEDS_DATA = {"taylor", "slimming", "gates", "activation"}
+_QUANT_NEEDS_DATA = {"int8-static", "qat", "mixed", "static", "qat-int8"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig(SlimConfig):
+    """Pipeline-only stage options (export, benchmark, teacher choice)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions(StageConfig):
+    formats: tuple[str, ...] = ("slim", "onnx")
+    dir: str = "."
+
+    def validate(self) -> None:
+        bad = [f for f in self.formats if f not in EXPORT_FORMATS]
+        if bad or not self.formats:
+            raise ConfigError(
+                f"formats must be a non-empty subset of {list(EXPORT_FORMATS)}, but got {list(self.formats)}"
+            )
+        p = Path(self.dir)
+        if p.is_absolute() or ".." in p.parts:
+            raise ConfigError(
+                f"dir must be a relative path inside the output folder, but got {self.dir!r}; "
+                "use e.g. dir: artifacts"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkOptions(StageConfig):
+    runs: int = 50
+    threads: int = 2
+    batches: tuple[int, ...] = (1, 64)
+
+    def validate(self) -> None:
+        from slimkit.config import check_int
+
+        check_int("runs", self.runs, 1, 100_000)
+        check_int("threads", self.threads, 1, 256)
+        for b in self.batches:
+            check_int("batches entries", b, 1, 100_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """A validated stage: its kind, its technique config, and pipeline options."""
+
+    index: int
+    kind: str
+    config: Any  # TrainConfig / technique config / DistillConfig / ExportOptions / ...
+    method: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # finalize, finetune...
+    needs_data: bool = False
+
+
+def _methods(kind: str) -> dict[str, type[SlimConfig]]:
+    if kind == "prune":
+        from slimkit.pruning.methods import METHODS as PRUNE
+
+        return PRUNE
+    if kind == "quantize":
+        try:
+            from slimkit.quantization.methods import METHODS as QUANT
+        except ImportError as exc:  # pragma: no cover - until the family lands
+            raise ConfigError(
+                f"quantize stages need slimkit.quantization.methods ({exc})"
+            ) from None
+        return QUANT
+    from slimkit.decomposition.methods import METHODS as DECOMP
+
+    return DECOMP
+
+
+def _train_config(opts: dict[str, Any], recipe: Recipe, field: str) -> TrainConfig:
+    if not isinstance(opts, dict):
+        raise ConfigError(f"{field} must be a mapping of TrainConfig options, but got {opts!r}")
+    return TrainConfig.from_dict({"seed": recipe.seed, **opts})
+
+
+def build_stage(index: int, kind: str, options: dict[str, Any], recipe: Recipe) -> StagePlan:
+    """Validate one stage's options by building its config; errors name the stage."""
+    try:
+        plan = _build(index, kind, dict(options), recipe)
+    except SlimkitError as exc:
+        raise ConfigError(f"stages[{index}].{kind}: {exc}") from None
+    if plan.needs_data and recipe.data is None:
+        raise ConfigError(
+            f"stages[{index}].{kind} needs training or calibration data, but the recipe has "
+            "data: null; add e.g. data: {dataset: mnist5k}"
+        )
+    return plan
+
+
+def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> StagePlan:
+    if kind in ("train", "finetune"):
+        return StagePlan(index, kind, _train_config(opts, recipe, kind), needs_data=True)
+    if kind in ("prune", "quantize", "decompose"):
+        methods = _methods(kind)
+        method = opts.pop("method", None)
+        if method not in methods:
+            raise ConfigError(f"method must be one of {sorted(methods)}, but got {method!r}")
+        extra: dict[str, Any] = {}
+        needs = False
+        if kind == "prune":
+            extra["finalize"] = bool(opts.pop("finalize", True))
+            needs = method in _PRUNE_NEEDS_DATA
+        if kind == "quantize" and "finetune_centroids" in opts:
+            extra["finetune_centroids"] = _train_config(
+                opts.pop("finetune_centroids"), recipe, "finetune_centroids"
+            )
+            needs = True
+        if kind == "quantize":
+            needs = needs or method in _QUANT_NEEDS_DATA
+        if kind == "decompose" and "finetune" in opts:
+            extra["finetune"] = _train_config(opts.pop("finetune"), recipe, "finetune")
+            needs = True
+        config = methods[method].from_dict(opts)
+        ft = getattr(config, "finetune", None)
+        if isinstance(ft, TrainConfig) and ft.epochs > 0:
+            needs = True
+        return StagePlan(index, kind, config, method, extra, needs_data=needs)
+    if kind == "distill":
+        from slimkit.distillation.trainer import DistillConfig
+
+        teacher = opts.pop("teacher", "reference")
+        if teacher != "reference":
+            raise ConfigError(
+                f"teacher must be 'reference' (the model after the last train stage), but got {teacher!r}"
+            )
+        train_opts = {"seed": recipe.seed, **opts.pop("train", {})}
+        config = DistillConfig.from_dict({**opts, "train": train_opts})
+        return StagePlan(index, kind, config, options={"teacher": teacher}, needs_data=True)
+    if kind == "export":
+        return StagePlan(index, kind, ExportOptions.from_dict(opts))
+    if kind == "benchmark":
+        return StagePlan(index, kind, BenchmarkOptions.from_dict(opts))
+    raise ConfigError(f"unknown stage kind {kind!r}")  # pragma: no cover - schema checked it
+
+
+# ---- running ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StageContext:
+    recipe: Recipe
+    data: DataBundle | None
+    out: Path
+    reference: nn.Module | None  # the model after the last train stage (teacher, accuracy ref)
+    is_main: bool = True
+    artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig,
+    *,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    description: str = "train",
+) -> nn.Module:
+    """``training.train``, data-parallel (DDP + DistributedSampler) when run under torchrun."""
+    rank, world = _world()
+    if world == 1:
+        return train(
+            model, data, cfg, loss_fn=loss_fn, after_step=after_step, description=description
+        )
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler: DistributedSampler = DistributedSampler(
+        data.train.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+    )
+    loader = DataLoader(data.train.dataset, batch_size=data.train.batch_size, sampler=sampler)
+    shard = dataclasses.replace(data, train=loader)
+    ddp = DistributedDataParallel(model)
+    inner = model
+
+    def step_hook(_m: nn.Module) -> None:
+        if after_step is not None:
+            after_step(inner)
+
+    def epoch_hook(epoch: int, _m: nn.Module) -> None:
+        sampler.set_epoch(epoch + 1)
+
+    train(
+        ddp,
+        shard,
+        cfg,
+        loss_fn=loss_fn,
+        after_step=step_hook,
+        on_epoch_end=epoch_hook,
+        description=f"{description} [rank {rank}/{world}]",
+    )
+    return model.eval()
+
+
+def _zero_keeper(model: nn.Module) -> Callable[[nn.Module], None] | None:
+    """after_step that keeps already-zero weights of sparse layers at zero (pruning survives)."""
+    masks = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nz = m.weight.detach() != 0
+            if float((~nz).float().mean()) >= 0.1:
+                masks[name] = nz
+    if not masks:
+        return None
+    modules = dict(model.named_modules())
+
+    def keep(_m: nn.Module) -> None:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                modules[name].weight.mul_(mask)
+
+    return keep
+
+
+def _is_weight_quantized(model: nn.Module) -> bool:
+    return any(isinstance(getattr(m, "slimkit_quant", None), dict) for m in model.modules())
+
+
+def _need_data(ctx: StageContext) -> DataBundle:
+    assert ctx.data is not None, "validated at recipe load"
+    return ctx.data
+
+
+def run_train(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    if plan.kind == "finetune" and _is_weight_quantized(model):
+        raise ConfigError(
+            f"stages[{plan.index}].finetune would move quantized weights off their grid; use "
+            "quantize's finetune_centroids option, or fine-tune before quantizing"
+        )
+    keeper = _zero_keeper(model) if plan.kind == "finetune" else None
+    return fit(
+        model,
+        _need_data(ctx),
+        plan.config,
+        after_step=keeper,
+        description=f"stage {plan.index}: {plan.kind}",
+    )
+
+
+def run_prune(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    from slimkit.pruning import finalize_, prune_
+
+    model = prune_(model, plan.config, data=ctx.data)
+    if plan.options.get("finalize", True):
+        finalize_(model)
+    history = getattr(model, "slimkit_pruning", None)
+    if history:
+        ctx.notes[f"prune_{plan.index}"] = history
+    return model.eval()
+
+
+def run_quantize(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    from slimkit.quantization import quantize_
+
+    model = quantize_(model, plan.config, data=ctx.data)
+    ft = plan.options.get("finetune_centroids")
+    if ft is not None:
+        from slimkit.quantization.kmeans import finetune_centroids
+
+        finetune_centroids(model, _need_data(ctx), ft)
+    return model.eval()
+
+
+def run_decompose(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    from slimkit.decomposition import decompose_
+
+    model = decompose_(model, plan.config, data=ctx.data)
+    ft = plan.options.get("finetune")
+    if ft is not None:
+        fit(model, _need_data(ctx), ft, description=f"stage {plan.index}: decompose fine-tune")
+    return model.eval()
+
+
+def run_distill(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    from slimkit.distillation.trainer import distill
+
+    if ctx.reference is None:
+        raise ConfigError(
+            f"stages[{plan.index}].distill needs a reference model: add a train stage before it"
+        )
+    teacher = copy.deepcopy(ctx.reference).eval()
+    distill(model, teacher, _need_data(ctx), plan.config, after_step=_zero_keeper(model))
+    return model.eval()
+
+
+def example_input(ctx: StageContext, model: nn.Module) -> torch.Tensor:
+    if ctx.data is not None:
+        return ctx.data.example_input(1)
+    arch = getattr(model, "slimkit_arch", {})
+    size = arch.get("kwargs", {}).get("image_size", 28)
+    return torch.zeros(1, 1, size, size)
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """A copy with pruning masks folded into zeros (what gets stored)."""
+    out = copy.deepcopy(model)
+    if any(hasattr(m, "weight_mask") for m in out.modules()):
+        from slimkit.pruning import finalize_
+
+        finalize_(out)
+    return out.eval()
+
+
+def run_export(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    from slimkit import io as slim_io
+    from slimkit.export import slimformat
+    from slimkit.export.onnx import to_onnx
+
+    opts: ExportOptions = plan.config
+    folder = (ctx.out / opts.dir).resolve()
+    if not folder.is_relative_to(ctx.out.resolve()):
+        raise ConfigError(f"export dir {opts.dir!r} resolves outside the output folder {ctx.out}")
+    if not ctx.is_main:
+        return model
+    final = deployable(model)
+    x = example_input(ctx, final)
+    files: dict[str, dict[str, Any]] = {}
+    for fmt in opts.formats:
+        if fmt == "slim":
+            path = folder / "model.slim"
+            n = slimformat.save(final, path)
+            files[fmt] = {
+                "path": str(path.relative_to(ctx.out.resolve())),
+                "bytes": n,
+                "stats": slimformat.stats(path),
+            }
+        elif fmt == "safetensors":
+            path = folder / "model.safetensors"
+            files[fmt] = {
+                "path": str(path.relative_to(ctx.out.resolve())),
+                "bytes": slim_io.save(final, path),
+            }
+        elif fmt == "onnx":
+            path = folder / "model.onnx"
+            res = to_onnx(final, path, x, atol=1e-3)
+            files[fmt] = {
+                "path": str(path.relative_to(ctx.out.resolve())),
+                "bytes": res.bytes,
+                "max_abs_diff": res.max_abs_diff,
+            }
+        elif fmt == "onnx-int8":
+            files[fmt] = _export_int8(final, folder / "model.int8.onnx", x, ctx)
+    ctx.artifacts.update(files)
+    return model
+
+
+def _export_int8(
+    model: nn.Module, path: Path, x: torch.Tensor, ctx: StageContext
+) -> dict[str, Any]:
+    """Int8 QDQ ONNX: the model as is when already int8-quantized, else static PTQ of a copy."""
+    from slimkit.quantization.fakequant import QUANT_TYPES
+    from slimkit.quantization.ptq import StaticInt8, export_int8_onnx
+
+    m = model
+    if not any(isinstance(q, QUANT_TYPES) for q in model.modules()):
+        from slimkit.quantization import quantize_
+
+        m = copy.deepcopy(model)
+        calib = min(256, len(_need_data(ctx).calib.dataset))  # type: ignore[arg-type]
+        quantize_(m, StaticInt8(calib_samples=calib), data=ctx.data)
+    res = export_int8_onnx(m, path, x)
+    out = {"path": str(path.relative_to(ctx.out.resolve())), "bytes": path.stat().st_size}
+    if ctx.data is not None:
+        out["accuracy"] = onnx_accuracy(path, ctx.data.test)
+    out["export"] = {
+        k: v for k, v in dataclasses.asdict(res).items() if isinstance(v, (int, float, str))
+    }
+    return out
+
+
+def onnx_accuracy(path: Path, loader) -> float:
+    """Top-1 accuracy of an ONNX file in ONNX Runtime (measured on the file written)."""
+    import numpy as np
+
+    from slimkit.export.ort import make_session
+
+    sess = make_session(str(path), threads=2)
+    name = sess.get_inputs()[0].name
+    hits = total = 0
+    for x, y in loader:
+        logits = sess.run(None, {name: x.numpy().astype(np.float32)})[0]
+        hits += int((logits.argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return hits / max(1, total)
+
+
+def run_benchmark(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    import tempfile
+
+    from slimkit.export.onnx import to_onnx
+    from slimkit.metrics.latency import ort_latency, torch_latency
+
+    if not ctx.is_main:
+        return model
+    opts: BenchmarkOptions = plan.config
+    final = deployable(model)
+    x = example_input(ctx, final)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "m.onnx"
+        to_onnx(final, onnx_path, x, atol=1e-3)
+        targets = {"onnx": onnx_path}
+        int8 = ctx.artifacts.get("onnx-int8")
+        if int8:
+            targets["onnx-int8"] = ctx.out / int8["path"]
+        for b in opts.batches:
+            rows.append(
+                {
+                    "artifact": "torch",
+                    **torch_latency(final, x, b, threads=opts.threads, runs=opts.runs).to_dict(),
+                }
+            )
+            for label, p in targets.items():
+                rows.append(
+                    {
+                        "artifact": label,
+                        **ort_latency(p, x, b, threads=opts.threads, runs=opts.runs).to_dict(),
+                    }
+                )
+    ctx.notes["benchmark"] = rows
+    return model
+
+
+RUNNERS: dict[str, Callable[[StagePlan, nn.Module, StageContext], nn.Module]] = {
+    "train": run_train,
+    "finetune": run_train,
+    "prune": run_prune,
+    "quantize": run_quantize,
+    "decompose": run_decompose,
+    "distill": run_distill,
+    "export": run_export,
+    "benchmark": run_benchmark,
+}
+
+
+def run_stage(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
+    return RUNNERS[plan.kind](plan, model, ctx)
