@@ -169,7 +169,9 @@ class _Int8Mixin:
                 self.obs_out.observe(y)
             return y
         qat = self.state == "qat"
-        if qat and self.training and not self.slimkit_quant["int8"].get("frozen", False):
+        moving = qat and self.training and not self.slimkit_quant["int8"].get("frozen", False)
+        if moving and not self.slimkit_quant["int8"].get("input_from"):
+            # Shared inputs keep the producer's grid (ptq.sync_shared copies it after a step).
             self._ema_update(x, "input")
         if qat:
             self.refresh_weight_qparams()
@@ -180,7 +182,7 @@ class _Int8Mixin:
             b = fake_quant_bias(b, self.input_scale * self.weight_scale)
         # In "quant" state the bias was snapped onto its int32 grid by `snap_to_grid`.
         y = self._act(op(xq, wq, b))
-        if qat and self.training and not self.slimkit_quant["int8"].get("frozen", False):
+        if moving:
             self._ema_update(y.detach(), "output")
         return fake_quant_act(y, self.output_scale, self.output_zero_point)
 

@@ -216,6 +216,17 @@ def calibrate(
 
 
 @torch.no_grad()
+def sync_shared(model: nn.Module) -> None:
+    """Give each layer with ``input_from`` its producer's output grid (exact pass-through)."""
+    names = {n: m for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
+    for m in names.values():
+        src = m.slimkit_quant["int8"].get("input_from")
+        if src in names:  # the input already sits on the producer's output grid
+            m.input_scale.copy_(names[src].output_scale)
+            m.input_zero_point.copy_(names[src].output_zero_point)
+
+
+@torch.no_grad()
 def finalize(model: nn.Module) -> None:
     """Freeze grids from the observers, share grids across pass-through ops, snap weights."""
     names = {n: m for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
@@ -236,11 +247,7 @@ def finalize(model: nn.Module) -> None:
             m.output_scale.fill_(s)
             m.output_zero_point.fill_(z)
         m.obs_in = m.obs_out = None
-    for m in names.values():
-        src = m.slimkit_quant["int8"].get("input_from")
-        if src in names:  # the input already sits on the producer's output grid
-            m.input_scale.copy_(names[src].output_scale)
-            m.input_zero_point.copy_(names[src].output_zero_point)
+    sync_shared(model)
     for m in names.values():
         m.refresh_weight_qparams()
         m.snap_to_grid()
@@ -375,17 +382,32 @@ def qdq_to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# Where 8-bit weights are read: (op type, input index) of the int8 kernels and of QDQ.
+_WEIGHT_INPUTS = {
+    ("DequantizeLinear", 0),
+    ("MatMulInteger", 1),
+    ("ConvInteger", 1),
+    ("DynamicQuantizeLSTM", 1),
+    ("DynamicQuantizeLSTM", 2),
+}
+
+
 def onnx_weight_bytes(model: onnx.ModelProto) -> tuple[int, int, int]:
     """``(int8 weight initializers, their bytes, float initializer bytes)``.
 
-    An int8 weight is an 8-bit initializer read as the data input of a DequantizeLinear
-    (zero points are not counted as weights).
+    An int8 weight is an 8-bit initializer read as the data input of DequantizeLinear or as
+    the weight of an integer kernel (zero points are not counted as weights).
     """
-    dq_data = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    weights = {
+        n.input[i]
+        for n in model.graph.node
+        for op, i in _WEIGHT_INPUTS
+        if n.op_type == op and len(n.input) > i
+    }
     n8 = b8 = bf = 0
     for init in model.graph.initializer:
         arr = numpy_helper.to_array(init)
-        if arr.dtype in (np.int8, np.uint8) and init.name in dq_data:
+        if arr.dtype in (np.int8, np.uint8) and init.name in weights:
             n8 += 1
             b8 += arr.nbytes
         elif arr.dtype.kind == "f":
