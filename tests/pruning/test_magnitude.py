@@ -157,4 +157,6 @@ def test_contract(name):
 def test_contract_unfinalized_model_roundtrips():
     model = tiny_models()["lenet5"]
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    check_contract(model, lambda m: sk.prune_(m, MagnitudePruning(sparsity=0.5)), x, min_sqnr_db=0.0)
+    check_contract(
+        model, lambda m: sk.prune_(m, MagnitudePruning(sparsity=0.5)), x, min_sqnr_db=0.0
+    )

@@ -46,5 +46,9 @@ def test_bad_seed():
 
 def test_contract():
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    check_contract(tiny_models()["lenet5"],
-                   lambda m: finalize_(sk.prune_(m, RandomPruning(sparsity=0.2))), x, min_sqnr_db=0.0)
+    check_contract(
+        tiny_models()["lenet5"],
+        lambda m: finalize_(sk.prune_(m, RandomPruning(sparsity=0.2))),
+        x,
+        min_sqnr_db=0.0,
+    )

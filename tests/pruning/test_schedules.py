@@ -39,8 +39,13 @@ def test_iterative_and_oneshot_values():
 def test_gradual_reaches_final_sparsity_with_finetuning(digits, kind):
     torch.manual_seed(0)
     model = sk.build_model("lenet300", image_size=8)
-    cfg = GradualPruning(final_sparsity=0.8, steps=3, kind=kind, scope="global",
-                         finetune=TrainConfig(epochs=1, max_batches=3, lr=1e-2))
+    cfg = GradualPruning(
+        final_sparsity=0.8,
+        steps=3,
+        kind=kind,
+        scope="global",
+        finetune=TrainConfig(epochs=1, max_batches=3, lr=1e-2),
+    )
     sk.prune_(model, cfg, data=digits)
     total = sum(model.get_submodule(n).weight.numel() for n in LAYERS)
     assert overall_sparsity(model, LAYERS) == round(0.8 * total) / total
@@ -61,8 +66,13 @@ def test_loss_fn_hook_used_for_finetuning_and_taylor(digits):
         return F.cross_entropy(logits, y)
 
     model = sk.build_model("lenet300", image_size=8)
-    cfg = GradualPruning(final_sparsity=0.5, steps=2, criterion="taylor", taylor_batches=1,
-                         finetune=TrainConfig(epochs=1, max_batches=2))
+    cfg = GradualPruning(
+        final_sparsity=0.5,
+        steps=2,
+        criterion="taylor",
+        taylor_batches=1,
+        finetune=TrainConfig(epochs=1, max_batches=2),
+    )
     sk.prune_(model, cfg, data=digits, loss_fn=loss_fn)
     assert len(calls) == 2 * (1 + 2)  # per step: 1 Taylor batch + 2 fine-tuning batches
 
@@ -86,4 +96,6 @@ def test_from_yaml_dict_and_errors():
 def test_contract_without_finetuning():
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     cfg = GradualPruning(final_sparsity=0.3, steps=2, finetune=TrainConfig(epochs=0))
-    check_contract(tiny_models()["lenet5"], lambda m: finalize_(sk.prune_(m, cfg)), x, min_sqnr_db=0.0)
+    check_contract(
+        tiny_models()["lenet5"], lambda m: finalize_(sk.prune_(m, cfg)), x, min_sqnr_db=0.0
+    )

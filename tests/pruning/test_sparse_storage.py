@@ -21,7 +21,11 @@ def sparse(n, s, seed=0, dtype=np.float32):
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
 def test_roundtrip_exact_floats(s, k):
     x = sparse(5000, s)
-    for enc in (encode_sparse(x, index_bits=k), encode_sparse(x, kind="bitmask"), choose_encoding(x)):
+    for enc in (
+        encode_sparse(x, index_bits=k),
+        encode_sparse(x, kind="bitmask"),
+        choose_encoding(x),
+    ):
         assert np.array_equal(decode_sparse(enc), x)
         assert decode_sparse(enc).dtype == x.dtype
 
@@ -60,7 +64,9 @@ def test_bytes_fall_as_sparsity_rises():
 def test_chosen_encoding_is_smallest(s):
     x = sparse(8000, s, seed=3)
     best = choose_encoding(x)
-    candidates = [encode_sparse(x, kind="bitmask")] + [encode_sparse(x, index_bits=k) for k in (2, 3, 4, 5, 6, 8)]
+    candidates = [encode_sparse(x, kind="bitmask")] + [
+        encode_sparse(x, index_bits=k) for k in (2, 3, 4, 5, 6, 8)
+    ]
     assert best.nbytes == min(c.nbytes for c in candidates)
     if s <= 0.5:
         assert best.kind is SparseKind.BITMASK

@@ -15,7 +15,7 @@ from torch import nn
 
 from slimkit.config import SlimConfig, check_range, parse_enum, select_modules
 from slimkit.pruning.api import PRUNERS
-from slimkit.pruning.masks import Scope, apply_masks, masks_from_scores
+from slimkit.pruning.masks import Scope, apply_masks, masks_from_scores, weight_of
 
 # Layer name -> score tensor of the weight's shape (higher = more important).
 ScoreFn = Callable[[nn.Module, dict[str, nn.Module]], dict[str, torch.Tensor]]
@@ -40,7 +40,9 @@ def select_layers(model: nn.Module, cfg: UnstructuredPruning) -> dict[str, nn.Mo
     return select_modules(model, cfg.targets, cfg.ignore, types=(nn.Linear, nn.Conv2d))
 
 
-def prune_by_scores(model: nn.Module, cfg: UnstructuredPruning, score_fn: ScoreFn) -> dict[str, torch.Tensor]:
+def prune_by_scores(
+    model: nn.Module, cfg: UnstructuredPruning, score_fn: ScoreFn
+) -> dict[str, torch.Tensor]:
     """Score the chosen layers, prune the lowest scores to ``cfg.sparsity`` and install masks."""
     layers = select_layers(model, cfg)
     scores = score_fn(model, layers)
@@ -50,7 +52,7 @@ def prune_by_scores(model: nn.Module, cfg: UnstructuredPruning, score_fn: ScoreF
 
 
 def magnitude_scores(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach().abs() for n, m in layers.items()}
+    return {n: weight_of(m).detach().abs() for n, m in layers.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,13 +39,21 @@ class Scope(str, enum.Enum):
     LAYER = "layer"
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` typed as a tensor (nn.Module attributes are ``Tensor | Module``)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ConfigError(f"{type(module).__name__} has no weight tensor to prune")
+    return weight
+
+
 def _mask_pre_hook(module: nn.Module, args: object) -> None:
     # Training-mode only: in eval the weights are already masked (and export stays hook-free).
     if module.training:
         mask = getattr(module, MASK, None)
         if mask is not None:
             with torch.no_grad():
-                module.weight.mul_(mask)
+                weight_of(module).mul_(mask)
 
 
 def _has_hook(module: nn.Module) -> bool:
@@ -96,7 +104,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``{layer name: module}`` of every layer that carries a pruning mask."""
-    return {n: m for n, m in model.named_modules() if isinstance(getattr(m, MASK, None), torch.Tensor)}
+    return {
+        n: m for n, m in model.named_modules() if isinstance(getattr(m, MASK, None), torch.Tensor)
+    }
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -108,7 +118,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def reapply_masks(model: nn.Module) -> None:
     """Zero every masked weight again; the ``after_step`` callback of ``training.train``."""
     for m in masked_layers(model).values():
-        m.weight.mul_(getattr(m, MASK))
+        weight_of(m).mul_(getattr(m, MASK))
 
 
 def attach_masks(model: nn.Module) -> None:
@@ -122,7 +132,7 @@ def attach_masks(model: nn.Module) -> None:
 def finalize_(model: nn.Module) -> nn.Module:
     """Fold masks into real zeros and remove every mask buffer and hook; returns ``model``."""
     for m in list(masked_layers(model).values()):
-        m.weight.mul_(getattr(m, MASK))
+        weight_of(m).mul_(getattr(m, MASK))
         del m._buffers[MASK]
         _remove_hook(m)
     for m in model.modules():  # stray hooks (mask removed by hand) go too
@@ -152,7 +162,9 @@ def overall_sparsity(model: nn.Module, names: list[str]) -> float:
     return zeros / max(1, total)
 
 
-def _protect_pruned(model: nn.Module, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _protect_pruned(
+    model: nn.Module, scores: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Scores with already-masked weights set to -inf, so they are pruned first (no regrowth)."""
     modules = dict(model.named_modules())
     out = {}
@@ -187,7 +199,11 @@ def masks_from_scores(
     With ``model`` given, weights that are already masked are pruned first (scores -> -inf).
     """
     scope = Scope(scope)
-    scored = _protect_pruned(model, scores) if model is not None else {n: s.detach().float() for n, s in scores.items()}
+    scored = (
+        _protect_pruned(model, scores)
+        if model is not None
+        else {n: s.detach().float() for n, s in scores.items()}
+    )
     if scope is Scope.LAYER:
         return {n: _lowest_k_mask(s, round(sparsity * s.numel())) for n, s in scored.items()}
     # Global: one ranking over the concatenation of every layer's scores.

@@ -6,13 +6,13 @@ The structured-pruning engineer adds their names here too.
 from __future__ import annotations
 
 from slimkit.config import SlimConfig
+from slimkit.pruning.gates import GatePruning
 from slimkit.pruning.magnitude import MagnitudePruning
 from slimkit.pruning.random import RandomPruning
 from slimkit.pruning.schedules import GradualPruning
-from slimkit.pruning.taylor import TaylorPruning
-from slimkit.pruning.structured import ChannelPruning
 from slimkit.pruning.slimming import NetworkSlimming
-from slimkit.pruning.gates import GatePruning
+from slimkit.pruning.structured import ChannelPruning
+from slimkit.pruning.taylor import TaylorPruning
 
 METHODS: dict[str, type[SlimConfig]] = {
     "magnitude": MagnitudePruning,

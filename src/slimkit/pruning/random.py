@@ -14,6 +14,7 @@ from torch import nn
 from slimkit.config import check_int
 from slimkit.pruning.api import PRUNERS
 from slimkit.pruning.magnitude import UnstructuredPruning, prune_by_scores
+from slimkit.pruning.masks import weight_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,9 @@ def random_scores(seed: int):
         # NumPy's PCG64, not torch's generator: torch.manual_seed(s) before building the model
         # would otherwise make the "random" scores the very numbers the weights were drawn from.
         rng = np.random.default_rng(seed)
-        return {n: torch.from_numpy(rng.random(tuple(m.weight.shape))) for n, m in layers.items()}
+        return {
+            n: torch.from_numpy(rng.random(tuple(weight_of(m).shape))) for n, m in layers.items()
+        }
 
     return score
 

@@ -50,7 +50,9 @@ def agp_sparsity(t: int, steps: int, final: float, initial: float = 0.0) -> floa
     return final + (initial - final) * (1.0 - t / steps) ** 3
 
 
-def schedule_values(kind: ScheduleKind | str, final: float, steps: int, initial: float = 0.0) -> list[float]:
+def schedule_values(
+    kind: ScheduleKind | str, final: float, steps: int, initial: float = 0.0
+) -> list[float]:
     """Target sparsity after each pruning step (the last one is ``final``)."""
     kind = parse_enum(ScheduleKind, kind, "kind")
     if kind is ScheduleKind.ONESHOT:
@@ -66,7 +68,8 @@ class GradualPruning(SlimConfig):
 
     final_sparsity: float = 0.9
     steps: int = 5
-    kind: ScheduleKind = ScheduleKind.AGP
+    # "kind" is the API name the issue asks for; it shadows SlimConfig.kind (a class label).
+    kind: ScheduleKind = ScheduleKind.AGP  # type: ignore[misc]
     initial_sparsity: float = 0.0
     criterion: ScoreCriterion = ScoreCriterion.MAGNITUDE
     scope: Scope = Scope.GLOBAL
@@ -88,28 +91,38 @@ class GradualPruning(SlimConfig):
         check_int("taylor_batches", self.taylor_batches, 1, 10**6)
         check_int("seed", self.seed, 0, 2**63 - 1)
         object.__setattr__(self, "kind", parse_enum(ScheduleKind, self.kind, "kind"))
-        object.__setattr__(self, "criterion", parse_enum(ScoreCriterion, self.criterion, "criterion"))
+        object.__setattr__(
+            self, "criterion", parse_enum(ScoreCriterion, self.criterion, "criterion")
+        )
         object.__setattr__(self, "scope", parse_enum(Scope, self.scope, "scope"))
         if isinstance(self.finetune, dict):  # from YAML: a nested mapping
             object.__setattr__(self, "finetune", TrainConfig.from_dict(self.finetune))
         if not isinstance(self.finetune, TrainConfig):
-            raise ConfigError(f"finetune must be a TrainConfig or a mapping, but got {self.finetune!r}")
+            raise ConfigError(
+                f"finetune must be a TrainConfig or a mapping, but got {self.finetune!r}"
+            )
 
     def values(self) -> list[float]:
         return schedule_values(self.kind, self.final_sparsity, self.steps, self.initial_sparsity)
 
     def step_config(self, sparsity: float) -> UnstructuredPruning:
-        common = {"sparsity": sparsity, "scope": self.scope, "targets": self.targets, "ignore": self.ignore}
+        s, scope, targets, ignore = sparsity, self.scope, self.targets, self.ignore
         if self.criterion is ScoreCriterion.TAYLOR:
-            return TaylorPruning(**common, batches=self.taylor_batches)
+            return TaylorPruning(s, scope, targets, ignore, batches=self.taylor_batches)
         if self.criterion is ScoreCriterion.RANDOM:
-            return RandomPruning(**common, seed=self.seed)
-        return MagnitudePruning(**common)
+            return RandomPruning(s, scope, targets, ignore, seed=self.seed)
+        return MagnitudePruning(s, scope, targets, ignore)
 
 
 @PRUNERS.register(GradualPruning)
-def _prune_gradual(model: nn.Module, config: GradualPruning, *, data: Any = None,
-                   loss_fn: LossFn | None = None, **_: object) -> nn.Module:
+def _prune_gradual(
+    model: nn.Module,
+    config: GradualPruning,
+    *,
+    data: Any = None,
+    loss_fn: LossFn | None = None,
+    **_: object,
+) -> nn.Module:
     from slimkit.pruning.api import prune_
 
     finetune = config.finetune
@@ -125,9 +138,16 @@ def _prune_gradual(model: nn.Module, config: GradualPruning, *, data: Any = None
     for step, target in enumerate(config.values(), start=1):
         prune_(model, config.step_config(target), data=data, loss_fn=loss_fn)
         if finetune.epochs > 0:
-            train(model, data, finetune, loss_fn=loss_fn, after_step=reapply_masks,
-                  description=f"prune step {step}: fine-tune at sparsity {target:.3f}")
-        history.append({"step": step, "target_sparsity": target,
-                        "sparsity": overall_sparsity(model, names)})
+            train(
+                model,
+                data,
+                finetune,
+                loss_fn=loss_fn,
+                after_step=reapply_masks,
+                description=f"prune step {step}: fine-tune at sparsity {target:.3f}",
+            )
+        history.append(
+            {"step": step, "target_sparsity": target, "sparsity": overall_sparsity(model, names)}
+        )
     model.slimkit_pruning = {"method": "gradual", "config": config.to_dict(), "history": history}  # type: ignore[assignment]
     return model.eval()

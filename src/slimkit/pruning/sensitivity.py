@@ -20,7 +20,7 @@ from torch import nn
 from slimkit import atomic
 from slimkit.config import check_int, check_range, select_modules
 from slimkit.errors import ConfigError
-from slimkit.pruning.masks import _lowest_k_mask
+from slimkit.pruning.masks import _lowest_k_mask, weight_of
 
 
 @dataclasses.dataclass
@@ -40,11 +40,17 @@ class SensitivityTable:
         """Per layer, the highest scanned sparsity whose accuracy loss is <= ``max_drop``."""
         out = {}
         for name, accs in self.accuracy.items():
-            ok = [s for s, a in zip(self.sparsities, accs, strict=True) if self.baseline - a <= max_drop]
+            ok = [
+                s
+                for s, a in zip(self.sparsities, accs, strict=True)
+                if self.baseline - a <= max_drop
+            ]
             out[name] = max(ok, default=0.0)
         return out
 
-    def plot(self, path: str | os.PathLike[str], title: str = "per-layer pruning sensitivity") -> None:
+    def plot(
+        self, path: str | os.PathLike[str], title: str = "per-layer pruning sensitivity"
+    ) -> None:
         """Write accuracy-vs-sparsity curves (one per layer) to a PNG file, atomically."""
         import matplotlib
 
@@ -74,7 +80,9 @@ def _accuracy(model: nn.Module, loader: Any, max_batches: int | None) -> float:
         correct += int((model(x).argmax(1) == y).sum())
         total += int(y.numel())
     if total == 0:
-        raise ConfigError("sensitivity scan needs at least one evaluation sample, but the loader is empty")
+        raise ConfigError(
+            "sensitivity scan needs at least one evaluation sample, but the loader is empty"
+        )
     return correct / total
 
 
@@ -107,13 +115,14 @@ def sensitivity_scan(
         baseline = _accuracy(model, loader, max_batches)
         table: dict[str, list[float]] = {}
         for name, module in layers.items():
-            original = module.weight.detach().clone()
+            weight = weight_of(module)
+            original = weight.detach().clone()
             accs = []
             for s in sparsities:
                 keep = _lowest_k_mask(original.abs(), round(s * original.numel()))
-                module.weight.copy_(original * keep)
+                weight.copy_(original * keep)
                 accs.append(_accuracy(model, loader, max_batches))
-            module.weight.copy_(original)
+            weight.copy_(original)
             table[name] = accs
     finally:
         model.train(was_training)

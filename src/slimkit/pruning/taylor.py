@@ -22,6 +22,7 @@ from slimkit.config import check_int
 from slimkit.errors import ConfigError, NumericsError
 from slimkit.pruning.api import PRUNERS
 from slimkit.pruning.magnitude import UnstructuredPruning, prune_by_scores
+from slimkit.pruning.masks import weight_of
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -63,8 +64,8 @@ def taylor_scores(
     loader = calibration_loader(data)
     was_training = model.training
     model.eval()
-    weights = [m.weight for m in layers.values()]
-    scores = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers.items()}
+    weights = [weight_of(m) for m in layers.values()]
+    scores = {n: torch.zeros_like(weight_of(m), dtype=torch.float32) for n, m in layers.items()}
     seen = 0
     try:
         for i, (x, y) in enumerate(loader):
@@ -76,21 +77,31 @@ def taylor_scores(
                 grads = torch.autograd.grad(loss, weights, allow_unused=True)
             for (n, m), g in zip(layers.items(), grads, strict=True):
                 if g is not None:
-                    scores[n] += (m.weight.detach() * g).abs().float()
+                    scores[n] += (weight_of(m).detach() * g).abs().float()
             seen += 1
     finally:
         model.train(was_training)
     if seen == 0:
-        raise ConfigError("calibration data yielded no batches; Taylor importance needs at least one")
+        raise ConfigError(
+            "calibration data yielded no batches; Taylor importance needs at least one"
+        )
     for n, s in scores.items():
         if not torch.isfinite(s).all():
-            raise NumericsError(f"Taylor importance of layer {n!r} is not finite (NaN/inf gradients)")
+            raise NumericsError(
+                f"Taylor importance of layer {n!r} is not finite (NaN/inf gradients)"
+            )
     return scores
 
 
 @PRUNERS.register(TaylorPruning)
-def _prune_taylor(model: nn.Module, config: TaylorPruning, *, data: Any = None,
-                  loss_fn: LossFn | None = None, **_: object) -> nn.Module:
+def _prune_taylor(
+    model: nn.Module,
+    config: TaylorPruning,
+    *,
+    data: Any = None,
+    loss_fn: LossFn | None = None,
+    **_: object,
+) -> nn.Module:
     calibration_loader(data)  # fail before any work when data is missing
 
     def score(m: nn.Module, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
