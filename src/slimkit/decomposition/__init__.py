@@ -2,13 +2,18 @@
 
 from slimkit.decomposition.api import DECOMPOSERS, decompose_
 from slimkit.decomposition.base import LayerPlan, Recovery, RecoveryMode, decomposition_plan
+from slimkit.decomposition.cp import CPDecomposition
+from slimkit.decomposition.depthwise import DepthwiseSeparable
 from slimkit.decomposition.fusion import FuseBatchNorm, fuse_batchnorm
 from slimkit.decomposition.methods import METHODS, make_config
 from slimkit.decomposition.rank import RankRule, RankSpec
 from slimkit.decomposition.svd import SVDDecomposition
+from slimkit.decomposition.tucker import TuckerDecomposition
 
 __all__ = [
+    "CPDecomposition",
     "DECOMPOSERS",
+    "DepthwiseSeparable",
     "FuseBatchNorm",
     "METHODS",
     "LayerPlan",
@@ -17,6 +22,7 @@ __all__ = [
     "Recovery",
     "RecoveryMode",
     "SVDDecomposition",
+    "TuckerDecomposition",
     "decompose_",
     "decomposition_plan",
     "fuse_batchnorm",

@@ -147,7 +147,7 @@ Factorise = Callable[[str, nn.Module], tuple[nn.Module | None, LayerPlan]]
 
 def replace_layers(
     model: nn.Module,
-    cfg: LowRankConfig,
+    cfg: Any,  # any config with targets, ignore, skip_if_larger
     types: tuple[type[nn.Module], ...],
     factorise: Factorise,
     *,
@@ -208,7 +208,7 @@ def decomposition_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
     return copy.deepcopy(dict(getattr(model, PLAN_ATTR, {}) or {}))
 
 
-def run(model: nn.Module, cfg: LowRankConfig, data: Any, apply: Callable[[nn.Module], object]):
+def run(model: nn.Module, cfg: Any, data: Any, apply: Callable[[nn.Module], object]):
     """Apply a technique, then its recovery (teacher = the model before it was changed)."""
     teacher = copy.deepcopy(model).eval() if cfg.recovery.mode is RecoveryMode.DISTILL else None
     if cfg.recovery.mode is not RecoveryMode.NONE and data is None:

@@ -10,12 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from slimkit.config import SlimConfig
+from slimkit.decomposition.cp import CPDecomposition
+from slimkit.decomposition.depthwise import DepthwiseSeparable
 from slimkit.decomposition.fusion import FuseBatchNorm
 from slimkit.decomposition.svd import SVDDecomposition
+from slimkit.decomposition.tucker import TuckerDecomposition
 from slimkit.errors import ConfigError
 
 METHODS: dict[str, type[SlimConfig]] = {
     "svd": SVDDecomposition,
+    "tucker": TuckerDecomposition,
+    "cp": CPDecomposition,
+    "depthwise": DepthwiseSeparable,
     "fuse_bn": FuseBatchNorm,
 }
 

@@ -130,38 +130,37 @@ def rank_from_singular_values(
 
 
 def evbmf_rank(s: np.ndarray, rows: int, cols: int) -> int:
-    """Rank kept by EVBMF's global analytic solution (Nakajima et al., JMLR 2013, Thm. 2).
+    """Rank kept by EVBMF's global analytic solution (Nakajima et al., JMLR 2013).
 
-    The noise variance is estimated by minimising the free energy over a bounded interval; a
-    component survives when its singular value exceeds the threshold tau(sigma^2).
+    ``s`` holds all min(rows, cols) singular values. The noise variance sigma^2 is the minimiser
+    of the free energy over its analytic bounds (log-spaced grid search); a component survives
+    when its singular value exceeds sqrt(M sigma^2 (1 + tau) (1 + alpha / tau)).
     """
     L, M = (rows, cols) if rows <= cols else (cols, rows)  # L <= M
     s = np.asarray(s, dtype=np.float64)[:L]
     alpha = L / M
     tauubar = 2.5129 * math.sqrt(alpha)
-    # Upper bound on the number of non-zero components and the noise search interval.
-    h_ub = int(min(math.ceil(L / (1 + alpha)) - 1, len(s) - 1))
-    if h_ub < 1:
-        return 1
-    total = float((s**2).sum())
-    residual = float(max((s[h_ub:] ** 2).sum(), 0.0)) if h_ub < len(s) else 0.0
-    lower = max(s[h_ub] ** 2 / (M * (1 + tauubar)), residual / (M * (L - h_ub)), 1e-30)
-    upper = total / (L * M)
+    xubar = (1 + tauubar) * (1 + alpha / tauubar)
+    h_ub = int(min(math.ceil(L / (1 + alpha)) - 1, len(s))) - 1  # index bound on the rank
+    if h_ub + 1 >= len(s) or h_ub < 0:
+        return len(s)
+    upper = float((s**2).sum()) / (L * M)
+    lower = max(s[h_ub + 1] ** 2 / (M * xubar), float(np.mean(s[h_ub + 1 :] ** 2)) / M, 1e-300)
     if not upper > lower:
         return 1
 
     def free_energy(sigma2: float) -> float:
         x = s**2 / (M * sigma2)
-        z1 = x[x > 1 + tauubar]
-        z2 = x[x <= 1 + tauubar]
+        z1 = x[x > xubar]
+        z2 = x[x <= xubar]
         tau_z1 = 0.5 * (z1 - (1 + alpha) + np.sqrt((z1 - (1 + alpha)) ** 2 - 4 * alpha))
-        term1 = float(np.sum(z2 - np.log(z2)))
-        term2 = float(np.sum(z1 - tau_z1))
-        term3 = float(np.sum(np.log((tau_z1 + 1) / z1)))
-        term4 = alpha * float(np.sum(np.log(tau_z1 / alpha + 1)))
-        return term1 + term2 + term3 + term4
+        return float(
+            np.sum(z2 - np.log(z2))
+            + np.sum(z1 - tau_z1)
+            + np.sum(np.log((tau_z1 + 1) / z1))
+            + alpha * np.sum(np.log(tau_z1 / alpha + 1))
+        )
 
-    grid = np.exp(np.linspace(math.log(lower), math.log(upper), 200))
+    grid = np.exp(np.linspace(math.log(lower), math.log(upper), 400))
     sigma2 = float(grid[int(np.argmin([free_energy(g) for g in grid]))])
-    threshold = math.sqrt(M * sigma2 * (1 + tauubar))
-    return int((s > threshold).sum())
+    return int((s > math.sqrt(M * sigma2 * xubar)).sum())

@@ -70,9 +70,8 @@ def _plan(name: str, layer: nn.Linear, cfg: SVDDecomposition) -> tuple[nn.Module
 @DECOMPOSERS.register(SVDDecomposition)
 def svd_decompose(model: nn.Module, cfg: SVDDecomposition, data: Any = None, **_: Any) -> nn.Module:
     """Replace every chosen Linear by its rank-r factorisation, in place."""
-    return run(
-        model,
-        cfg,
-        data,
-        lambda m: replace_layers(m, cfg, (nn.Linear,), lambda n, layer: _plan(n, layer, cfg)),
-    )
+
+    def apply(m: nn.Module) -> None:
+        replace_layers(m, cfg, (nn.Linear,), lambda n, layer: _plan(n, layer, cfg))  # type: ignore[arg-type]
+
+    return run(model, cfg, data, apply)
