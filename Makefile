@@ -39,9 +39,12 @@ format: $(STAMP_DEV)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# Each script prints its side-by-side table; the output is kept in results/<name>.txt and
+# collected into benchmarks/RESULTS.md.
 bench: $(STAMP_DEV)
-	@set -e; for f in benchmarks/[a-z]*.py; do echo "== $$f"; $(BIN)/python $$f; done
-	$(BIN)/python benchmarks/make_results.py
+	@set -e; for f in benchmarks/[a-z]*.py; do n=$$(basename $$f .py); echo "== $$f"; \
+	  $(BIN)/python $$f | tee benchmarks/results/$$n.txt; done
+	$(BIN)/python benchmarks/_make_results.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
