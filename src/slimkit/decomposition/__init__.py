@@ -7,11 +7,22 @@ from slimkit.decomposition.depthwise import DepthwiseSeparable
 from slimkit.decomposition.fusion import FuseBatchNorm, fuse_batchnorm
 from slimkit.decomposition.methods import METHODS, make_config
 from slimkit.decomposition.rank import RankRule, RankSpec
+from slimkit.decomposition.split import (
+    CutPoint,
+    SplitConfig,
+    SplitPlan,
+    SplitResult,
+    cut_points,
+    export_split,
+    plan_split,
+    split_model,
+)
 from slimkit.decomposition.svd import SVDDecomposition
 from slimkit.decomposition.tucker import TuckerDecomposition
 
 __all__ = [
     "CPDecomposition",
+    "CutPoint",
     "DECOMPOSERS",
     "DepthwiseSeparable",
     "FuseBatchNorm",
@@ -22,9 +33,16 @@ __all__ = [
     "Recovery",
     "RecoveryMode",
     "SVDDecomposition",
+    "SplitConfig",
+    "SplitPlan",
+    "SplitResult",
     "TuckerDecomposition",
+    "cut_points",
     "decompose_",
     "decomposition_plan",
+    "export_split",
     "fuse_batchnorm",
     "make_config",
+    "plan_split",
+    "split_model",
 ]
