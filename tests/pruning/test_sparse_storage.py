@@ -86,3 +86,18 @@ def test_bad_input():
         encode_sparse(np.zeros(4), index_bits=0)
     with pytest.raises(ConfigError, match="shape"):
         decode_sparse(encode_sparse(np.zeros(4)), (3,))
+
+
+def test_save_sparse_state_roundtrip_and_smaller(tmp_path):
+    import torch
+
+    from slimkit.pruning.sparse_storage import load_sparse, save_sparse
+
+    w = torch.from_numpy(sparse(300 * 100, 0.95).reshape(300, 100))
+    state = {"fc.weight": w, "fc.bias": torch.randn(300), "steps": torch.tensor([3])}
+    n = save_sparse(state, tmp_path / "s.safetensors")
+    assert n == (tmp_path / "s.safetensors").stat().st_size
+    assert n < 0.15 * w.numel() * 4
+    back = load_sparse(tmp_path / "s.safetensors")
+    for k, v in state.items():
+        assert np.array_equal(back[k], v.numpy()), k
