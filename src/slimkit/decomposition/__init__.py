@@ -7,6 +7,7 @@ from slimkit.decomposition.depthwise import DepthwiseSeparable
 from slimkit.decomposition.fusion import FuseBatchNorm, fuse_batchnorm
 from slimkit.decomposition.methods import METHODS, make_config
 from slimkit.decomposition.rank import RankRule, RankSpec
+from slimkit.decomposition.report import BeforeAfter, before_after
 from slimkit.decomposition.split import (
     CutPoint,
     SplitConfig,
@@ -21,6 +22,7 @@ from slimkit.decomposition.svd import SVDDecomposition
 from slimkit.decomposition.tucker import TuckerDecomposition
 
 __all__ = [
+    "BeforeAfter",
     "CPDecomposition",
     "CutPoint",
     "DECOMPOSERS",
@@ -37,6 +39,7 @@ __all__ = [
     "SplitPlan",
     "SplitResult",
     "TuckerDecomposition",
+    "before_after",
     "cut_points",
     "decompose_",
     "decomposition_plan",
