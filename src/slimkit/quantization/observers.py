@@ -117,13 +117,18 @@ class Observer:
         return qparams_from_range(lo, hi, qmin, qmax)
 
 
-def _mse_range(values: np.ndarray, lo: float, hi: float, steps: int = 60) -> tuple[float, float]:
-    """Shrink ``[lo, hi]`` by factors in (0.2, 1] and keep the one with least MSE."""
+def _shrinks(steps: int = 80, smallest: float = 0.01) -> np.ndarray:
+    """Candidate fractions of the min-max range, dense near 1 and down to ``smallest``."""
+    return np.geomspace(1.0, smallest, steps)
+
+
+def _mse_range(values: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """Shrink ``[lo, hi]`` by the factor with the least quantize-dequantize MSE."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     if hi <= lo:
         return lo, hi
     best, best_err = (lo, hi), math.inf
-    for a in np.linspace(1.0, 0.2, steps):
+    for a in _shrinks():
         s, z = qparams_from_range(lo * a, hi * a, *UINT8)
         err = float(np.mean((fake_quant_np(values, s, z, *UINT8) - values) ** 2))
         if err < best_err - 1e-15:
@@ -134,36 +139,37 @@ def _mse_range(values: np.ndarray, lo: float, hi: float, steps: int = 60) -> tup
 def _entropy_range(
     values: np.ndarray, lo: float, hi: float, bins: int = 2048, levels: int = 256
 ) -> tuple[float, float]:
-    """KL calibration (Migacz 2017) on |x| for one-sided data, applied to both ends by shrinking."""
+    """KL calibration (Migacz 2017): the window whose 256-level version loses least information.
+
+    Windows keep the zero bin and shrink both sides by the same fraction; values outside are
+    clipped into the edge bins (P); Q merges P into ``levels`` buckets and spreads each bucket's
+    mass evenly over its non-empty source bins.
+    """
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     if hi <= lo:
         return lo, hi
     hist, _ = np.histogram(values, bins=bins, range=(lo, hi))
     hist = hist.astype(np.float64)
     zero_bin = int(round(-lo / (hi - lo) * bins))
+    width = (hi - lo) / bins
     best, best_kl = (lo, hi), math.inf
-    # Candidate windows keep the zero bin and shrink both sides by the same fraction.
-    for a in np.linspace(1.0, 0.2, 60):
-        start = max(0, int(round(zero_bin - zero_bin * a)))
+    for a in _shrinks():
+        start = max(0, int(round(zero_bin * (1 - a))))
         stop = min(bins, int(round(zero_bin + (bins - zero_bin) * a)))
         if stop - start < levels:
             break
         p = hist[start:stop].copy()
-        p[0] += hist[:start].sum()  # outliers are clipped into the edge bins
+        p[0] += hist[:start].sum()
         p[-1] += hist[stop:].sum()
-        # Q: p merged into `levels` buckets, spread back over the non-empty source bins.
-        edges = np.linspace(0, len(p), levels + 1).astype(int)
-        q = np.zeros_like(p)
-        for i in range(levels):
-            seg = p[edges[i] : edges[i + 1]]
-            nz = seg > 0
-            if nz.any():
-                q[edges[i] : edges[i + 1]][nz] = seg.sum() / nz.sum()
+        edges = np.linspace(0, len(p), levels + 1).astype(int)[:-1]  # bucket starts
+        sums = np.add.reduceat(p, edges)  # (levels,)
+        nonzero = np.add.reduceat((p > 0).astype(np.float64), edges)
+        bucket = np.repeat(np.arange(levels), np.diff(np.append(edges, len(p))))
+        q = np.where(p > 0, (sums / np.maximum(nonzero, 1))[bucket], 0.0)
         ps, qs = p / max(p.sum(), 1e-12), q / max(q.sum(), 1e-12)
         mask = ps > 0
         kl = float(np.sum(ps[mask] * np.log(ps[mask] / np.maximum(qs[mask], 1e-12))))
         if kl < best_kl:
-            width = (hi - lo) / bins
             best, best_kl = (lo + start * width, lo + stop * width), kl
     return best
 

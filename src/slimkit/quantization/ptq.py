@@ -95,8 +95,9 @@ def _plan(
     acts: dict[str, str] = dict.fromkeys(chosen, "none")
     shared: dict[str, str] = {}
     drop: list[str] = []
+    outputs: set[str] = set()
     if graph is None:
-        return acts, shared, drop
+        return acts, shared, drop, outputs
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -118,6 +119,16 @@ def _plan(
             if is_mod(nxt, (nn.ReLU, nn.ReLU6)) and calls[nxt.target] == 1:
                 acts[node.target] = "relu6" if isinstance(modules[nxt.target], nn.ReLU6) else "relu"
                 drop.append(str(nxt.target))
+    # Layers whose output is the model's output keep the full min-max range: clipping logits
+    # (what percentile/MSE/entropy may choose) would merge the top classes.
+    for node in graph.nodes:
+        if node.op == "output":
+            outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else (node.args[0],)
+            for o in outs:
+                while isinstance(o, torch.fx.Node) and o.op == "call_module" and o.target in drop:
+                    o = o.args[0]
+                if isinstance(o, torch.fx.Node) and o.op == "call_module" and o.target in chosen:
+                    outputs.add(str(o.target))
     dropped = set(drop)
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in chosen or not node.args:
@@ -138,7 +149,7 @@ def _plan(
             if not passthrough or not src.args:
                 break
             src = src.args[0]
-    return acts, shared, drop
+    return acts, shared, drop, outputs
 
 
 def prepare_int8(
@@ -154,7 +165,7 @@ def prepare_int8(
         raise ConfigError(
             "int8 quantization found no Conv2d/Linear layer to quantize; check targets/ignore"
         )
-    acts, shared, drop = _plan(model, chosen)
+    acts, shared, drop, outputs = _plan(model, chosen)
     for name in drop:
         set_module(model, name, nn.Identity())
     wrapped: dict[str, nn.Module] = {}
@@ -162,6 +173,7 @@ def prepare_int8(
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         new = cls.from_float(layer, activation=acts[name], per_channel=per_channel)  # type: ignore[arg-type]
         new.slimkit_quant["int8"]["input_from"] = shared.get(name)
+        new.slimkit_quant["int8"]["model_output"] = name in outputs
         new.state = "float"
         set_module(model, name, new)
         wrapped[name] = new
@@ -202,7 +214,8 @@ def calibrate(
     layers = [m for m in model.modules() if isinstance(m, QUANT_TYPES)]
     for i, m in enumerate(layers):
         m.obs_in = Observer(observer, percentile=percentile, seed=2 * i)
-        m.obs_out = Observer(observer, percentile=percentile, seed=2 * i + 1)
+        out_kind = ObserverKind.MINMAX if m.slimkit_quant["int8"].get("model_output") else observer
+        m.obs_out = Observer(out_kind, percentile=percentile, seed=2 * i + 1)
     set_state(model, "observe")
     model.eval()
     seen = 0
@@ -361,13 +374,12 @@ def qdq_to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
             [
                 numpy_helper.from_array(q, base + "_int32"),
                 numpy_helper.from_array(s, base + "_scale"),
-                numpy_helper.from_array(np.zeros_like(q), base + "_zero_point"),
             ]
         )
         bias_nodes.append(
             helper.make_node(
                 "DequantizeLinear",
-                [base + "_int32", base + "_scale", base + "_zero_point"],
+                [base + "_int32", base + "_scale"],  # zero point omitted: it is 0
                 [base + "_dq"],
                 name=base + "_DequantizeLinear",
                 axis=0,
@@ -390,6 +402,38 @@ _WEIGHT_INPUTS = {
     ("DynamicQuantizeLSTM", 1),
     ("DynamicQuantizeLSTM", 2),
 }
+
+
+def compact_names(model: onnx.ModelProto) -> None:
+    """Shorten graph-internal names (the exporter's ``/a/b/Conv_output_0`` paths) in place.
+
+    Graph inputs/outputs and int8 weight initializers (named after their torch layer) keep
+    their names; node names and doc strings are dropped. On a small CNN the names are a
+    large part of the file, so this is what makes the file's bytes approach its weights'.
+    """
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    keep |= {i.name for i in g.initializer if i.name.endswith("weight_quantized")}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = format(len(mapping), "x")
+        return mapping[name]
+
+    for init in g.initializer:
+        init.name = short(init.name)
+    for node in g.node:
+        node.name = ""
+        node.doc_string = ""
+        for i, name in enumerate(node.input):
+            node.input[i] = short(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = short(name)
+    del g.value_info[:]
+    model.doc_string = ""
 
 
 def onnx_weight_bytes(model: onnx.ModelProto) -> tuple[int, int, int]:
@@ -443,6 +487,7 @@ def export_int8_onnx(
             m.state = s
         model.train(was_training)
     qdq_to_int8(proto)
+    compact_names(proto)
     data = proto.SerializeToString()
     load_checked(data)  # the ONNX checker must accept what we write
     atomic.write_bytes(path, data)
