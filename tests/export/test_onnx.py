@@ -45,3 +45,21 @@ def test_external_data_outside_folder_is_refused(tmp_path, location):
     onnx.save(proto, str(tmp_path / "evil.onnx"))
     with pytest.raises(UnsafeFileError, match="outside the model's folder"):
         make_session(tmp_path / "evil.onnx")
+
+
+def test_external_data_symlink_is_refused(tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = build_model("lenet300", image_size=8)
+    to_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    convert_model_to_external_data(
+        proto, all_tensors_to_one_file=True, location="w.bin", size_threshold=0
+    )
+    onnx.save(proto, str(tmp_path / "ext.onnx"))
+    assert make_session(tmp_path / "ext.onnx").run(None, {"input": torch.randn(1, 1, 8, 8).numpy()})
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.bin"
+    (tmp_path / "w.bin").rename(outside)
+    (tmp_path / "w.bin").symlink_to(outside)
+    with pytest.raises(UnsafeFileError, match="outside the model's folder"):
+        make_session(tmp_path / "ext.onnx")
