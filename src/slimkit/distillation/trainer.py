@@ -1,0 +1,300 @@
+"""``distill(student, teacher, data, DistillConfig(...))``: train a student against a teacher.
+
+Built on :func:`slimkit.training.train`: the student's own forward gives its logits and (through
+forward hooks on the named layers) its features; :class:`DistillLoss` runs the teacher without
+gradients on the same batch and combines the configured terms::
+
+    loss = [LogitKD: alpha*T^2*KL + (1-alpha)*CE  |  no LogitKD: CE]
+           + sum over feature losses of  weight * sum_pairs pair.weight * term(adapter(s), t)
+
+The adapters (1x1 conv / linear, only where shapes differ) live in ``DistillLoss.adapters`` and
+are optimized with the student (``train(..., extra_params=...)``). Hooks are removed in a
+``finally`` so a failing run leaves the models as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.config import SlimConfig, parse_enum
+from slimkit.data.datasets import DataBundle
+from slimkit.distillation.hooks import FeatureHooks
+from slimkit.distillation.losses import (
+    LOSS_TYPES,
+    KDKind,
+    LogitKD,
+    LossConfig,
+    _FeatureKD,
+    logit_kd_loss,
+    make_adapter,
+)
+from slimkit.distillation.teachers import Teacher, TorchTeacher, as_teacher
+from slimkit.errors import ConfigError
+from slimkit.registry import Registry
+from slimkit.training import TrainConfig, train
+
+DISTILLERS = Registry("distillation")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(SlimConfig):
+    """Which losses to combine and how to train (epochs, optimizer, seed...)."""
+
+    losses: tuple[LossConfig, ...] = (LogitKD(),)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not isinstance(self.losses, tuple) or not self.losses:
+            raise ConfigError(
+                f"losses must name at least one distillation loss, but got {self.losses!r}"
+            )
+        valid = tuple(LOSS_TYPES.values())
+        for loss in self.losses:
+            if not isinstance(loss, valid):
+                raise ConfigError(
+                    f"losses entries must be one of {[t.__name__ for t in valid]}, "
+                    f"but got {type(loss).__name__}"
+                )
+        n_logit = sum(isinstance(loss, LogitKD) for loss in self.losses)
+        if n_logit > 1:
+            raise ConfigError(f"at most one LogitKD may be given, but got {n_logit}")
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, but got {type(self.train).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "losses": [{"kind": loss.kind, **loss.to_dict()} for loss in self.losses],
+            "train": self.train.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        """Parse ``{"losses": [{"kind": "logit", "temperature": 4}, ...], "train": {...}}``."""
+        unknown = sorted(set(data) - {"losses", "train"})
+        if unknown:
+            raise ConfigError(
+                f"DistillConfig got unknown option(s) {unknown}; valid options are ['losses', 'train']"
+            )
+        losses = []
+        for item in data.get("losses", [{"kind": "logit"}]):
+            if not isinstance(item, dict) or "kind" not in item:
+                raise ConfigError(
+                    f"each loss must be a mapping with a 'kind' key, but got {item!r}"
+                )
+            options = dict(item)
+            kind = parse_enum(KDKind, options.pop("kind"), "loss kind")
+            losses.append(LOSS_TYPES[kind].from_dict(options))
+        train_cfg = TrainConfig.from_dict(dict(data.get("train", {})))
+        return cls(losses=tuple(losses), train=train_cfg)
+
+
+def _feature_losses(losses: Sequence[LossConfig]) -> list[tuple[int, _FeatureKD]]:
+    return [(i, loss) for i, loss in enumerate(losses) if isinstance(loss, _FeatureKD)]
+
+
+class DistillLoss(nn.Module):
+    """The ``loss_fn(model, x, y, student_logits)`` for :func:`slimkit.training.train`.
+
+    Owns the adapters (``self.adapters``) and the forward hooks on student and teacher.
+    Lifecycle: ``with loss.attached(example_x): train(...)`` - attach hooks, probe shapes and
+    build adapters once, remove hooks on exit (also on error).
+    """
+
+    def __init__(self, student: nn.Module, teacher: Any, losses: Sequence[LossConfig]) -> None:
+        super().__init__()
+        self.configs = tuple(losses)
+        self.teacher: Teacher = as_teacher(teacher)
+        feats = _feature_losses(self.configs)
+        if feats and not isinstance(self.teacher, TorchTeacher):
+            raise ConfigError(
+                f"{type(feats[0][1]).__name__} reads teacher layers, but the teacher is "
+                f"{type(self.teacher).__name__} (opaque); use LogitKD with an ONNX teacher, or "
+                "pass the teacher as a PyTorch model"
+            )
+        self.logit = next((c for c in self.configs if isinstance(c, LogitKD)), None)
+        s_names = [p.student for _, c in feats for p in c.pairs]
+        t_names = [p.teacher for _, c in feats for p in c.pairs]
+        # Both resolve names now: a wrong name is a TargetError with near matches.
+        self.student_hooks = FeatureHooks(student, s_names)
+        teacher_module = self.teacher.module if isinstance(self.teacher, TorchTeacher) else None
+        self.teacher_hooks = (
+            FeatureHooks(teacher_module, t_names) if teacher_module is not None else None
+        )
+        self.adapters = nn.ModuleDict()  # "<loss index>_<pair index>" -> Conv2d / Linear
+        self._built = False
+        self.last: dict[str, float] = {}  # the terms of the last batch, for logging
+
+    @staticmethod
+    def _key(i: int, j: int) -> str:
+        return f"{i}_{j}"
+
+    @contextmanager
+    def attached(self, example_x: torch.Tensor | None = None) -> Iterator[DistillLoss]:
+        """Attach hooks (and build adapters from ``example_x``); always remove them on exit."""
+        try:
+            self.student_hooks.attach()
+            if self.teacher_hooks is not None:
+                self.teacher_hooks.attach()
+            if example_x is not None:
+                self.build(example_x)
+            yield self
+        finally:
+            self.student_hooks.remove()
+            if self.teacher_hooks is not None:
+                self.teacher_hooks.remove()
+
+    @torch.no_grad()
+    def build(self, example_x: torch.Tensor, seed: int = 0) -> None:
+        """Probe feature shapes on ``example_x`` (B >= 1) and create the adapters needed."""
+        feats = _feature_losses(self.configs)
+        if self._built or not feats:
+            self._built = True
+            return
+        student = self.student_hooks.model
+        was_training = student.training
+        student.eval()  # no BatchNorm statistics updates from the probe
+        try:
+            student(example_x)
+            self.teacher(example_x)
+        finally:
+            student.train(was_training)
+        assert self.teacher_hooks is not None
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # adapters start the same for a given seed
+        try:
+            for i, cfg in feats:
+                for j, pair in enumerate(cfg.pairs):
+                    s = tuple(self.student_hooks.get(pair.student).shape[1:])
+                    t = tuple(self.teacher_hooks.get(pair.teacher).shape[1:])
+                    where = f"{type(cfg).__name__} pair student {pair.student!r} / teacher {pair.teacher!r}"
+                    if cfg.kind == KDKind.ATTENTION.value:
+                        if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
+                            raise ConfigError(
+                                f"{where}: attention maps need (C, H, W) features of equal spatial "
+                                f"size, but the student gives {s} and the teacher {t}; pair layers "
+                                "with the same H x W"
+                            )
+                        continue
+                    adapter = make_adapter(s, t, allow=getattr(cfg, "adapter", True), where=where)
+                    if adapter is not None:
+                        self.adapters[self._key(i, j)] = adapter.to(example_x.device)
+        finally:
+            torch.random.set_rng_state(gen_state)
+            self.student_hooks.clear()
+            if self.teacher_hooks is not None:
+                self.teacher_hooks.clear()
+        self._built = True
+
+    def forward(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        # ``model(x)`` already ran (hooks captured the student's features); run the teacher now.
+        if not self._built:
+            raise ConfigError(
+                "DistillLoss.build(example_x) must run before the first loss (use attached())"
+            )
+        t_logits = self.teacher(x)  # (B, classes), no grad
+        self.last = {}
+        if self.logit is not None:
+            loss = logit_kd_loss(logits, t_logits, y, self.logit.temperature, self.logit.alpha)
+            self.last["logit"] = float(loss.detach())
+        else:
+            loss = F.cross_entropy(logits.float(), y)
+            self.last["ce"] = float(loss.detach())
+        for i, cfg in _feature_losses(self.configs):
+            assert self.teacher_hooks is not None
+            term = logits.new_zeros((), dtype=torch.float32)
+            for j, pair in enumerate(cfg.pairs):
+                s = self.student_hooks.get(pair.student)
+                t = self.teacher_hooks.get(pair.teacher).detach()
+                key = self._key(i, j)
+                if key in self.adapters:
+                    s = self.adapters[key](s)
+                term = term + pair.weight * cfg.pair_loss(s, t)
+            self.last[f"{cfg.kind}_{i}"] = float(term.detach())
+            loss = loss + cfg.weight * term
+        self.student_hooks.clear()
+        if self.teacher_hooks is not None:
+            self.teacher_hooks.clear()
+        return loss
+
+
+def distill(
+    student: nn.Module,
+    teacher: Any,
+    data: DataBundle,
+    config: DistillConfig | None = None,
+    *,
+    after_step: Callable[[nn.Module], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Train ``student`` in place against ``teacher`` on ``data.train``; returns it in eval mode.
+
+    ``teacher``: an nn.Module (zoo, pruned or quantized slimkit model), a slimkit model file,
+    an ``.onnx`` file/bytes or an ORT InferenceSession (logit KD only).
+    """
+    config = config or DistillConfig()
+    loss = DistillLoss(student, teacher, config.losses)
+    device = torch.device(config.train.device)
+    student.to(device)
+    if loss.teacher.module is not None:
+        loss.teacher.module.to(device)
+    try:
+        example = data.example_input(2).to(device)
+        with loss.attached():
+            loss.build(example, seed=config.train.seed)
+            loss.adapters.to(device)
+            train(
+                student,
+                data,
+                config.train,
+                loss_fn=loss,
+                after_step=after_step,
+                on_epoch_end=on_epoch_end,
+                description="distill",
+                extra_params=list(loss.adapters.parameters()),
+            )
+    finally:
+        loss.teacher.close()
+    return student
+
+
+@DISTILLERS.register(DistillConfig)
+def _distill_handler(
+    student: nn.Module, config: DistillConfig, *, teacher: Any, data: DataBundle, **kwargs: Any
+) -> nn.Module:
+    return distill(student, teacher, data, config, **kwargs)
+
+
+def distill_(
+    student: nn.Module, config: DistillConfig, *, teacher: Any, data: DataBundle, **kwargs: Any
+) -> nn.Module:
+    """Registry-style entry, like ``prune_``/``quantize_``: ``distill_(student, cfg, teacher=t, data=d)``."""
+    return DISTILLERS.lookup(config)(student, config, teacher=teacher, data=data, **kwargs)
+
+
+@torch.no_grad()
+def agreement(student: nn.Module, teacher: Any, loader) -> float:
+    """Fraction of samples where student and teacher pick the same class (top-1)."""
+    t = as_teacher(teacher)
+    student.eval()
+    same = total = 0
+    try:
+        for x, _ in loader:
+            same += int((student(x).argmax(1) == t(x).argmax(1)).sum())
+            total += len(x)
+    finally:
+        t.close()
+    if total == 0:
+        raise ConfigError("cannot measure agreement on an empty loader (0 samples)")
+    return same / total
+
+
+__all__ = ["DISTILLERS", "DistillConfig", "DistillLoss", "agreement", "distill", "distill_"]

@@ -1,0 +1,170 @@
+"""Trainer: gradients reach only student and adapters, ONNX teachers, shape errors, learning."""
+
+import copy
+
+import pytest
+import torch
+
+from slimkit.distillation import (
+    AttentionTransfer,
+    DistillConfig,
+    DistillLoss,
+    HintKD,
+    LayerwiseKD,
+    LogitKD,
+    OnnxTeacher,
+    agreement,
+    distill,
+    distill_,
+    kd_loss_fn,
+    recover,
+)
+from slimkit.errors import ConfigError
+from slimkit.export.onnx import export_bytes
+from slimkit.models import build_model
+from slimkit.training import TrainConfig, evaluate_accuracy
+
+
+def test_gradients_reach_only_student_and_adapters(teacher):
+    torch.manual_seed(0)
+    teacher.zero_grad(set_to_none=True)  # training left .grad on the fixture's parameters
+    student = build_model("resnet", image_size=8, width=4)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    loss = DistillLoss(
+        student,
+        teacher,
+        [
+            LogitKD(),
+            HintKD(pairs=[("layers.2", "conv1")]),  # (16, 8, 8) -> (20, 8, 8): 1x1 conv adapter
+            LayerwiseKD(pairs=[("flatten", "fc1", 1.0)]),  # (16,) -> (500,): linear adapter
+            AttentionTransfer(pairs=[("layers.0", "conv1")]),  # 4 vs 20 channels, both 8x8
+        ],
+    )
+    with loss.attached(x):
+        assert sorted(loss.adapters) == ["1_0", "2_0"]
+        assert isinstance(loss.adapters["1_0"], torch.nn.Conv2d)
+        assert isinstance(loss.adapters["2_0"], torch.nn.Linear)
+        value = loss(student, x, y, student(x))
+        value.backward()
+    assert torch.isfinite(value) and float(value.detach()) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.adapters.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_shape_mismatch_without_adapter_gives_both_shapes(digits_data, teacher):
+    student = build_model("lenet300", image_size=8)
+    cfg = DistillConfig(
+        losses=(HintKD(pairs=[("fc2", "fc1")], adapter=False),),
+        train=TrainConfig(epochs=1, max_batches=1),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"student feature shape \(100,\) differs from teacher feature shape \(500,\)",
+    ):
+        distill(student, teacher, digits_data, cfg)
+    resnet = build_model("resnet", image_size=8, width=4)
+    at = DistillConfig(losses=(AttentionTransfer(pairs=[("layers.0", "pool2")]),))
+    with pytest.raises(
+        ConfigError, match=r"the student gives \(4, 8, 8\) and the teacher \(50, 2, 2\)"
+    ):
+        distill(resnet, teacher, digits_data, at)
+
+
+def test_onnx_teacher_logit_kd(digits_data, teacher, tmp_path):
+    x = digits_data.example_input(8)
+    path = tmp_path / "teacher.onnx"
+    path.write_bytes(export_bytes(teacher, x))
+    onnx_teacher = OnnxTeacher(path)
+    assert float((onnx_teacher(x) - teacher(x).detach()).abs().max()) < 1e-4
+    student = build_model("lenet300", image_size=8)
+    before = agreement(student, teacher, digits_data.test)
+    distill(
+        student,
+        str(path),
+        digits_data,
+        DistillConfig(losses=(LogitKD(temperature=4.0, alpha=0.9),), train=TrainConfig(epochs=2)),
+    )
+    after = agreement(student, onnx_teacher, digits_data.test)
+    assert after > max(before + 0.4, 0.75)
+    with pytest.raises(ConfigError, match="use LogitKD with an ONNX teacher"):
+        DistillLoss(student, onnx_teacher, [HintKD(pairs=[("fc1", "fc1")])])
+
+
+def test_short_distillation_improves_agreement(digits_data, teacher):
+    torch.manual_seed(0)
+    student = build_model("resnet", image_size=8, width=4)  # 5k params vs the teacher's 131k
+    before = agreement(student, teacher, digits_data.test)
+    cfg = DistillConfig(
+        losses=(LogitKD(),),
+        train=TrainConfig(epochs=4, lr=1e-2),
+    )
+    distill_(student, cfg, teacher=teacher, data=digits_data)
+    after = agreement(student, teacher, digits_data.test)
+    assert before < 0.3 and after > 0.7, (before, after)
+
+
+def test_recovery_loss_snapshots_teacher_and_recovers(digits_data, teacher):
+    dense_acc = evaluate_accuracy(teacher, digits_data.test)
+    model = copy.deepcopy(teacher)
+    fn = kd_loss_fn(model, temperature=4.0, alpha=0.9)
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(model.fc1.weight.shape, generator=gen) > 0.95  # keep 5 % of fc1
+    with torch.no_grad():  # prune the copy in place after the loss took its snapshot
+        model.fc1.weight.mul_(mask)
+    x = digits_data.example_input(16)
+    assert torch.equal(fn.teacher(x), teacher(x).detach())  # type: ignore[attr-defined]
+    damaged = evaluate_accuracy(model, digits_data.test)
+
+    def reapply(m):
+        with torch.no_grad():
+            m.fc1.weight.mul_(mask)
+
+    recover(model, teacher, digits_data, TrainConfig(epochs=2), after_step=reapply)
+    recovered = evaluate_accuracy(model, digits_data.test)
+    assert int((model.fc1.weight != 0).sum()) <= int(mask.sum())
+    assert recovered >= damaged + 0.2 and recovered > dense_acc - 0.15, (
+        dense_acc,
+        damaged,
+        recovered,
+    )
+
+
+def test_config_round_trip_and_kind_typo():
+    cfg = DistillConfig(
+        losses=(LogitKD(temperature=2.0), AttentionTransfer(pairs=[("a", "b")])),
+        train=TrainConfig(epochs=1),
+    )
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(
+        ConfigError, match=r"loss kind must be one of \['logit', 'hint', 'layerwise', 'attention'\]"
+    ):
+        DistillConfig.from_dict({"losses": [{"kind": "logits"}]})
+    with pytest.raises(ConfigError, match="at most one LogitKD"):
+        DistillConfig(losses=(LogitKD(), LogitKD()))
+
+
+def test_cli_distill(digits_data, teacher, tmp_path):
+    from slimkit import io as slim_io
+    from slimkit.cli import main
+
+    tpath, spath = tmp_path / "t.safetensors", tmp_path / "s.safetensors"
+    slim_io.save(teacher, tpath)
+    args = [
+        "distill",
+        "--teacher",
+        str(tpath),
+        "--student",
+        "lenet300",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--out",
+        str(spath),
+    ]
+    assert main(args) == 0
+    student = slim_io.load(spath)
+    assert agreement(student, teacher, digits_data.test) > 0.6
+    assert main([*args[:-2], "--temperature", "0", "--out", str(spath)]) == 2
+    assert main([*args[:-2], "--kd", "hint", "--pair", "fc9=fc1", "--out", str(spath)]) == 2
