@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "pruning": "slimkit.pruning",
     "decomposition": "slimkit.decomposition",
     "distillation": "slimkit.distillation",
+    "distill": "slimkit.distillation",
     "search": "slimkit.search",
     "pipeline": "slimkit.pipeline",
     "transformers": "slimkit.transformers",
