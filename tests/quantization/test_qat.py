@@ -1,0 +1,107 @@
+"""QAT int8: STE training keeps accuracy, observers freeze, the same int8 ONNX graph agrees."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import slimkit as sk
+from slimkit.errors import ConfigError
+from slimkit.quantization import QATInt8, export_int8_onnx
+from slimkit.quantization.fakequant import QuantLinear
+from slimkit.quantization.ptq import ort_agreement
+from slimkit.training import TrainConfig, evaluate_accuracy, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return sk.load_dataset("digits", batch_size=64, calib_samples=128)
+
+
+def test_qat_lenet5_accuracy_and_ort_agreement(data, tmp_path):
+    torch.manual_seed(0)
+    fp32 = sk.build_model("lenet5", image_size=8)
+    train(fp32, data, TrainConfig(epochs=2, lr=3e-3))
+    fp32_acc = evaluate_accuracy(fp32, data.test)
+    cfg = QATInt8(
+        train=TrainConfig(epochs=2, lr=3e-4, max_batches=10),
+        freeze_observers_epoch=1,
+        calib_samples=128,
+    )
+    model = sk.quantize_(copy.deepcopy(fp32), cfg, data=data)
+    acc = evaluate_accuracy(model, data.test)
+    assert acc >= fp32_acc - 0.01, (acc, fp32_acc)  # stated bound: within 1 pp of fp32
+    x = torch.cat([x for x, _ in data.test])
+    res = export_int8_onnx(model, tmp_path / "qat.onnx", x[:2])
+    assert res.int8_weights == 4
+    frac, worst = ort_agreement(model, res.path, x)
+    assert frac >= 0.99, (frac, worst)
+    assert all(m.state == "quant" for m in model.modules() if hasattr(m, "state"))
+
+
+def test_observers_freeze_and_weights_train():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_float(nn.Linear(4, 3), activation="relu")
+    layer.state = "qat"
+    layer.train()
+    x = torch.randn(8, 4)
+    layer.input_scale.fill_(0.01)  # a narrow starting grid
+    layer.output_scale.fill_(0.01)
+    before = (float(layer.input_scale), float(layer.output_scale))
+    layer(x * 5)  # wider inputs move the moving-average ranges
+    moved = (float(layer.input_scale), float(layer.output_scale))
+    assert moved[0] > before[0] and moved[1] != before[1]
+    layer.slimkit_quant["int8"]["frozen"] = True
+    layer(x * 50)
+    assert (float(layer.input_scale), float(layer.output_scale)) == moved
+    # Straight-through: the fake-quant layer still gives the weights a gradient.
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_freeze_epoch_respected(data):
+    torch.manual_seed(0)
+    model = sk.build_model("lenet300", image_size=8)
+    seen = []
+
+    cfg = QATInt8(
+        train=TrainConfig(epochs=2, lr=1e-3, max_batches=3),
+        freeze_observers_epoch=1,
+        calib_samples=64,
+    )
+    from slimkit.quantization import qat as qat_mod
+
+    real = qat_mod.train
+
+    def spy(m, d, c, **kw):
+        hook = kw["on_epoch_end"]
+
+        def record(epoch, mm):
+            hook(epoch, mm)
+            seen.append((epoch, float(mm.fc1.output_scale), mm.fc1.slimkit_quant["int8"]["frozen"]))
+
+        kw["on_epoch_end"] = record
+        return real(m, d, c, **kw)
+
+    qat_mod.train = spy
+    try:
+        sk.quantize_(model, cfg, data=data)
+    finally:
+        qat_mod.train = real
+    assert [s[2] for s in seen] == [True, True]
+    assert seen[0][1] == seen[1][1]  # frozen after epoch 1: the grid did not move in epoch 2
+
+
+def test_qat_config_rules():
+    with pytest.raises(
+        ConfigError, match=r"freeze_observers_epoch must be <= train.epochs \(1\), but got 3"
+    ):
+        QATInt8(train=TrainConfig(epochs=1), freeze_observers_epoch=3)
+    cfg = QATInt8.from_dict({"train": {"epochs": 3, "lr": 1e-4}, "observer": "percentile"})
+    assert isinstance(cfg.train, TrainConfig) and cfg.train.epochs == 3
+    assert cfg.to_dict()["train"]["epochs"] == 3
+    with pytest.raises(ConfigError, match="DataBundle"):
+        sk.quantize_(
+            sk.build_model("lenet300", image_size=8), QATInt8(), data=torch.zeros(4, 1, 8, 8)
+        )
