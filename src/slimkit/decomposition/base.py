@@ -182,11 +182,14 @@ def replace_layers(
             continue
         with torch.no_grad():
             new, plan = factorise(name, module)
-        if new is not None and cfg.skip_if_larger and plan.params_after >= plan.params_before:
-            plan.applied, plan.params_after = False, before
-            plan.reason = plan.reason or "factors would not be smaller than the layer"
-            new = None
-        if new is not None:
+        if cfg.skip_if_larger and plan.params_after >= before:
+            plan.reason = plan.reason or (
+                f"factors would hold {plan.params_after:,} params >= {before:,} of the layer"
+            )
+            plan.applied, plan.params_after, new = False, before, None
+        if new is None:
+            plan.params_after = before
+        else:
             new.train(module.training)
             set_module(model, name, new)
             plan.applied = True

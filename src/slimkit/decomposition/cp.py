@@ -90,8 +90,14 @@ def parafac4(weight: torch.Tensor, rank: int, n_iter_max: int, seed: int):
     """
     import tensorly as tl
     from tensorly.decomposition import parafac
+    from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
-    with tl.backend_context("numpy", local_threadsafe=True), warnings.catch_warnings():
+    # One BLAS thread: ALS on these small matrices is ~8x slower when BLAS threads contend.
+    with (
+        tl.backend_context("numpy", local_threadsafe=True),
+        threadpool_limits(1),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # "n_eigenvecs larger than the mode": R > in or kh is fine
         cp = parafac(
             weight.detach().double().cpu().numpy(),
