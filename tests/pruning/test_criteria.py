@@ -75,3 +75,14 @@ def test_bn_scale_needs_a_batchnorm():
         prune_channels(
             build_model("lenet5", image_size=8), ratio=0.5, criterion="bn_scale", example_inputs=x
         )
+
+
+def test_round_to_keeps_multiples():
+    groups = [ChannelGroup("a", 24, []), ChannelGroup("b", 16, []), ChannelGroup("c", 6, [])]
+    scores = [torch.arange(24.0), torch.arange(16.0), torch.arange(6.0)]
+    plan = plan_removal(groups, scores, ratio=0.4, global_=False, round_to=8)
+    # a: remove 9 -> keep 15 -> rounded up to 16 (remove 8); b: keep 10 -> 16 (nothing);
+    # c: smaller than round_to -> nothing
+    assert plan == {"a": list(range(8))}
+    plan = plan_removal(groups, scores, ratio=0.5, global_=True, round_to=4, normalize=False)
+    assert all((g.channels - len(plan.get(g.root, []))) % 4 == 0 for g in groups[:2])
