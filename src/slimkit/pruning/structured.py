@@ -326,7 +326,7 @@ def prune_channels(
 
     ``scores`` (layer name -> per-channel score) replaces the criterion, e.g. learned gate scores.
     """
-    criterion = parse_enum(Criterion, criterion, "criterion")
+    crit: Criterion = parse_enum(Criterion, criterion, "criterion")
     check_range("ratio", ratio, 0.0, 1.0, high_open=True)
     targets, ignore = tuple(targets), tuple(ignore)
     example, loader = resolve_inputs(model, data, example_inputs)
@@ -343,18 +343,18 @@ def prune_channels(
         if any(m.name in selected for m in g.members if m.kind == WEIGHT)
         and g.channels > keep_minimum(g.channels, min_channels)
     ]
-    label = criterion.value if scores is None else "custom"
+    label = crit.value if scores is None else "custom"
     if scores is None:
         scores = layer_scores(
-            model, criterion, example=example, loader=loader, max_batches=calib_batches
+            model, crit, example=example, loader=loader, max_batches=calib_batches
         )
-    kinds = score_kinds or priority(criterion)
+    kinds = score_kinds or priority(crit)
     group_vals: list[torch.Tensor] = []
     for g in groups:
         s = group_scores(g.members, g.channels, scores, kinds)
         if s is None:
             raise ConfigError(
-                f"criterion {criterion.value!r} found nothing to score in the channel group rooted at "
+                f"criterion {crit.value!r} found nothing to score in the channel group rooted at "
                 f"{g.root!r} (layers {g.layers}); bn_scale needs a BatchNorm after the layer. Use "
                 f"criterion='l1' or ignore=[{g.root!r}]"
             )
@@ -362,7 +362,7 @@ def prune_channels(
             raise NumericsError(f"channel scores of the group rooted at {g.root!r} hold NaN/inf")
         group_vals.append(s)
     if normalize is None:
-        normalize = criterion not in SCALE_FREE
+        normalize = crit not in SCALE_FREE
     plan = plan_removal(
         groups,
         group_vals,
