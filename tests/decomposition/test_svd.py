@@ -142,3 +142,21 @@ def test_plan_survives_save_and_load(tmp_path):
     loaded = sk.load(tmp_path / "m.safetensors")
     assert decomposition_plan(loaded) == decomposition_plan(model)
     assert isinstance(loaded.fc1, nn.Sequential)
+
+
+def test_pointwise_convs_are_factorised_and_larger_kernels_skipped():
+    torch.manual_seed(0)
+    model = sk.build_model("resnet", image_size=28).eval()  # shortcuts: 1x1, stride 2
+    x = torch.randn(2, 1, 28, 28)
+    cfg = SVDDecomposition(
+        rank=RankSpec("ratio", 1.0), skip_if_larger=False, targets=["re:.*shortcut.*"]
+    )
+    check_contract(model, lambda m: sk.decompose_(m, cfg), x, max_abs_diff=1e-5, onnx=False)
+    sk.decompose_(model, SVDDecomposition(rank=RankSpec("ratio", 0.25)))
+    plan = decomposition_plan(model)
+    first, second = model.layers[1].shortcut[0]
+    assert first.stride == (2, 2) and first.out_channels == 4 and second.out_channels == 32
+    assert plan["layers.1.shortcut.0"]["applied"]
+    assert (
+        "tucker or cp" in plan["layers.1.conv1"]["reason"] and not plan["layers.1.conv1"]["applied"]
+    )

@@ -50,7 +50,7 @@ def conv_eligible(m: nn.Module) -> str | None:
     if isinstance(m.padding, str):
         return f"string padding {m.padding!r} is not supported"
     if m.kernel_size == (1, 1):
-        return "1x1 conv: use SVD on it as a matrix"
+        return "1x1 conv: use svd (it is a matrix)"
     return None
 
 
