@@ -64,7 +64,8 @@ def _dequant_linear(c: QuantCodes) -> torch.Tensor:
 
 def log2_levels(scale: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
     """Magnitude of exponent code ``e`` (``e >= 1``): ``scale * 2**-(e-1)``; ``e == 0`` -> 0."""
-    mag = torch.ldexp(scale.to(torch.float32), (1 - exponents).to(torch.int32))
+    s, e = torch.broadcast_tensors(scale.to(torch.float32), exponents)
+    mag = torch.ldexp(s.contiguous(), (1 - e).to(torch.int32))
     return torch.where(exponents == 0, torch.zeros_like(mag), mag)
 
 

@@ -1,0 +1,128 @@
+"""Helpers shared by the weight-only quantizers: finiteness checks, attaching codes, reports.
+
+A weight-only quantizer computes, per chosen layer, the codes' parameters (scale, codebook...)
+and the codes, builds the float weight with :func:`slimkit.quantization.codes.dequantize` (so
+the stored weight is bit-exactly what the codes say) and calls :func:`attach`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.config import select_modules
+from slimkit.errors import NumericsError
+from slimkit.metrics.fidelity import sqnr_db
+from slimkit.quantization.codes import QUANT_ATTR, QuantCodes, dequantize
+
+# Every buffer a weight-only scheme may own; stale ones are dropped when a layer is re-quantized.
+PARAM_KEYS = ("scale", "zero_point", "codebook")
+F32 = torch.finfo(torch.float32)
+
+
+def check_finite(layer: str, tensor: torch.Tensor, name: str = "weight") -> None:
+    """Refuse NaN/inf weights, naming the layer."""
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NumericsError(
+            f"layer {layer!r}: {name} holds {bad} NaN/inf value(s); quantization needs finite "
+            "weights. Fix the training that produced them, or ignore this layer "
+            f"(ignore=[{layer!r}])"
+        )
+
+
+def safe_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Float32 scale that is finite and positive: 0 (all-zero/constant-zero) -> 1, clamp range."""
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale.clamp(F32.tiny, F32.max).to(torch.float32)
+
+
+def reduce_dims(weight: torch.Tensor, per_channel: bool) -> tuple[int, ...]:
+    """Dims reduced for a scale: all but the output channel (dim 0) per channel, else all."""
+    return tuple(range(1, weight.ndim)) if per_channel else tuple(range(weight.ndim))
+
+
+def attach(module: nn.Module, codes: QuantCodes, name: str = "weight") -> torch.Tensor:
+    """Store ``codes`` on ``module``: grid weight, ``<name>_<param>`` buffers, JSON record."""
+    values = dequantize(codes)
+    if not torch.isfinite(values).all():  # pragma: no cover - guarded by safe_scale
+        raise NumericsError(f"{codes.scheme} quantization produced non-finite {name} values")
+    param = getattr(module, name)
+    with torch.no_grad():
+        param.copy_(values.to(param.dtype))
+    for key in PARAM_KEYS:
+        buf_name = f"{name}_{key}"
+        if key in codes.params:
+            if buf_name in module._buffers:
+                del module._buffers[buf_name]
+            module.register_buffer(buf_name, codes.params[key].detach().clone())
+        elif buf_name in module._buffers:
+            del module._buffers[buf_name]
+    record = dict(getattr(module, QUANT_ATTR, None) or {})
+    record[name] = dict(codes.info)
+    setattr(module, QUANT_ATTR, record)
+    return values
+
+
+def quantize_layers(
+    model: nn.Module,
+    targets: Sequence[str],
+    ignore: Sequence[str],
+    encode: Callable[[str, torch.Tensor], QuantCodes],
+) -> dict[str, QuantCodes]:
+    """Run ``encode(layer_name, weight) -> QuantCodes`` on every chosen layer and attach it."""
+    chosen = select_modules(model, targets, ignore)
+    for layer, module in chosen.items():
+        check_finite(layer, module.weight)
+    out: dict[str, QuantCodes] = {}
+    for layer, module in chosen.items():
+        codes = encode(layer, module.weight.detach().cpu().to(torch.float32))
+        attach(module, codes)
+        out[layer] = codes
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerQuantReport:
+    """One row of a quantization report: measured on the layer's weights and packed codes."""
+
+    layer: str
+    scheme: str
+    bits: int
+    numel: int
+    weight_sqnr_db: float
+    float_bytes: int  # float32 bytes of the original weight
+    packed_bytes: int  # bytes of pack(codes) + params, measured by packing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def layer_reports(original: nn.Module, quantized: nn.Module) -> list[LayerQuantReport]:
+    """Weight SQNR and packed bytes of every quantized layer of ``quantized`` vs ``original``."""
+    from slimkit.quantization.codes import packed_bytes, quant_info
+
+    before = dict(original.named_modules())
+    rows = []
+    for layer, module in quantized.named_modules():
+        info = quant_info(module)
+        if info is None or layer not in before:
+            continue
+        ref = before[layer].weight.detach()
+        w = module.weight.detach()
+        rows.append(
+            LayerQuantReport(
+                layer=layer,
+                scheme=str(info["scheme"]),
+                bits=int(info["bits"]),
+                numel=w.numel(),
+                weight_sqnr_db=sqnr_db(ref, w),
+                float_bytes=ref.numel() * 4,
+                packed_bytes=packed_bytes(module),
+            )
+        )
+    return rows

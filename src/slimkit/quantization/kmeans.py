@@ -1,0 +1,174 @@
+"""K-means weight sharing (Deep Compression, Han et al. 2016) with centroid fine-tuning.
+
+Per layer, the weights are clustered into ``2**bits`` shared values (a codebook); each weight
+stores only its cluster index. Centroids start linearly spaced between min and max (the paper's
+best initialisation: it keeps the rare large weights) and are refined by 1-D Lloyd iterations.
+When the layer has exact zeros (pruned), codebook entry 0 is pinned at 0.0 and the zeros are
+excluded from clustering, so prune-then-quantize keeps them exactly zero; fine-tuning never
+moves the pinned entry.
+
+:func:`finetune_centroids` trains only the codebooks: the weight is re-derived as
+``codebook[codes]`` in every forward pass, so the gradient of each centroid is the sum of the
+gradients of the weights that share it; codes stay fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from slimkit.config import SlimConfig, check_int
+from slimkit.data.datasets import DataBundle
+from slimkit.errors import ConfigError
+from slimkit.quantization.api import QUANTIZERS
+from slimkit.quantization.codes import QuantCodes, quant_info, quantized_layers, weight_codes
+from slimkit.quantization.common import attach, quantize_layers
+from slimkit.training import LossFn, TrainConfig, train
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansQuantization(SlimConfig):
+    """``sk.quantize_(model, KMeansQuantization(bits=4))``: 16 shared values per layer."""
+
+    bits: int = 4
+    iters: int = 30  # Lloyd iterations (stops early when assignments settle)
+    targets: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        check_int("bits", self.bits, 1, 8)
+        check_int("iters", self.iters, 0, 1000)
+
+
+def lloyd_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D k-means of ``values`` (n,): (centroids (k,) ascending, assignment (n,) int64)."""
+    lo, hi = float(values.min()), float(values.max())
+    centroids = torch.linspace(lo, hi, k, dtype=torch.float64)  # linear initialisation
+    assign = _assign(values, centroids)
+    for _ in range(iters):
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, assign, values)
+        counts = torch.bincount(assign, minlength=k).to(torch.float64)
+        # An empty cluster keeps its centroid (it may win members back later).
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        centroids, _ = torch.sort(centroids)
+        new = _assign(values, centroids)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return centroids, assign
+
+
+def _assign(values: torch.Tensor, sorted_centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest centroid of each value: bucketize against the midpoints of sorted centroids."""
+    if sorted_centroids.numel() == 1:
+        return torch.zeros(values.shape, dtype=torch.int64)
+    mids = (sorted_centroids[:-1] + sorted_centroids[1:]) / 2
+    return torch.bucketize(values, mids)
+
+
+def quantize_kmeans_tensor(w: torch.Tensor, bits: int, iters: int = 30) -> QuantCodes:
+    """Codebook (2**bits,), codes and JSON info of one weight tensor (float32)."""
+    k = 1 << bits
+    flat = w.reshape(-1).double()
+    zero = flat == 0
+    pinned = bool(zero.any())
+    free_k = k - 1 if pinned else k  # entry 0 is reserved for the pinned zero
+    codebook = torch.zeros(k, dtype=torch.float64)
+    codes = torch.zeros(flat.shape, dtype=torch.int64)
+    nonzero = flat[~zero]
+    if nonzero.numel():
+        centroids, assign = lloyd_1d(nonzero, free_k, iters)
+        offset = 1 if pinned else 0
+        codebook[offset:] = centroids
+        codes[~zero] = assign + offset
+    info = {"scheme": "kmeans", "bits": bits, "pinned_zero": pinned}
+    return QuantCodes(
+        codes.reshape(w.shape).to(torch.int32), bits, {"codebook": codebook.to(torch.float32)}, info
+    )
+
+
+@QUANTIZERS.register(KMeansQuantization)
+def _apply_kmeans(model: nn.Module, config: KMeansQuantization) -> nn.Module:
+    quantize_layers(
+        model,
+        config.targets,
+        config.ignore,
+        lambda _layer, w: quantize_kmeans_tensor(w, config.bits, config.iters),
+    )
+    return model
+
+
+class _SharedWeight(nn.Module):
+    """Parametrization: weight = codebook[codes]; only the free centroids are trainable."""
+
+    def __init__(self, codes: torch.Tensor, codebook: torch.Tensor, pinned: bool) -> None:
+        super().__init__()
+        self.pinned = pinned
+        self.register_buffer("codes", codes.to(torch.int64))
+        self.free = nn.Parameter(codebook[1:].clone() if pinned else codebook.clone())
+
+    def codebook(self) -> torch.Tensor:
+        if self.pinned:  # (1,) zero + (k-1,) free -> (k,)
+            return torch.cat([self.free.new_zeros(1), self.free])
+        return self.free
+
+    def forward(self, _weight: torch.Tensor) -> torch.Tensor:
+        # (k,)[codes of the weight's shape]: backward sums each centroid's weight gradients.
+        return self.codebook()[self.codes]
+
+
+def finetune_centroids(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig | None = None,
+    loss_fn: LossFn | None = None,
+) -> nn.Module:
+    """Train only the k-means codebooks of ``model`` on ``data.train``; codes stay fixed.
+
+    Every other parameter is frozen and every buffer (BatchNorm statistics) is restored after
+    training, so only ``weight_codebook`` and the weights derived from it change.
+    """
+    layers = {
+        n: m
+        for n, m in quantized_layers(model).items()
+        if (quant_info(m) or {}).get("scheme") == "kmeans"
+    }
+    if not layers:
+        raise ConfigError(
+            "finetune_centroids needs k-means quantized layers, but the model has none; run "
+            "sk.quantize_(model, KMeansQuantization(bits=...)) first"
+        )
+    cfg = cfg or TrainConfig(epochs=1, lr=1e-4)
+    codes = {n: weight_codes(m) for n, m in layers.items()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    shared: dict[str, _SharedWeight] = {}
+    try:
+        for n, m in layers.items():
+            c = codes[n]
+            shared[n] = _SharedWeight(c.codes, c.params["codebook"], bool(c.info["pinned_zero"]))
+            parametrize.register_parametrization(m, "weight", shared[n])
+        train(model, data, cfg, loss_fn=loss_fn, description="finetune centroids")
+    finally:
+        for m in layers.values():
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        current = dict(model.named_buffers())
+        with torch.no_grad():
+            for n, b in buffers.items():
+                if n in current:
+                    current[n].copy_(b)
+        for n, p in model.named_parameters():
+            p.requires_grad_(grads.get(n, True))
+    for n, m in layers.items():
+        c = codes[n]
+        if n in shared:
+            book = shared[n].codebook().detach().to(torch.float32)
+            c = QuantCodes(c.codes, c.bits, {"codebook": book}, c.info)
+        attach(m, c)
+    return model.eval()
