@@ -98,6 +98,50 @@ def hpo_cmd(
     print_table("trials", ["trial", "params", "state", "accuracy"], rows)
 
 
+@search_app.command("auto")
+def auto_cmd(
+    model: str = typer.Argument(..., help="trained model file (.safetensors / .slim)"),
+    out: Path = typer.Option(
+        Path("runs/auto"), help="folder for best.slim, trials and auto_compress.json"
+    ),
+    dataset: str = typer.Option("mnist5k"),
+    max_bytes: int = typer.Option(None, help="size budget of the .slim artifact"),
+    max_latency_ms: float = typer.Option(None, help="ORT batch-1 latency budget"),
+    max_accuracy_drop: float = typer.Option(0.5, help="percentage points"),
+    trials: int = typer.Option(20),
+    study: str = typer.Option("slimkit-auto"),
+    storage: str = typer.Option(None),
+    seed: int = typer.Option(0),
+):
+    """Search per-layer sparsity, bits (and ranks) to meet a size/latency budget."""
+    from slimkit.cli.common import load_data, load_model
+    from slimkit.search.autocompress import AutoCompressConfig, auto_compress
+
+    data = load_data(dataset)
+    m = load_model(model)
+    cfg = AutoCompressConfig(
+        max_bytes=max_bytes,
+        max_latency_ms=max_latency_ms,
+        max_accuracy_drop=max_accuracy_drop / 100,
+        n_trials=trials,
+        seed=seed,
+    )
+    res = auto_compress(m, data, cfg, out, storage=storage, study_name=study)
+    rows = [
+        [r["number"], int(r["bytes"]), r["accuracy"]]
+        for r in sorted(res.pareto, key=lambda r: r["bytes"])
+    ]
+    print_table("Pareto front (bytes vs accuracy)", ["trial", "bytes", "accuracy"], rows)
+    console.print(res.message)
+    console.print(f"artifact: {res.artifact}")
+    if not res.met:
+        from slimkit.errors import AccuracyGateError
+
+        raise AccuracyGateError(
+            f"auto-compress missed its goal ({res.message}); closest saved at {res.artifact}"
+        )
+
+
 @search_app.command("worker")
 def worker_cmd(
     study: str = typer.Option(..., help="name of an existing study"),

@@ -3,6 +3,7 @@
 Imports optuna lazily (extra ``search``) so ``import slimkit`` stays lean.
 """
 
+from slimkit.search.autocompress import AutoCompressConfig, AutoCompressResult, auto_compress
 from slimkit.search.evolution import RegularizedEvolutionSampler
 from slimkit.search.hpo import HPOConfig, hpo
 from slimkit.search.nas import NASConfig, NASResult, nas
@@ -13,6 +14,9 @@ from slimkit.search.spaces import DEFAULT_NAS_SPACE, SearchSpace
 from slimkit.search.storage import make_storage, mask_url
 
 __all__ = [
+    "AutoCompressConfig",
+    "AutoCompressResult",
+    "auto_compress",
     "DEFAULT_NAS_SPACE",
     "HPOConfig",
     "NASConfig",
