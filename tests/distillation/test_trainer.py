@@ -168,3 +168,21 @@ def test_cli_distill(digits_data, teacher, tmp_path):
     assert agreement(student, teacher, digits_data.test) > 0.6
     assert main([*args[:-2], "--temperature", "0", "--out", str(spath)]) == 2
     assert main([*args[:-2], "--kd", "hint", "--pair", "fc9=fc1", "--out", str(spath)]) == 2
+
+
+def test_shared_contract(digits_data, teacher):
+    """A distilled model still runs, saves/loads exactly and exports to ONNX (no hook residue)."""
+    from slimkit.testing import check_contract
+
+    frozen = copy.deepcopy(teacher)
+    cfg = DistillConfig(
+        losses=(LogitKD(), HintKD(pairs=[("conv2", "conv2")])),
+        train=TrainConfig(epochs=1, max_batches=5, lr=1e-4),
+    )
+    result = check_contract(
+        teacher,
+        lambda m: distill(m, frozen, digits_data, cfg),
+        digits_data.example_input(4),
+        min_sqnr_db=15.0,  # a few small steps from the teacher's own weights stay close to it
+    )
+    assert result.roundtrip_max_diff == 0.0
