@@ -1,0 +1,154 @@
+"""One call: load a local encoder, compress it, write ONNX artifacts and measured metrics.
+
+``compress_encoder(folder, out_dir)`` writes into ``out_dir``:
+``model_fp32.onnx`` (fused fp32), ``model.onnx`` (the deployed model: structural and/or int8),
+the tokenizer files, and ``metrics.json`` with bytes on disk, ORT latency (2 threads, batch 1
+and 32, medians) and fidelity against the fp32 PyTorch model on the sentences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimkit import atomic
+from slimkit.transformers.int8 import EncoderInt8
+from slimkit.transformers.structural import EncoderStructural
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig:
+    threads: int = 2
+    batch_sizes: tuple[int, ...] = (1, 32)
+    batches: int = 8  # timed batches per batch size and round
+    rounds: int = 3
+
+
+def measure_onnx(
+    paths: dict[str, str],
+    tokenizer: Any,
+    sentences: Sequence[str],
+    reference,
+    max_length: int,
+    m: MeasureConfig = MeasureConfig(),
+    extra_runners: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Bytes, interleaved ORT latency and embedding fidelity of each ONNX file in ``paths``."""
+    from slimkit.transformers.bench import interleaved_latency, make_batches, ort_runner
+    from slimkit.transformers.embed import embed
+    from slimkit.transformers.fidelity import embedding_fidelity
+
+    runners = {name: ort_runner(p, m.threads) for name, p in paths.items()}
+    rows: dict[str, dict[str, Any]] = {name: {} for name in [*(extra_runners or {}), *paths]}
+    for name, p in paths.items():
+        rows[name]["bytes"] = os.path.getsize(p)
+        emb = embed(runners[name], tokenizer, sentences, max_length=max_length)
+        rows[name]["fidelity"] = embedding_fidelity(reference, emb).to_dict()
+    all_runners = {**(extra_runners or {}), **runners}
+    for b in m.batch_sizes:
+        batches = make_batches(tokenizer, sentences, b, m.batches, max_length)
+        lat = interleaved_latency(all_runners, batches, rounds=m.rounds)
+        for name, ms in lat.items():
+            rows[name][f"latency_ms_b{b}"] = ms
+    return rows
+
+
+def compress_encoder(
+    folder: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    int8: EncoderInt8 | None = EncoderInt8(),
+    structural: EncoderStructural | None = None,
+    sentences: Sequence[str] | None = None,
+    measure: MeasureConfig | None = MeasureConfig(),
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Compress a local BERT-family sentence encoder and measure it; return metrics.json content.
+
+    ``folder=None`` uses the bundled all-MiniLM-L6-v2; ``sentences=None`` the packaged corpus.
+    """
+    from slimkit.data import load_corpus
+    from slimkit.transformers.embed import embed, sentence_encoder
+    from slimkit.transformers.int8 import quantize_encoder
+    from slimkit.transformers.loader import load_encoder
+    from slimkit.transformers.onnx_export import export_encoder
+    from slimkit.transformers.structural import compress_structure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    enc = load_encoder(folder)
+    sentences = list(sentences) if sentences is not None else load_corpus()
+    module = sentence_encoder(enc)
+    tok, max_len = enc.tokenizer, enc.max_length
+    heads, hidden = enc.num_heads, enc.hidden_size
+    fp32 = export_encoder(
+        module,
+        tok,
+        out / "model_fp32.onnx",
+        num_heads=heads,
+        hidden_size=hidden,
+        max_length=max_len,
+        atol=1e-3,
+    )
+    log(f"fp32 ONNX: {fp32.bytes:,} bytes, parity {fp32.max_abs_diff:.2g}, fused {fp32.fused_ops}")
+    metrics: dict[str, Any] = {
+        "model": str(enc.folder),
+        "sentences": len(sentences),
+        "fp32_export": dataclasses.asdict(fp32),
+    }
+    deployed = module
+    if structural is not None:
+        deployed, sres = compress_structure(
+            module, tok, structural, sentences, max_length=min(max_len, 128), log=log
+        )
+        metrics["structural"] = {"config": structural.to_dict(), **sres.to_dict()}
+        if structural.head_fraction > 0:
+            heads, hidden = 0, 0  # let ORT's optimizer read head counts from the graph
+    final = out / "model.onnx"
+    if int8 is not None:
+        res = quantize_encoder(
+            deployed,
+            tok,
+            final,
+            int8,
+            sentences,
+            num_heads=heads,
+            hidden_size=hidden,
+            max_length=max_len,
+            log=log,
+        )
+        metrics["int8"] = {"config": int8.to_dict(), **res.to_dict()}
+    else:
+        exp = export_encoder(
+            deployed, tok, final, num_heads=heads, hidden_size=hidden, max_length=max_len, atol=1e-3
+        )
+        metrics["export"] = dataclasses.asdict(exp)
+    for name in TOKENIZER_FILES:
+        if (enc.folder / name).is_file():
+            shutil.copyfile(enc.folder / name, out / name)
+    if measure is not None:
+        reference = embed(module, tok, sentences, max_length=max_len)
+        metrics["measured"] = measure_onnx(
+            {"ort_fp32": str(out / "model_fp32.onnx"), "slimkit": str(final)},
+            tok,
+            sentences,
+            reference,
+            max_len,
+            measure,
+        )
+    atomic.write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,125 @@
+"""Sentence embeddings: tokenise (truncating with a warning), run, pool, L2-normalise.
+
+``SentenceEncoder`` wraps the HF model with its pooling so the same module is exported to ONNX
+and distilled: ``(input_ids, attention_mask)`` of shape (B, T) -> embeddings (B, D).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.errors import ConfigError
+
+
+class TruncationWarning(UserWarning):
+    """Some sentences were longer than the model's max length and were cut."""
+
+
+class SentenceEncoder(nn.Module):
+    """HF encoder + pooling: (B, T) ids and mask -> (B, D) embeddings."""
+
+    def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = True) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ConfigError(f"pooling must be 'mean' or 'cls', but got {pooling!r}")
+        self.model = model
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling, self.normalize)  # (B, T, D) -> (B, D)
+
+
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor, pooling: str = "mean", normalize: bool = True
+) -> torch.Tensor:
+    """(B, T, D) token states + (B, T) mask -> (B, D); mean ignores padding."""
+    if pooling == "cls":
+        emb = hidden[:, 0]
+    else:
+        w = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        emb = (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+def sentence_encoder(encoder: Any) -> SentenceEncoder:
+    """The exportable module of a loaded :class:`~slimkit.transformers.loader.Encoder`."""
+    return SentenceEncoder(encoder.model, encoder.pooling, encoder.normalize).eval()
+
+
+def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence; sentences past ``max_length`` tokens are cut with a warning."""
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    if not sentences:
+        raise ConfigError("sentences must be a non-empty list of strings, but got an empty list")
+    bad = [s for s in sentences if not isinstance(s, str)]
+    if bad:
+        raise ConfigError(f"sentences must be strings, but got {type(bad[0]).__name__}: {bad[0]!r}")
+    lengths = [len(ids) for ids in tokenizer(list(sentences), add_special_tokens=True)["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n > max_length]
+    if too_long:
+        warnings.warn(
+            f"{len(too_long)} sentence(s) exceed the model's max length of {max_length} tokens "
+            f"(longest: {max(lengths)}); they were truncated to {max_length} tokens",
+            TruncationWarning,
+            stacklevel=3,
+        )
+    batch = tokenizer(
+        list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def ort_runner(onnx_path: str | os.PathLike[str], threads: int = 2) -> Runner:
+    """A runner over an ONNX Runtime session: int64 (B, T) ids and mask -> (B, D) float32."""
+    from slimkit.export.ort import make_session
+
+    sess = make_session(onnx_path, threads=threads)
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = dict(zip(names, (ids, mask)))
+        return sess.run(None, feed)[0]
+
+    return run
+
+
+@torch.no_grad()
+def embed(
+    model: nn.Module | Runner | str | os.PathLike[str],
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    max_length: int = 256,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Embed ``sentences`` with a SentenceEncoder, an ONNX file or a runner -> (N, D) float32.
+
+    Batches are padded to their own longest sentence (sorted by length is not used, so the
+    order of ``sentences`` is kept exactly).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = ort_runner(model)
+    out = []
+    for start in range(0, len(sentences), batch_size):
+        batch = tokenize(tokenizer, sentences[start : start + batch_size], max_length)
+        if isinstance(model, nn.Module):
+            emb = model.eval()(batch["input_ids"], batch["attention_mask"])
+        else:
+            emb = torch.from_numpy(
+                np.asarray(model(batch["input_ids"].numpy(), batch["attention_mask"].numpy()))
+            )
+        out.append(emb.float())
+    return torch.cat(out)

@@ -1,0 +1,139 @@
+"""Export a SentenceEncoder to ONNX with dynamic batch and sequence length, parity-checked,
+then apply ONNX Runtime's transformer graph optimizer (attention, layer-norm, GELU fusion).
+
+Graph: inputs ``input_ids`` and ``attention_mask`` (int64, (batch, seq)) -> ``embedding``
+(float32, (batch, D)). Parity is checked on two batches of different batch size and length so
+both dynamic axes are exercised; the optimized graph is checked again against PyTorch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from slimkit import atomic
+from slimkit.errors import ParityError
+
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OUTPUT_NAME = "embedding"
+OPSET = 17
+
+PARITY_SENTENCES = (
+    "A short one.",
+    "The quick brown fox jumps over the lazy dog near the quiet river bank this morning.",
+    "Compressed models must agree with the original.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderExport:
+    path: str
+    bytes: int
+    max_abs_diff: float  # max |ORT - torch| over the parity batches
+    tolerance: float
+    fused_ops: dict[str, int]  # ORT optimizer fusion statistics (empty when not optimized)
+
+
+def export_bytes(module: nn.Module, example: dict[str, torch.Tensor]) -> bytes:
+    """TorchScript-based export (``dynamo=False``) with dynamic (batch, seq) axes."""
+    axes = {n: {0: "batch", 1: "seq"} for n in INPUT_NAMES}
+    axes[OUTPUT_NAME] = {0: "batch"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (example["input_ids"], example["attention_mask"]),
+            buf,
+            input_names=INPUT_NAMES,
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            dynamic_axes=axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return buf.getvalue()
+
+
+def optimize_bytes(data: bytes, num_heads: int, hidden_size: int) -> tuple[bytes, dict[str, int]]:
+    """ORT transformer optimizer for BERT: EmbedLayerNorm, Attention, SkipLayerNorm, BiasGelu.
+
+    ``num_heads=0``/``hidden_size=0`` lets the optimizer read them from the graph (needed after
+    head pruning, when layers differ).
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = onnx.load_from_string(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = optimize_model(
+            model, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+    # Fused ops live in the com.microsoft domain; declare it so the ONNX checker accepts them.
+    if not any(o.domain == "com.microsoft" for o in opt.model.opset_import):
+        opt.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return opt.model.SerializeToString(), stats
+
+
+@torch.no_grad()
+def parity(
+    module: nn.Module,
+    onnx_model: bytes | str | os.PathLike[str],
+    tokenizer: Any,
+    sentences: Sequence[str] = PARITY_SENTENCES,
+    max_length: int = 256,
+) -> float:
+    """Max |ORT - PyTorch| embedding difference over (1, T1) and (N, T2) batches."""
+    from slimkit.export.ort import make_session
+    from slimkit.transformers.embed import tokenize
+
+    sess = make_session(onnx_model, threads=1)
+    worst = 0.0
+    for batch in ([sentences[0]], list(sentences)):
+        enc = tokenize(tokenizer, batch, max_length)
+        ref = module.eval()(enc["input_ids"], enc["attention_mask"]).float().numpy()
+        got = sess.run(None, {n: enc[n].numpy() for n in INPUT_NAMES})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    return worst
+
+
+def export_encoder(
+    module: nn.Module,
+    tokenizer: Any,
+    path: str | os.PathLike[str],
+    *,
+    optimize: bool = True,
+    num_heads: int = 0,
+    hidden_size: int = 0,
+    atol: float = 1e-4,
+    max_length: int = 256,
+) -> EncoderExport:
+    """Export, optionally fuse with ORT's optimizer, check parity, write ``path`` atomically.
+
+    Raises ParityError when max |ORT - torch| > ``atol`` on the parity sentences.
+    """
+    from slimkit.transformers.embed import tokenize
+
+    example = tokenize(tokenizer, list(PARITY_SENTENCES[:2]), max_length)
+    data = export_bytes(module, example)
+    stats: dict[str, int] = {}
+    if optimize:
+        data, stats = optimize_bytes(data, num_heads, hidden_size)
+    diff = parity(module, data, tokenizer, max_length=max_length)
+    if not diff <= atol:
+        raise ParityError(
+            f"ONNX export of the encoder disagrees with PyTorch: max |diff| = {diff:.3g} > "
+            f"tolerance {atol:g}; try optimize=False to tell a fusion problem from an export one"
+        )
+    atomic.write_bytes(path, data)
+    return EncoderExport(os.fspath(path), len(data), diff, atol, stats)

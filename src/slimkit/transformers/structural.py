@@ -1,0 +1,300 @@
+"""Structural compression of a BERT-family sentence encoder, recovered by distillation.
+
+- Layer dropping: keep the encoder layers listed in ``keep_layers`` (others removed).
+- Attention-head pruning: per layer, the heads whose removal costs least (measured: embedding
+  cosine loss on real sentences with that head's context zeroed) are cut out of Q/K/V (output
+  rows) and the attention output projection (input columns). HF's ``prune_heads`` no longer
+  exists in transformers 5, and BERT's attention infers the head count from the tensor shape
+  (``view(..., -1, head_size)``), so slicing the Linears is all it takes.
+- Distillation from the fp32 model on sentences: loss = embedding loss (1 - cosine to the
+  teacher's embedding) + ``hidden_weight`` * masked MSE between each student layer's output and
+  the teacher layer it stands for. Training text = the given sentences plus random word spans
+  and sentence pairs built from them (augmentation, so 300 sentences are not memorised).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.config import SlimConfig, check_int, check_range
+from slimkit.errors import ConfigError
+from slimkit.registry import Registry
+
+REGISTRY = Registry("transformer structural")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(SlimConfig):
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 5e-5
+    hidden_weight: float = 1.0
+    embedding_weight: float = 1.0
+    augment: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_int("distill.steps", self.steps, 0, 1_000_000)
+        check_int("distill.batch_size", self.batch_size, 1, 4096)
+        check_range("distill.lr", self.lr, 0.0, 1.0, low_open=True)
+        check_range("distill.hidden_weight", self.hidden_weight, 0.0, 1e6)
+        check_range("distill.embedding_weight", self.embedding_weight, 0.0, 1e6)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderStructural(SlimConfig):
+    """Keep ``keep_layers`` (empty = all), prune ``head_fraction`` of heads per layer, distill."""
+
+    keep_layers: tuple[int, ...] = ()
+    head_fraction: float = 0.0
+    distill: DistillConfig = DistillConfig()
+    scan_sentences: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.distill, dict):
+            object.__setattr__(self, "distill", DistillConfig.from_dict(self.distill))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_range("head_fraction", self.head_fraction, 0.0, 1.0, high_open=True)
+        if len(set(self.keep_layers)) != len(self.keep_layers) or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.keep_layers
+        ):
+            raise ConfigError(
+                f"keep_layers must be distinct layer indices >= 0, but got {list(self.keep_layers)}"
+            )
+        check_int("scan_sentences", self.scan_sentences, 2, 100_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class StructuralResult:
+    kept_layers: list[int]
+    heads_kept: dict[str, list[int]]  # "encoder.layer.{i}" (student index) -> kept head ids
+    head_scores: dict[str, list[float]]
+    params_before: int
+    params_after: int
+    distill_loss_first: float
+    distill_loss_last: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- layer dropping ---------------------------------------------------------------------------
+
+
+def drop_layers_(module: nn.Module, keep: Sequence[int]) -> None:
+    """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
+    layers = module.model.encoder.layer
+    n = len(layers)
+    bad = [i for i in keep if not 0 <= i < n]
+    if bad or not keep:
+        raise ConfigError(
+            f"keep_layers must be a non-empty subset of 0..{n - 1}, but got {list(keep)}"
+        )
+    module.model.encoder.layer = nn.ModuleList([layers[i] for i in sorted(keep)])
+    module.model.config.num_hidden_layers = len(keep)
+
+
+# ---- head pruning -----------------------------------------------------------------------------
+
+
+def _attn(module: nn.Module, i: int):
+    return module.model.encoder.layer[i].attention
+
+
+def head_size(module: nn.Module) -> int:
+    cfg = module.model.config
+    return cfg.hidden_size // cfg.num_attention_heads
+
+
+@torch.no_grad()
+def head_importance(module: nn.Module, batches: list[dict]) -> list[list[float]]:
+    """Per layer, per head: 1 - mean cosine of embeddings when that head's context is zeroed."""
+    d = head_size(module)
+    ref = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
+    scores = []
+    for i in range(len(module.model.encoder.layer)):
+        dense = _attn(module, i).output.dense
+        layer_scores = []
+        for h in range(dense.in_features // d):
+
+            def zero_head(_m, args, h=h):
+                x = args[0].clone()
+                x[..., h * d : (h + 1) * d] = 0  # (B, T, heads*d): this head's context
+                return (x,)
+
+            hook = dense.register_forward_pre_hook(zero_head)
+            try:
+                emb = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
+            finally:
+                hook.remove()
+            layer_scores.append(float(1 - nn.functional.cosine_similarity(ref, emb, dim=1).mean()))
+        scores.append(layer_scores)
+    return scores
+
+
+def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
+    """Keep output rows (dim=0) or input columns (dim=1) ``idx`` of ``lin``."""
+    w = lin.weight.detach().index_select(dim, idx)  # (out, in) -> (kept, in) or (out, kept)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None)
+    new.weight.data.copy_(w)
+    if lin.bias is not None:
+        new.bias.data.copy_(lin.bias.detach() if dim == 1 else lin.bias.detach()[idx])
+    return new
+
+
+def prune_heads_(module: nn.Module, layer: int, keep_heads: Sequence[int]) -> None:
+    """Keep heads ``keep_heads`` of encoder layer ``layer`` by slicing Q/K/V and the output proj."""
+    d = head_size(module)
+    att = _attn(module, layer)
+    idx = torch.tensor([h * d + j for h in sorted(keep_heads) for j in range(d)])
+    for name in ("query", "key", "value"):
+        setattr(att.self, name, _slice_linear(getattr(att.self, name), idx, 0))
+    att.output.dense = _slice_linear(att.output.dense, idx, 1)
+    att.self.num_attention_heads = len(keep_heads)
+    att.self.all_head_size = len(keep_heads) * d
+
+
+# ---- distillation -----------------------------------------------------------------------------
+
+
+def _augment(sentences: Sequence[str], rng: random.Random, n: int) -> list[str]:
+    """Mix originals, random word spans (>= 4 words) and joined sentence pairs."""
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        s = rng.choice(sentences)
+        if r < 0.5:
+            out.append(s)
+        elif r < 0.8:
+            words = s.split()
+            if len(words) > 5:
+                a = rng.randrange(0, len(words) - 4)
+                b = rng.randrange(a + 4, len(words) + 1)
+                s = " ".join(words[a:b])
+            out.append(s)
+        else:
+            out.append(s + " " + rng.choice(sentences))
+    return out
+
+
+def _teacher_layer_map(n_teacher: int, n_student: int) -> list[int]:
+    """Student layer j stands for teacher layer round((j + 1) * n_t / n_s) (hidden_states index)."""
+    return [round((j + 1) * n_teacher / n_student) for j in range(n_student)]
+
+
+def distill_(
+    student: nn.Module,
+    teacher: nn.Module,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    cfg: DistillConfig,
+    max_length: int = 128,
+    log: Callable[[str], None] = lambda _m: None,
+) -> tuple[float, float]:
+    """Train ``student`` (a SentenceEncoder) towards ``teacher``; return (first, last) loss."""
+    from slimkit.transformers.embed import pool, tokenize
+
+    if cfg.steps == 0:
+        return float("nan"), float("nan")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    teacher.eval()
+    n_t, n_s = len(teacher.model.encoder.layer), len(student.model.encoder.layer)
+    layer_map = _teacher_layer_map(n_t, n_s)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / cfg.steps)
+    )
+    student.train()
+    losses = []
+    for step in range(cfg.steps):
+        batch_text = (
+            _augment(sentences, rng, cfg.batch_size)
+            if cfg.augment
+            else rng.sample(list(sentences), min(cfg.batch_size, len(sentences)))
+        )
+        b = tokenize(tokenizer, batch_text, max_length)
+        ids, mask = b["input_ids"], b["attention_mask"]
+        with torch.no_grad():
+            t_out = teacher.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            t_emb = pool(t_out.last_hidden_state, mask, teacher.pooling, True)
+        s_out = student.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        s_emb = pool(s_out.last_hidden_state, mask, student.pooling, True)
+        loss = cfg.embedding_weight * (1 - (s_emb * t_emb).sum(-1)).mean()
+        if cfg.hidden_weight:
+            w = mask.unsqueeze(-1).float()  # (B, T, 1): padding tokens do not count
+            hid = sum(
+                (((s_out.hidden_states[j + 1] - t_out.hidden_states[t]) ** 2) * w).sum()
+                / (w.sum() * s_emb.shape[-1])
+                for j, t in enumerate(layer_map)
+            )
+            loss = loss + cfg.hidden_weight * hid / n_s
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log(f"distill step {step}: loss {losses[-1]:.4f}")
+    student.eval()
+    k = max(1, min(10, len(losses) // 5))
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
+@REGISTRY.register(EncoderStructural)
+def compress_structure(
+    module: nn.Module,
+    tokenizer: Any,
+    cfg: EncoderStructural,
+    sentences: Sequence[str],
+    *,
+    max_length: int = 128,
+    log: Callable[[str], None] = lambda _m: None,
+) -> tuple[nn.Module, StructuralResult]:
+    """Return a smaller distilled copy of ``module`` (a SentenceEncoder) and what was done."""
+    from slimkit.transformers.embed import tokenize
+
+    teacher = module.eval()
+    student = copy.deepcopy(module).eval()
+    before = sum(p.numel() for p in student.parameters())
+    n = len(student.model.encoder.layer)
+    keep = list(cfg.keep_layers) or list(range(n))
+    if keep != list(range(n)):
+        drop_layers_(student, keep)
+        log(f"kept layers {sorted(keep)} of {n}")
+    heads_kept: dict[str, list[int]] = {}
+    scores: list[list[float]] = []
+    if cfg.head_fraction > 0:
+        scan = [
+            tokenize(tokenizer, sentences[i : i + 32], max_length)
+            for i in range(0, min(len(sentences), cfg.scan_sentences), 32)
+        ]
+        scores = head_importance(student, scan)
+        for i, layer_scores in enumerate(scores):
+            n_heads = len(layer_scores)
+            n_keep = max(1, n_heads - int(round(cfg.head_fraction * n_heads)))
+            kept = sorted(sorted(range(n_heads), key=lambda h: -layer_scores[h])[:n_keep])
+            prune_heads_(student, i, kept)
+            heads_kept[f"encoder.layer.{i}"] = kept
+        log(f"pruned heads: kept {sum(map(len, heads_kept.values()))} of {sum(map(len, scores))}")
+    first, last = distill_(student, teacher, tokenizer, sentences, cfg.distill, max_length, log)
+    after = sum(p.numel() for p in student.parameters())
+    return student, StructuralResult(
+        sorted(keep),
+        heads_kept,
+        {f"encoder.layer.{i}": s for i, s in enumerate(scores)},
+        before,
+        after,
+        first,
+        last,
+    )
