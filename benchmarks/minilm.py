@@ -1,0 +1,215 @@
+"""all-MiniLM-L6-v2 on CPU: slimkit vs ONNX Runtime's own quantizer, side by side in one run.
+
+    .venv/bin/python benchmarks/minilm.py [--steps 300] [--keep 0,2,4]
+
+Variants (all embed the packaged English corpus, ~350 real sentences):
+  torch_fp32       PyTorch eager fp32 (the fidelity reference)
+  ort_fp32         plain ONNX export in ONNX Runtime (ORT_ENABLE_ALL): the speed baseline
+  ort_int8_tensor  onnxruntime.quantization.quantize_dynamic, defaults (per-tensor weights)
+  ort_int8_channel quantize_dynamic(per_channel=True)
+  slimkit_int8     SmoothQuant + ORT transformer fusion + measured sensitivity exclusion +
+                   dynamic per-channel int8
+  slimkit_struct_int8  layers dropped (6 -> 3), distilled from fp32 on the even-indexed
+                   sentences (hidden-state + embedding losses), then slimkit int8
+
+Latency: ONNX Runtime / torch at 2 threads, batch 1 (single real sentences) and batch 32
+(consecutive sentences padded to the longest), medians over interleaved rounds (the machine is
+shared: compare ratios within one run). Fidelity vs torch fp32 on all sentences, and on the
+odd-indexed half that the distilled student never saw ("held-out").
+Writes benchmarks/results/minilm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300, help="distillation steps")
+    ap.add_argument("--keep", default="0,2,4", help="layers kept by the structural variant")
+    ap.add_argument("--auto-exclude", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    import logging
+
+    import onnxruntime
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slimkit import atomic
+    from slimkit.data import load_corpus
+    from slimkit.transformers import (
+        DistillConfig,
+        EncoderInt8,
+        EncoderStructural,
+        compress_structure,
+        embed,
+        embedding_fidelity,
+        load_encoder,
+        quantize_encoder,
+        sentence_encoder,
+    )
+    from slimkit.transformers.bench import (
+        interleaved_latency,
+        make_batches,
+        ort_runner,
+        torch_runner,
+    )
+    from slimkit.transformers.onnx_export import export_encoder
+
+    logging.getLogger().setLevel(logging.ERROR)  # ORT quantizer's pre-processing advice
+    torch.manual_seed(0)
+    t_start = time.time()
+    enc = load_encoder()
+    tok, max_len = enc.tokenizer, enc.max_length
+    corpus = load_corpus()
+    train, held = corpus[0::2], corpus[1::2]
+    module = sentence_encoder(enc)
+    print(f"corpus: {len(corpus)} sentences ({len(train)} distillation, {len(held)} held-out)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="slimkit-minilm-"))
+    paths: dict[str, Path] = {}
+    notes: dict[str, dict] = {}
+
+    export_encoder(module, tok, tmp / "plain.onnx", optimize=False, atol=1e-4, max_length=max_len)
+    paths["ort_fp32"] = tmp / "plain.onnx"
+    quantize_dynamic(str(tmp / "plain.onnx"), str(tmp / "ort_t.onnx"), weight_type=QuantType.QInt8)
+    paths["ort_int8_tensor"] = tmp / "ort_t.onnx"
+    quantize_dynamic(
+        str(tmp / "plain.onnx"),
+        str(tmp / "ort_c.onnx"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    paths["ort_int8_channel"] = tmp / "ort_c.onnx"
+
+    int8 = EncoderInt8(auto_exclude=args.auto_exclude)
+    t0 = time.time()
+    res = quantize_encoder(
+        module,
+        tok,
+        tmp / "sk_int8.onnx",
+        int8,
+        corpus,
+        num_heads=12,
+        hidden_size=384,
+        max_length=max_len,
+        log=print,
+    )
+    paths["slimkit_int8"] = tmp / "sk_int8.onnx"
+    notes["slimkit_int8"] = {
+        "excluded_units": res.excluded_units,
+        "fused_ops": res.fused_ops,
+        "seconds": time.time() - t0,
+    }
+
+    keep = tuple(int(x) for x in args.keep.split(","))
+    t0 = time.time()
+    student, sres = compress_structure(
+        module,
+        tok,
+        EncoderStructural(keep_layers=keep, distill=DistillConfig(steps=args.steps, lr=1e-4)),
+        train,
+        max_length=128,
+        log=print,
+    )
+    res2 = quantize_encoder(
+        student,
+        tok,
+        tmp / "sk_struct.onnx",
+        int8,
+        train,
+        num_heads=12,
+        hidden_size=384,
+        max_length=max_len,
+        log=print,
+    )
+    paths["slimkit_struct_int8"] = tmp / "sk_struct.onnx"
+    notes["slimkit_struct_int8"] = {
+        "kept_layers": sres.kept_layers,
+        "params": [sres.params_before, sres.params_after],
+        "distill_loss": [sres.distill_loss_first, sres.distill_loss_last],
+        "excluded_units": res2.excluded_units,
+        "seconds": time.time() - t0,
+    }
+
+    # ---- fidelity: every variant's embeddings vs torch fp32 ----
+    ref = embed(module, tok, corpus, max_length=max_len)
+    odd = torch.arange(1, len(corpus), 2)
+    rows: dict[str, dict] = {"torch_fp32": {"bytes": None}}
+    runners = {"torch_fp32": torch_runner(module, 2)}
+    for name, p in paths.items():
+        runners[name] = ort_runner(p, 2)
+        emb = embed(runners[name], tok, corpus, max_length=max_len)
+        rows[name] = {
+            "bytes": p.stat().st_size,
+            "fidelity": embedding_fidelity(ref, emb).to_dict(),
+            "fidelity_heldout": embedding_fidelity(ref[odd], emb[odd]).to_dict(),
+        }
+    rows["torch_fp32"]["bytes"] = (enc.folder / "model.safetensors").stat().st_size
+
+    # ---- latency, interleaved ----
+    for b, count in ((1, 24), (32, 6)):
+        lat = interleaved_latency(
+            runners, make_batches(tok, corpus, b, count, max_len), rounds=args.rounds
+        )
+        for name, ms in lat.items():
+            rows[name][f"latency_ms_b{b}"] = ms
+
+    base = rows["ort_fp32"]
+    print()
+    hdr = (
+        f"{'variant':22s} {'MB':>7s} {'b1 ms':>7s} {'x':>5s} {'b32 ms':>8s} {'x':>5s} "
+        f"{'cos mean':>8s} {'cos min':>8s} {'spearman':>8s} {'top5':>6s} {'sp held':>8s}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in rows.items():
+        r["speedup_b1"] = base["latency_ms_b1"] / r["latency_ms_b1"]
+        r["speedup_b32"] = base["latency_ms_b32"] / r["latency_ms_b32"]
+        f = r.get("fidelity") or {
+            "cosine_mean": 1.0,
+            "cosine_min": 1.0,
+            "spearman": 1.0,
+            "topk_agreement": 1.0,
+        }
+        fh = r.get("fidelity_heldout") or {"spearman": 1.0}
+        print(
+            f"{name:22s} {r['bytes'] / 1e6:7.1f} {r['latency_ms_b1']:7.2f} {r['speedup_b1']:5.2f} "
+            f"{r['latency_ms_b32']:8.1f} {r['speedup_b32']:5.2f} {f['cosine_mean']:8.4f} "
+            f"{f['cosine_min']:8.4f} {f['spearman']:8.4f} {f['topk_agreement']:6.3f} {fh['spearman']:8.4f}"
+        )
+    print("\nratios are vs ort_fp32 (x = ort_fp32 latency / variant latency)")
+    for name, note in notes.items():
+        print(f"{name}: {json.dumps(note)}")
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "threads": 2,
+        "sentences": len(corpus),
+        "rows": rows,
+        "notes": notes,
+        "seconds": time.time() - t_start,
+    }
+    atomic.write_json(HERE / "results" / "minilm.json", out)
+    print(f"\nwrote benchmarks/results/minilm.json in {time.time() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.errors import ConfigError, TargetError
+from slimkit.testing import check_contract
+from slimkit.transformers import (
+    EncoderInt8,
+    InputScaledLinear,
+    embed,
+    embedding_fidelity,
+    quantize_encoder,
+    sensitivity_scan,
+    smooth_encoder_,
+    tokenize,
+)
+
+
+class IdsOnly(nn.Module):
+    """(B, T) token ids -> (B, D) embeddings with a full attention mask (for check_contract)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, ids):
+        return self.module(ids, torch.ones_like(ids))
+
+
+def test_smoothing_is_exact_in_fp32(encoder, sentence_module, sentences):
+    batches = [tokenize(encoder.tokenizer, sentences, 64)]
+    ids = batches[0]["input_ids"]
+
+    def smooth(m):
+        done = smooth_encoder_(m.module, batches, alpha=0.5)
+        assert len(done) == 18  # 6 layers x (attention output, FFN in, FFN out)
+        return m
+
+    res = check_contract(
+        IdsOnly(copy.deepcopy(sentence_module)),
+        smooth,
+        ids,
+        max_abs_diff=1e-4,
+        onnx=True,
+        onnx_atol=1e-4,
+        roundtrip=False,
+    )
+    assert res.sqnr_db > 60
+
+
+def test_smoothing_flattens_ffn_activations(encoder, sentence_module, sentences):
+    from slimkit.transformers.smooth import input_absmax
+
+    batches = [tokenize(encoder.tokenizer, sentences, 64)]
+    name = "model.encoder.layer.2.output.dense"
+    before = input_absmax(sentence_module, [name], batches)[name]
+    m = copy.deepcopy(sentence_module)
+    smooth_encoder_(m, batches, alpha=0.5, kinds=("output.dense",))
+    layer = dict(m.named_modules())[name]
+    assert isinstance(layer, InputScaledLinear)
+    after = before * layer.inv_scale  # the MatMul now sees x / s
+    # Outlier ratio (max / median channel range) shrinks a lot.
+    assert (after.max() / after.median()) < 0.5 * (before.max() / before.median())
+
+
+def test_sensitivity_scan_ranks_units(encoder, sentence_module, sentences):
+    batches = [tokenize(encoder.tokenizer, sentences[:4], 64)]
+    units = ["encoder.layer.0.attention.self", "encoder.layer.5.output.dense"]
+    sens = sensitivity_scan(sentence_module, batches, units=units)
+    assert set(sens) == set(units)
+    assert all(0 <= v < 0.05 for v in sens.values())
+
+
+def test_int8_dynamic_fidelity_and_size(tmp_path, encoder, sentence_module, sentences):
+    cfg = EncoderInt8(auto_exclude=1, scan_sentences=8, calib_sentences=8)
+    path = tmp_path / "int8.onnx"
+    res = quantize_encoder(
+        sentence_module, encoder.tokenizer, path, cfg, sentences, num_heads=12, hidden_size=384
+    )
+    assert len(res.excluded_units) == 1 and len(res.excluded_nodes) >= 1
+    assert len(res.sensitivity) == 24
+    assert res.bytes == path.stat().st_size < 0.35 * 90_000_000  # int8 weights, fp32 was ~90 MB
+    ref = embed(sentence_module, encoder.tokenizer, sentences)
+    fid = embedding_fidelity(ref, embed(path, encoder.tokenizer, sentences), k=2)
+    assert fid.cosine_mean > 0.99 and fid.cosine_min > 0.98 and fid.spearman > 0.97
+
+
+def test_int8_config_errors():
+    with pytest.raises(ConfigError, match=r"mode must be one of \['dynamic', 'static'\]"):
+        EncoderInt8(mode="dynamc")
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        EncoderInt8(smooth={"alpha": 1.5})
+    with pytest.raises(ConfigError, match="auto_exclude"):
+        EncoderInt8(auto_exclude=-1)
+
+
+def test_unknown_exclude_unit(tmp_path, encoder, sentence_module, sentences):
+    cfg = EncoderInt8(
+        exclude=("encoder.layer.9.output.dense",), auto_exclude=0, smooth={"enabled": False}
+    )
+    with pytest.raises(TargetError, match="near matches"):
+        quantize_encoder(sentence_module, encoder.tokenizer, tmp_path / "x.onnx", cfg, sentences)
