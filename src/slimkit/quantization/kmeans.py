@@ -44,21 +44,28 @@ class KMeansQuantization(SlimConfig):
 
 
 def lloyd_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D k-means of ``values`` (n,): (centroids (k,) ascending, assignment (n,) int64)."""
-    lo, hi = float(values.min()), float(values.max())
-    centroids = torch.linspace(lo, hi, k, dtype=torch.float64)  # linear initialisation
-    assign = _assign(values, centroids)
+    """1-D k-means of ``values`` (n,): (centroids (k,) ascending, assignment (n,) int64).
+
+    In 1-D the clusters of sorted centroids are contiguous runs of the sorted values, so each
+    Lloyd step is k binary searches plus prefix sums: O(k log n) instead of O(n).
+    """
+    v, _ = torch.sort(values.double())
+    csum = torch.cat([v.new_zeros(1), torch.cumsum(v, 0)])  # (n+1,) prefix sums
+    centroids = torch.linspace(float(v[0]), float(v[-1]), k, dtype=torch.float64)  # linear init
+    bounds = None
     for _ in range(iters):
-        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, assign, values)
-        counts = torch.bincount(assign, minlength=k).to(torch.float64)
-        # An empty cluster keeps its centroid (it may win members back later).
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-        centroids, _ = torch.sort(centroids)
-        new = _assign(values, centroids)
-        if torch.equal(new, assign):
+        # Run j holds v[edges[j]:edges[j+1]]: the values nearest centroid j.
+        mids = (centroids[:-1] + centroids[1:]) / 2
+        inner = torch.searchsorted(v, mids, right=True)
+        edges = torch.cat([inner.new_zeros(1), inner, inner.new_full((1,), v.numel())])
+        if bounds is not None and torch.equal(edges, bounds):
             break
-        assign = new
-    return centroids, assign
+        bounds = edges
+        counts = (edges[1:] - edges[:-1]).double()
+        sums = csum[edges[1:]] - csum[edges[:-1]]
+        # An empty cluster keeps its centroid (it may win members back later).
+        centroids, _ = torch.sort(torch.where(counts > 0, sums / counts.clamp_min(1), centroids))
+    return centroids, _assign(values.double(), centroids)
 
 
 def _assign(values: torch.Tensor, sorted_centroids: torch.Tensor) -> torch.Tensor:
@@ -66,7 +73,7 @@ def _assign(values: torch.Tensor, sorted_centroids: torch.Tensor) -> torch.Tenso
     if sorted_centroids.numel() == 1:
         return torch.zeros(values.shape, dtype=torch.int64)
     mids = (sorted_centroids[:-1] + sorted_centroids[1:]) / 2
-    return torch.bucketize(values, mids)
+    return torch.bucketize(values, mids, right=True)
 
 
 def quantize_kmeans_tensor(w: torch.Tensor, bits: int, iters: int = 30) -> QuantCodes:

@@ -1,0 +1,69 @@
+"""`slimkit quantize`: every weight-only method through the CLI, --set parsing, errors."""
+
+import pytest
+
+import slimkit as sk
+from slimkit.cli import main
+from slimkit.quantization import METHODS, method_config, quantized_layers, weight_codes
+
+
+@pytest.mark.parametrize(
+    ("method", "sets", "bits"),
+    [
+        ("kmeans", ["bits=3"], 3),
+        ("linear", ["bits=4", "symmetric=false"], 4),
+        ("log2", ["bits=5", "per_channel=false"], 5),
+        ("bf16", [], 16),
+    ],
+)
+def test_quantize_command(tmp_path, capsys, method, sets, bits):
+    out = tmp_path / "q.safetensors"
+    args = ["quantize", "lenet5", "--method", method, "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "SQNR dB" in printed and "packed" in printed and "file written" in printed
+    model = sk.load(out)
+    layers = quantized_layers(model)
+    assert len(layers) == 4
+    assert {weight_codes(m).bits for m in layers.values()} == {bits}
+
+
+def test_mixed_with_data_and_targets(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = [
+        "quantize",
+        "lenet300",
+        "--method",
+        "mixed",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "--set",
+        "budget_bits_per_weight=3",
+        "--set",
+        "candidates=[2, 4]",
+        "--set",
+        "calib_batches=1",
+        "--set",
+        "ignore=[fc3]",
+    ]
+    assert main(args) == 0
+    model = sk.load(out)
+    assert "fc3" not in quantized_layers(model)
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_bad_input_exit_code_2(capsys):
+    assert main(["quantize", "lenet5", "--method", "kmeanz"]) == 2
+    assert "method must be one of" in capsys.readouterr().err
+    assert main(["quantize", "lenet5", "--method", "linear", "--set", "bits=12"]) == 2
+    assert "bits must be in 1..8, but got 12" in capsys.readouterr().err
+    assert main(["quantize", "lenet5", "--method", "linear", "--set", "bits"]) == 2
+
+
+def test_methods_map():
+    assert {"linear", "log2", "kmeans", "fp16", "bf16", "mixed"} <= set(METHODS)
+    assert method_config("kmeans", {"bits": 2}).bits == 2
