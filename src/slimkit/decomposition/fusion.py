@@ -41,7 +41,7 @@ def _fx_pairs(model: nn.Module) -> list[tuple[str, str]] | None:
     except Exception:  # noqa: BLE001 - any tracing failure means "use the fallback"
         return None
     modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
+    calls: dict[object, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
@@ -112,9 +112,11 @@ def fuse_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     done = []
     for layer_name, bn_name in pairs:
         layer, bn = get_module(model, layer_name), get_module(model, bn_name)
-        if not isinstance(bn, _BN) or bn.num_features != layer.weight.shape[0]:
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or not isinstance(bn, _BN):
             continue
-        fold_bn_into(layer, bn)  # type: ignore[arg-type]
+        if bn.num_features != layer.weight.shape[0]:
+            continue
+        fold_bn_into(layer, bn)
         set_module(model, bn_name, nn.Identity())
         done.append((layer_name, bn_name))
     return done

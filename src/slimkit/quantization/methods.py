@@ -9,11 +9,14 @@ from typing import Any
 
 from slimkit.config import SlimConfig
 from slimkit.errors import ConfigError
+from slimkit.quantization.dynamic import DynamicInt8
 from slimkit.quantization.halfprec import BFloat16Weights, Float16Weights
 from slimkit.quantization.kmeans import KMeansQuantization
 from slimkit.quantization.linear import LinearQuantization
 from slimkit.quantization.log2 import Log2Quantization
 from slimkit.quantization.mixed import MixedPrecision
+from slimkit.quantization.ptq import StaticInt8
+from slimkit.quantization.qat import QATInt8
 
 METHODS: dict[str, type[SlimConfig]] = {
     "linear": LinearQuantization,
@@ -22,6 +25,9 @@ METHODS: dict[str, type[SlimConfig]] = {
     "fp16": Float16Weights,
     "bf16": BFloat16Weights,
     "mixed": MixedPrecision,
+    "int8-dynamic": DynamicInt8,
+    "int8-static": StaticInt8,
+    "qat": QATInt8,
 }
 
 

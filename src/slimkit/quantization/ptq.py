@@ -89,8 +89,8 @@ def _trace(model: nn.Module):
 
 def _plan(
     model: nn.Module, chosen: dict[str, nn.Module]
-) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """``(activation per layer, input_from per layer, activation modules to drop)`` by name."""
+) -> tuple[dict[str, str], dict[str, str], list[str], set[str]]:
+    """``(activation per layer, input_from per layer, activations to drop, output layers)``."""
     graph = _trace(model)
     acts: dict[str, str] = dict.fromkeys(chosen, "none")
     shared: dict[str, str] = {}
