@@ -111,3 +111,17 @@ def test_contract(model_name, min_sqnr, onnx):
         min_sqnr_db=min_sqnr,
         onnx=onnx,
     )
+
+
+def test_finetune_via_config_needs_data(digits):
+    cfg = KMeansQuantization(bits=2, finetune_epochs=1, finetune_lr=1e-3)
+    with pytest.raises(ConfigError, match="finetune_epochs=1 needs training data"):
+        sk.quantize_(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), cfg)
+    torch.manual_seed(0)
+    plain = sk.quantize_(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), KMeansQuantization(2))
+    torch.manual_seed(0)
+    tuned = sk.quantize_(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), cfg, data=digits)
+    before, after = weight_codes(plain[1]), weight_codes(tuned[1])
+    assert torch.equal(before.codes, after.codes)  # same clustering, then only centroids moved
+    assert not torch.equal(before.params["codebook"], after.params["codebook"])
+    assert torch.unique(tuned[1].weight).numel() <= 4

@@ -109,3 +109,11 @@ def test_config_errors():
         MixedPrecision(candidates=(1, 4))
     with pytest.raises(ConfigError, match="needs calibration inputs"):
         sk.quantize_(_model(), MixedPrecision())
+
+
+def test_allocation_spends_leftover_budget():
+    # big layer's step 4 -> 2 overshoots the budget; the fill pass widens the small layer back
+    scan = {"big": {2: 10.0, 4: 20.0}, "small": {2: 5.0, 4: 20.0, 8: 40.0}}
+    numel = {"big": 1000, "small": 100}
+    bits = allocate_bits(scan, numel, 2 * 1000 + 8 * 100, SensitivityMetric.OUTPUT_SQNR)
+    assert bits == {"big": 2, "small": 8}

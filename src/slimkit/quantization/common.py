@@ -24,6 +24,13 @@ PARAM_KEYS = ("scale", "zero_point", "codebook")
 F32 = torch.finfo(torch.float32)
 
 
+def weight_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>`` as a Tensor (typed access for Linear/Conv2d layers)."""
+    w = getattr(module, name)
+    assert isinstance(w, torch.Tensor), f"{type(module).__name__}.{name} is not a tensor"
+    return w
+
+
 def check_finite(layer: str, tensor: torch.Tensor, name: str = "weight") -> None:
     """Refuse NaN/inf weights, naming the layer."""
     if not torch.isfinite(tensor).all():
@@ -77,10 +84,10 @@ def quantize_layers(
     """Run ``encode(layer_name, weight) -> QuantCodes`` on every chosen layer and attach it."""
     chosen = select_modules(model, targets, ignore)
     for layer, module in chosen.items():
-        check_finite(layer, module.weight)
+        check_finite(layer, weight_of(module))
     out: dict[str, QuantCodes] = {}
     for layer, module in chosen.items():
-        codes = encode(layer, module.weight.detach().cpu().to(torch.float32))
+        codes = encode(layer, weight_of(module).detach().cpu().to(torch.float32))
         attach(module, codes)
         out[layer] = codes
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +65,8 @@ def quantize_half_tensor(layer: str, w: torch.Tensor, dtype: HalfDtype) -> Quant
 
 
 @QUANTIZERS.register(HalfPrecision)
-def _apply_half(model: nn.Module, config: HalfPrecision) -> nn.Module:
+def _apply_half(model: nn.Module, config: HalfPrecision, data: Any = None) -> nn.Module:
+    del data  # data-free; accepted so pipelines can pass data= to every quantizer
     quantize_layers(
         model,
         config.targets,

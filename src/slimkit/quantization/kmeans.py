@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from slimkit.config import SlimConfig, check_int
+from slimkit.config import SlimConfig, check_int, check_range
 from slimkit.data.datasets import DataBundle
 from slimkit.errors import ConfigError
 from slimkit.quantization.api import QUANTIZERS
@@ -35,12 +35,16 @@ class KMeansQuantization(SlimConfig):
 
     bits: int = 4
     iters: int = 30  # Lloyd iterations (stops early when assignments settle)
+    finetune_epochs: int = 0  # > 0: fine-tune the centroids on data= right after clustering
+    finetune_lr: float = 1e-4
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
 
     def validate(self) -> None:
         check_int("bits", self.bits, 1, 8)
         check_int("iters", self.iters, 0, 1000)
+        check_int("finetune_epochs", self.finetune_epochs, 0, 10_000)
+        check_range("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True)
 
 
 def lloyd_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +102,24 @@ def quantize_kmeans_tensor(w: torch.Tensor, bits: int, iters: int = 30) -> Quant
 
 
 @QUANTIZERS.register(KMeansQuantization)
-def _apply_kmeans(model: nn.Module, config: KMeansQuantization) -> nn.Module:
+def _apply_kmeans(
+    model: nn.Module, config: KMeansQuantization, data: DataBundle | None = None
+) -> nn.Module:
+    if config.finetune_epochs and data is None:
+        raise ConfigError(
+            f"finetune_epochs={config.finetune_epochs} needs training data: pass data=<DataBundle> "
+            "to quantize_, or set finetune_epochs=0"
+        )
     quantize_layers(
         model,
         config.targets,
         config.ignore,
         lambda _layer, w: quantize_kmeans_tensor(w, config.bits, config.iters),
     )
+    if config.finetune_epochs and data is not None:
+        finetune_centroids(
+            model, data, TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr)
+        )
     return model
 
 
@@ -114,6 +129,7 @@ class _SharedWeight(nn.Module):
     def __init__(self, codes: torch.Tensor, codebook: torch.Tensor, pinned: bool) -> None:
         super().__init__()
         self.pinned = pinned
+        self.codes: torch.Tensor
         self.register_buffer("codes", codes.to(torch.int64))
         self.free = nn.Parameter(codebook[1:].clone() if pinned else codebook.clone())
 

@@ -15,6 +15,7 @@ float64 and clamped to a finite positive float32 (all-zero tensors get scale 1).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,7 +93,8 @@ def quantize_linear_tensor(
 
 
 @QUANTIZERS.register(LinearQuantization)
-def _apply_linear(model: nn.Module, config: LinearQuantization) -> nn.Module:
+def _apply_linear(model: nn.Module, config: LinearQuantization, data: Any = None) -> nn.Module:
+    del data  # data-free; accepted so pipelines can pass data= to every quantizer
     quantize_layers(
         model,
         config.targets,

@@ -10,6 +10,7 @@ level in the linear domain; zero (pruned) weights stay exactly zero.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,8 @@ def quantize_log2_tensor(w: torch.Tensor, bits: int, per_channel: bool = True) -
 
 
 @QUANTIZERS.register(Log2Quantization)
-def _apply_log2(model: nn.Module, config: Log2Quantization) -> nn.Module:
+def _apply_log2(model: nn.Module, config: Log2Quantization, data: Any = None) -> nn.Module:
+    del data  # data-free; accepted so pipelines can pass data= to every quantizer
     quantize_layers(
         model,
         config.targets,

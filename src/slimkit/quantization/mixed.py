@@ -31,7 +31,7 @@ from slimkit.errors import ConfigError
 from slimkit.metrics.fidelity import sqnr_db
 from slimkit.quantization.api import QUANTIZERS
 from slimkit.quantization.codes import QuantCodes, dequantize
-from slimkit.quantization.common import attach, check_finite
+from slimkit.quantization.common import attach, check_finite, weight_of
 from slimkit.quantization.kmeans import quantize_kmeans_tensor
 from slimkit.quantization.linear import quantize_linear_tensor
 from slimkit.quantization.log2 import quantize_log2_tensor
@@ -219,7 +219,7 @@ def sensitivity_scan(
     """``{layer: {bits: metric}}`` measured by quantizing one layer at a time (model unchanged)."""
     layers = select_modules(model, config.targets, config.ignore)
     for n, m in layers.items():
-        check_finite(n, m.weight)
+        check_finite(n, weight_of(m))
     metric = config.metric
     model.eval()
     inputs = _calib_inputs(data, example_inputs, config.calib_batches)
@@ -240,14 +240,14 @@ def sensitivity_scan(
     )
     scan: dict[str, dict[int, float]] = {}
     for n, m in layers.items():
-        original = m.weight.detach().clone()
+        original = weight_of(m).detach().clone()
         scan[n] = {}
         for bits in config.candidates:
             q = dequantize(quantize_tensor(original.float(), bits, config)).to(original.dtype)
             if metric is SensitivityMetric.WEIGHT_SQNR:
                 scan[n][bits] = sqnr_db(original, q)
                 continue
-            m.weight.copy_(q)
+            weight_of(m).copy_(q)
             try:
                 if metric is SensitivityMetric.OUTPUT_SQNR:
                     out = torch.cat([model(x).flatten() for x in inputs or []])
@@ -255,7 +255,7 @@ def sensitivity_scan(
                 else:
                     scan[n][bits] = _accuracy(model, data, config.calib_batches)
             finally:
-                m.weight.copy_(original)
+                weight_of(m).copy_(original)
     return scan, reference
 
 
@@ -272,7 +272,8 @@ def allocate_bits(
     metric: SensitivityMetric,
     reference: float | None = None,
 ) -> dict[str, int]:
-    """Greedy: narrow the cheapest layer (extra loss per bit saved) until within budget."""
+    """Greedy: narrow the cheapest layer (extra loss per bit saved) until within budget, then
+    widen the layers that gain most per bit while the budget still allows it."""
     cands = {n: sorted(s) for n, s in scan.items()}
     choice = {n: c[-1] for n, c in cands.items()}
     total = sum(numel[n] * b for n, b in choice.items())
@@ -299,7 +300,24 @@ def allocate_bits(
         lower = cands[n][cands[n].index(choice[n]) - 1]
         total -= numel[n] * (choice[n] - lower)
         choice[n] = lower
-    return choice
+    # Fill: a big layer's last step down can overshoot the budget; spend what is left on the
+    # widenings that buy the most loss reduction per bit and still fit.
+    while True:
+        pick: tuple[float, str, int] | None = None
+        for n, b in choice.items():
+            i = cands[n].index(b)
+            if i + 1 == len(cands[n]):
+                continue
+            higher = cands[n][i + 1]
+            cost = numel[n] * (higher - b)
+            gain = _loss(scan[n][b], metric, reference) - _loss(scan[n][higher], metric, reference)
+            if total + cost <= budget_bits and gain > 0 and (pick is None or gain / cost > pick[0]):
+                pick = (gain / cost, n, higher)
+        if pick is None:
+            return choice
+        _, n, higher = pick
+        total += numel[n] * (higher - choice[n])
+        choice[n] = higher
 
 
 def plan_mixed_precision(
@@ -310,7 +328,7 @@ def plan_mixed_precision(
 ) -> MixedPlan:
     """Scan sensitivity and choose per-layer bits under the budget (model left unchanged)."""
     layers = select_modules(model, config.targets, config.ignore)
-    numel = {n: m.weight.numel() for n, m in layers.items()}
+    numel = {n: weight_of(m).numel() for n, m in layers.items()}
     if config.budget_bytes is not None:
         budget = int(config.budget_bytes) * 8
     else:
@@ -329,8 +347,8 @@ def apply_mixed_plan(model: nn.Module, plan: MixedPlan, config: MixedPrecision) 
                 f"plan layer {n!r} is not in the model; the plan is for another model"
             )
         m = modules[n]
-        check_finite(n, m.weight)
-        attach(m, quantize_tensor(m.weight.detach().cpu().float(), bits, config))
+        check_finite(n, weight_of(m))
+        attach(m, quantize_tensor(weight_of(m).detach().cpu().float(), bits, config))
     model.slimkit_mixed_plan = dict(plan.bits)  # type: ignore[assignment]
     return model
 
