@@ -117,3 +117,13 @@ def test_allocation_spends_leftover_budget():
     numel = {"big": 1000, "small": 100}
     bits = allocate_bits(scan, numel, 2 * 1000 + 8 * 100, SensitivityMetric.OUTPUT_SQNR)
     assert bits == {"big": 2, "small": 8}
+
+
+def test_contract_lenet300():
+    from slimkit.testing import check_contract, tiny_models
+
+    model = tiny_models()["lenet300"]
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = MixedPrecision(budget_bits_per_weight=5.0, candidates=(4, 6, 8))
+    r = check_contract(model, lambda m: sk.quantize_(m, cfg, example_inputs=x), x, min_sqnr_db=20.0)
+    assert r.roundtrip_max_diff == 0.0
