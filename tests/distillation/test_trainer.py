@@ -186,3 +186,15 @@ def test_shared_contract(digits_data, teacher):
         min_sqnr_db=15.0,  # a few small steps from the teacher's own weights stay close to it
     )
     assert result.roundtrip_max_diff == 0.0
+
+
+def test_cached_teacher_reuses_logits_per_sample(digits_data, teacher):
+    from slimkit.distillation import CachedTeacher
+
+    cached = CachedTeacher(teacher)
+    x = digits_data.example_input(16)
+    first = cached(x)
+    assert torch.equal(first, teacher(x).detach()) and (cached.hits, cached.misses) == (0, 16)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    again = cached(x[perm])  # same samples, new order: all served from the cache
+    assert torch.equal(again, first[perm]) and (cached.hits, cached.misses) == (16, 16)

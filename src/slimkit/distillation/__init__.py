@@ -24,7 +24,13 @@ from slimkit.distillation.losses import (
     relative_mse,
 )
 from slimkit.distillation.recovery import kd_loss_fn, recover
-from slimkit.distillation.teachers import OnnxTeacher, Teacher, TorchTeacher, as_teacher
+from slimkit.distillation.teachers import (
+    CachedTeacher,
+    OnnxTeacher,
+    Teacher,
+    TorchTeacher,
+    as_teacher,
+)
 from slimkit.distillation.trainer import (
     DISTILLERS,
     DistillConfig,
@@ -38,6 +44,7 @@ __all__ = [
     "DISTILLERS",
     "LOSS_TYPES",
     "AttentionTransfer",
+    "CachedTeacher",
     "DistillConfig",
     "DistillLoss",
     "FeatureHooks",

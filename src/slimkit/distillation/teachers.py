@@ -77,6 +77,38 @@ class OnnxTeacher(Teacher):
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
 
 
+class CachedTeacher(Teacher):
+    """Memoise another teacher's logits per input sample (offline KD for fixed training data).
+
+    Each row of ``x`` is keyed by its raw bytes, so a sample seen in an earlier epoch (in any
+    batch order) reuses the stored logits ``(classes,)`` instead of running the teacher again.
+    Only valid without random augmentation; opaque (``module`` is None), so logit KD only.
+    """
+
+    def __init__(self, teacher: Any, max_items: int = 1_000_000) -> None:
+        self.inner = as_teacher(teacher)
+        self.max_items = max_items
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.detach().cpu().float().contiguous().numpy()
+        keys = [r.tobytes() for r in rows]  # one key per sample
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        fresh = self.inner(x[missing]).detach().cpu() if missing else None  # (n_missing, classes)
+        new = dict(zip(missing, fresh, strict=True)) if fresh is not None else {}
+        room = len(self._cache) + len(new) <= self.max_items
+        if room:
+            self._cache.update((keys[i], out) for i, out in new.items())
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        out = [new[i] if i in new else self._cache[k] for i, k in enumerate(keys)]
+        return torch.stack(out).to(x.device)  # (B, classes)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def as_teacher(teacher: Any) -> Teacher:
     """Wrap what the user passed: a Teacher, an nn.Module, an ORT session, ONNX bytes or a
     path (``.onnx`` -> ORT; any other file -> :func:`slimkit.io.load`, never unpickled)."""
