@@ -99,13 +99,18 @@ def _methods(kind: str) -> dict[str, type[SlimConfig]]:
 
         return PRUNE
     if kind == "quantize":
-        try:
-            from slimkit.quantization.methods import METHODS as QUANT
-        except ImportError as exc:  # pragma: no cover - until the family lands
-            raise ConfigError(
-                f"quantize stages need slimkit.quantization.methods ({exc})"
-            ) from None
-        return QUANT
+        from slimkit.quantization.dynamic import DynamicInt8
+        from slimkit.quantization.methods import METHODS as QUANT
+        from slimkit.quantization.ptq import StaticInt8
+        from slimkit.quantization.qat import QATInt8
+
+        # The int8 configs under the names the recipes use, unless METHODS already lists them.
+        int8: dict[str, type[SlimConfig]] = {
+            "int8-static": StaticInt8,
+            "int8-dynamic": DynamicInt8,
+            "qat": QATInt8,
+        }
+        return {**int8, **QUANT}
     from slimkit.decomposition.methods import METHODS as DECOMP
 
     return DECOMP
