@@ -75,6 +75,8 @@ _LAZY: dict[str, str] = {
     "distill": "slimkit.distillation",
     "search": "slimkit.search",
     "pipeline": "slimkit.pipeline",
+    "compress": "slimkit.pipeline",
+    "load_recipe": "slimkit.pipeline",
     "transformers": "slimkit.transformers",
 }
 
