@@ -49,7 +49,7 @@ from slimkit.training import TrainConfig, evaluate_accuracy, train
 
 RESULTS = Path(__file__).parent / "results" / "decomposition.json"
 FT_EPOCHS = 1
-FT_BATCHES = 32  # recovery sees 32 batches of 64 = 2,048 images (half an epoch)
+FT_BATCHES = 63  # recovery sees 63 batches of 64 = one epoch of the 4,000 training images
 DENSE_EPOCHS = 2
 
 
