@@ -198,3 +198,26 @@ def test_cached_teacher_reuses_logits_per_sample(digits_data, teacher):
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
     again = cached(x[perm])  # same samples, new order: all served from the cache
     assert torch.equal(again, first[perm]) and (cached.hits, cached.misses) == (16, 16)
+
+
+def test_cached_teacher_serves_features_like_the_live_teacher(digits_data, teacher):
+    from slimkit.distillation import CachedTeacher
+
+    torch.manual_seed(0)
+    student = build_model("resnet", image_size=8, width=4)
+    x, y = digits_data.example_input(8), torch.arange(8) % 10
+    cfgs = [
+        LogitKD(),
+        HintKD(pairs=[("layers.2", "conv1")]),
+        AttentionTransfer(pairs=[("layers.0", "conv1")]),
+    ]
+    cached = CachedTeacher(teacher)
+    values = []
+    for t in (teacher, cached, cached):  # live, cache miss, cache hit
+        torch.manual_seed(1)  # same adapter initialisation
+        loss = DistillLoss(student, t, cfgs)
+        with loss.attached(x):
+            values.append(float(loss(student, x, y, student(x)).detach()))
+    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[1] == values[2]
+    assert cached.hits >= 8
+    assert sum(len(m._forward_hooks) for m in teacher.modules()) == 0

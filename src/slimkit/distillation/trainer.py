@@ -35,7 +35,7 @@ from slimkit.distillation.losses import (
     logit_kd_loss,
     make_adapter,
 )
-from slimkit.distillation.teachers import Teacher, TorchTeacher, as_teacher
+from slimkit.distillation.teachers import Teacher, as_teacher
 from slimkit.errors import ConfigError
 from slimkit.registry import Registry
 from slimkit.training import TrainConfig, train
@@ -112,7 +112,7 @@ class DistillLoss(nn.Module):
         self.configs = tuple(losses)
         self.teacher: Teacher = as_teacher(teacher)
         feats = _feature_losses(self.configs)
-        if feats and not isinstance(self.teacher, TorchTeacher):
+        if feats and not self.teacher.supports_features:
             raise ConfigError(
                 f"{type(feats[0][1]).__name__} reads teacher layers, but the teacher is "
                 f"{type(self.teacher).__name__} (opaque); use LogitKD with an ONNX teacher, or "
@@ -120,13 +120,11 @@ class DistillLoss(nn.Module):
             )
         self.logit = next((c for c in self.configs if isinstance(c, LogitKD)), None)
         s_names = [p.student for _, c in feats for p in c.pairs]
-        t_names = [p.teacher for _, c in feats for p in c.pairs]
+        self.teacher_layers = list(dict.fromkeys(p.teacher for _, c in feats for p in c.pairs))
         # Both resolve names now: a wrong name is a TargetError with near matches.
         self.student_hooks = FeatureHooks(student, s_names)
-        teacher_module = self.teacher.module if isinstance(self.teacher, TorchTeacher) else None
-        self.teacher_hooks = (
-            FeatureHooks(teacher_module, t_names) if teacher_module is not None else None
-        )
+        if self.teacher.module is not None and self.teacher_layers:
+            FeatureHooks(self.teacher.module, self.teacher_layers)  # validates names only
         self.adapters = nn.ModuleDict()  # "<loss index>_<pair index>" -> Conv2d / Linear
         self._built = False
         self.last: dict[str, float] = {}  # the terms of the last batch, for logging
@@ -140,15 +138,13 @@ class DistillLoss(nn.Module):
         """Attach hooks (and build adapters from ``example_x``); always remove them on exit."""
         try:
             self.student_hooks.attach()
-            if self.teacher_hooks is not None:
-                self.teacher_hooks.attach()
+            self.teacher.watch(self.teacher_layers)
             if example_x is not None:
                 self.build(example_x)
             yield self
         finally:
             self.student_hooks.remove()
-            if self.teacher_hooks is not None:
-                self.teacher_hooks.remove()
+            self.teacher.unwatch()
 
     @torch.no_grad()
     def build(self, example_x: torch.Tensor, seed: int = 0) -> None:
@@ -162,17 +158,16 @@ class DistillLoss(nn.Module):
         student.eval()  # no BatchNorm statistics updates from the probe
         try:
             student(example_x)
-            self.teacher(example_x)
+            _, t_feats = self.teacher.run(example_x)
         finally:
             student.train(was_training)
-        assert self.teacher_hooks is not None
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)  # adapters start the same for a given seed
         try:
             for i, cfg in feats:
                 for j, pair in enumerate(cfg.pairs):
                     s = tuple(self.student_hooks.get(pair.student).shape[1:])
-                    t = tuple(self.teacher_hooks.get(pair.teacher).shape[1:])
+                    t = tuple(t_feats[pair.teacher].shape[1:])
                     where = f"{type(cfg).__name__} pair student {pair.student!r} / teacher {pair.teacher!r}"
                     if cfg.kind == KDKind.ATTENTION.value:
                         if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
@@ -188,8 +183,6 @@ class DistillLoss(nn.Module):
         finally:
             torch.random.set_rng_state(gen_state)
             self.student_hooks.clear()
-            if self.teacher_hooks is not None:
-                self.teacher_hooks.clear()
         self._built = True
 
     def forward(
@@ -200,7 +193,7 @@ class DistillLoss(nn.Module):
             raise ConfigError(
                 "DistillLoss.build(example_x) must run before the first loss (use attached())"
             )
-        t_logits = self.teacher(x)  # (B, classes), no grad
+        t_logits, t_feats = self.teacher.run(x)  # (B, classes), {layer: feature}; no grad
         self.last = {}
         if self.logit is not None:
             loss = logit_kd_loss(logits, t_logits, y, self.logit.temperature, self.logit.alpha)
@@ -209,11 +202,10 @@ class DistillLoss(nn.Module):
             loss = F.cross_entropy(logits.float(), y)
             self.last["ce"] = float(loss.detach())
         for i, cfg in _feature_losses(self.configs):
-            assert self.teacher_hooks is not None
             term = logits.new_zeros((), dtype=torch.float32)
             for j, pair in enumerate(cfg.pairs):
                 s = self.student_hooks.get(pair.student)
-                t = self.teacher_hooks.get(pair.teacher).detach()
+                t = t_feats[pair.teacher].detach()
                 key = self._key(i, j)
                 if key in self.adapters:
                     s = self.adapters[key](s)
@@ -221,8 +213,6 @@ class DistillLoss(nn.Module):
             self.last[f"{cfg.kind}_{i}"] = float(term.detach())
             loss = loss + cfg.weight * term
         self.student_hooks.clear()
-        if self.teacher_hooks is not None:
-            self.teacher_hooks.clear()
         return loss
 
 
