@@ -52,8 +52,11 @@ class SmoothConfig(SlimConfig):
     """SmoothQuant migration strength ``alpha`` (0 = off is ``enabled=False``) and layer kinds."""
 
     enabled: bool = True
-    alpha: float = 0.5
-    kinds: tuple[str, ...] = SMOOTHABLE
+    # Measured on MiniLM (emulated int8, 96 corpus sentences, mean cosine to fp32): none 0.9937;
+    # FFN in alpha 0.5 -> 0.9956; FFN out alpha 0.3 -> 0.895 (!), 0.7 -> 0.9950; both at 0.7 ->
+    # 0.9969; attention output 0.9935-0.9937 (no gain). Hence FFN in + out at alpha 0.7.
+    alpha: float = 0.7
+    kinds: tuple[str, ...] = ("intermediate.dense", "output.dense")
 
     def validate(self) -> None:
         check_range("smooth.alpha", self.alpha, 0.0, 1.0)

@@ -243,7 +243,7 @@ def distill_(
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0 or step == cfg.steps - 1:
             log(f"distill step {step}: loss {losses[-1]:.4f}")
     student.eval()

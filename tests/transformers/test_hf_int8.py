@@ -43,26 +43,23 @@ def test_smoothing_is_exact_in_fp32(encoder, sentence_module, sentences):
         smooth,
         ids,
         max_abs_diff=1e-4,
-        onnx=True,
-        onnx_atol=1e-4,
+        onnx=False,  # check_contract feeds float inputs; export_encoder checks int64 parity
         roundtrip=False,
     )
     assert res.sqnr_db > 60
 
 
-def test_smoothing_flattens_ffn_activations(encoder, sentence_module, sentences):
-    from slimkit.transformers.smooth import input_absmax
-
+def test_smoothing_lowers_emulated_int8_error(encoder, sentence_module, sentences):
     batches = [tokenize(encoder.tokenizer, sentences, 64)]
-    name = "model.encoder.layer.2.output.dense"
-    before = input_absmax(sentence_module, [name], batches)[name]
+    units = [f"encoder.layer.{i}.intermediate.dense" for i in range(6)]
+    before = sensitivity_scan(sentence_module, batches, units=units)
     m = copy.deepcopy(sentence_module)
-    smooth_encoder_(m, batches, alpha=0.5, kinds=("output.dense",))
-    layer = dict(m.named_modules())[name]
-    assert isinstance(layer, InputScaledLinear)
-    after = before * layer.inv_scale  # the MatMul now sees x / s
-    # Outlier ratio (max / median channel range) shrinks a lot.
-    assert (after.max() / after.median()) < 0.5 * (before.max() / before.median())
+    smooth_encoder_(m, batches, alpha=0.7, kinds=("intermediate.dense",))
+    name = "model.encoder.layer.2.intermediate.dense"
+    assert isinstance(dict(m.named_modules())[name], InputScaledLinear)
+    after = sensitivity_scan(m, batches, units=units)
+    # int8 of the FFN input (LayerNorm outliers) costs clearly less cosine once smoothed.
+    assert sum(after.values()) < 0.8 * sum(before.values())
 
 
 def test_sensitivity_scan_ranks_units(encoder, sentence_module, sentences):
