@@ -22,7 +22,7 @@ def test_dynamic_linear_int8_kernels_and_fidelity(tmp_path):
     fp32 = sk.build_model("lenet300", image_size=8).eval()
     model = sk.quantize_(copy.deepcopy(fp32), DynamicInt8(ignore=["fc3"]))
     # Weights sit on the symmetric int8 grid of each output row; fc3 is untouched.
-    codes = model.fc1.weight / model.fc1.weight_scale.view(-1, 1)
+    codes = model.fc1.weight / model.fc1.weight_scale
     assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 127
     assert torch.equal(model.fc3.weight, fp32.fc3.weight)
     x = torch.randn(32, 1, 8, 8)

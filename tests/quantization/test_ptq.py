@@ -179,3 +179,20 @@ def test_config_errors_state_rule_and_value(data):
     q = sk.quantize_(copy.deepcopy(MODELS["lenet5"]), StaticInt8(calib_samples=8), data=data)
     with pytest.raises(ConfigError, match="already holds int8"):
         sk.quantize_(q, StaticInt8(calib_samples=8), data=data)
+
+
+def test_int8_layers_follow_the_shared_weight_convention(data, trained, tmp_path):
+    from slimkit.export import slimformat
+    from slimkit.quantization import dequantize, weight_codes
+
+    model = sk.quantize_(
+        copy.deepcopy(trained["lenet5"][0]), StaticInt8(calib_samples=64), data=data
+    )
+    for layer in (model.conv1, model.fc1):
+        qc = weight_codes(layer)
+        assert qc.scheme == "linear" and qc.bits == 8
+        assert int(qc.codes.min()) >= 1 and int(qc.codes.max()) <= 255
+        assert torch.equal(dequantize(qc), layer.weight)
+        assert torch.equal(qc.codes.to(torch.int64) - 128, layer.int8_codes().to(torch.int64))
+    n = slimformat.save(model, tmp_path / "m.slim")
+    assert n < 0.3 * 4 * sum(p.numel() for p in model.parameters())  # int8 codes, not floats

@@ -57,13 +57,14 @@ def _dynamic_int8(model: nn.Module, config: DynamicInt8, **_: Any) -> nn.Module:
     with torch.no_grad():
         for m in chosen.values():
             if isinstance(m, nn.Linear):  # (out, in): one scale per output row
-                scale, zp = weight_qparams(m.weight, config.per_channel)
-                s = scale.view(-1, 1)
+                scale = weight_qparams(m.weight, config.per_channel)[0]
+                s = scale.reshape(-1, 1).expand(m.weight.shape[0], 1).clone()  # (out, 1)
                 m.weight.copy_(torch.clamp(torch.round(m.weight / s), -127, 127) * s)
-                m.register_buffer("weight_scale", scale.clone())
-                m.register_buffer("weight_zero_point", zp.clone())
+                # The shared "linear" convention: w = (code - 128) * scale, code in 1..255.
+                m.register_buffer("weight_scale", s)
+                m.register_buffer("weight_zero_point", torch.full_like(s, 128, dtype=torch.int32))
                 m.slimkit_quant = {  # type: ignore[assignment]
-                    "weight": {"scheme": "int8", "bits": 8, "symmetric": True, "axis": 0}
+                    "weight": {"scheme": "linear", "bits": 8, "symmetric": True, "axis": 0}
                 }
     model.slimkit_int8 = {  # type: ignore[assignment]
         "mode": "dynamic",

@@ -4,7 +4,7 @@
 and, in their forward, quantize-dequantize
 
     input   uint8 per-tensor affine      (input_scale, input_zero_point)        0-dim buffers
-    weight  int8 symmetric, per channel  (weight_scale, weight_zero_point)     (out,) buffers
+    weight  int8 symmetric, per channel  (weight_scale)                  (out, 1, ...) buffer
     bias    int32, scale input_scale * weight_scale, zero point 0 (ORT's rule for QLinearConv)
     output  uint8 per-tensor affine after the fused activation (ReLU / ReLU6)
 
@@ -108,12 +108,15 @@ class _Int8Mixin:
         reg = self.register_buffer  # type: ignore[attr-defined]
         reg("input_scale", torch.tensor(1.0))  # 0-dim: exports as a scalar QDQ parameter
         reg("input_zero_point", torch.tensor(0, dtype=torch.int32))
-        reg("weight_scale", torch.ones(out))  # (out,)
-        reg("weight_zero_point", torch.zeros(out, dtype=torch.int32))  # (out,)
+        # The shared weight-quantization convention (codes.py, "linear", symmetric 8-bit):
+        # w = (code - 128) * scale with code in 1..255, i.e. the int8 value q = code - 128.
+        shape = (out,) + (1,) * (self.weight.dim() - 1)
+        reg("weight_scale", torch.ones(shape))  # (out, 1, ...)
+        reg("weight_zero_point", torch.full(shape, 128, dtype=torch.int32))  # (out, 1, ...)
         reg("output_scale", torch.tensor(1.0))
         reg("output_zero_point", torch.tensor(0, dtype=torch.int32))
         self.slimkit_quant = {
-            "weight": {"scheme": "int8", "bits": 8, "symmetric": True, "axis": 0},
+            "weight": {"scheme": "linear", "bits": 8, "symmetric": True, "axis": 0},
             "int8": {"activation": activation, "per_channel": per_channel, "input_from": None},
         }
         self.state = "quant"
@@ -151,12 +154,19 @@ class _Int8Mixin:
 
     @torch.no_grad()
     def refresh_weight_qparams(self) -> None:
-        scale, zp = weight_qparams(self.weight, self.per_channel)
-        if not self.per_channel:  # one scale repeated per channel: still an (out,) QDQ axis
-            scale = scale.expand(self.weight.shape[0]).clone()
-            zp = zp.expand(self.weight.shape[0]).clone()
-        self.weight_scale.copy_(scale)
-        self.weight_zero_point.copy_(zp)
+        scale, _ = weight_qparams(self.weight, self.per_channel)
+        # Per tensor: one scale repeated per channel, still an (out,) QDQ axis in ONNX.
+        self.weight_scale.copy_(
+            scale.reshape(-1).expand(self.weight.shape[0]).view_as(self.weight_scale)
+        )
+        self.weight_zero_point.fill_(128)
+
+    def _wscale(self) -> torch.Tensor:
+        return self.weight_scale.reshape(-1)  # (out,)
+
+    def _wq(self) -> torch.Tensor:
+        zero = torch.zeros(self.weight.shape[0], dtype=torch.int32)  # int8 zero point (out,)
+        return fake_quant_weight(self.weight, self._wscale(), zero)
 
     def _forward_int8(self, x: torch.Tensor, op) -> torch.Tensor:
         if self.state == "float":
@@ -176,10 +186,10 @@ class _Int8Mixin:
         if qat:
             self.refresh_weight_qparams()
         xq = fake_quant_act(x, self.input_scale, self.input_zero_point)
-        wq = fake_quant_weight(self.weight, self.weight_scale, self.weight_zero_point)
+        wq = self._wq()
         b = self.bias
         if b is not None and qat:
-            b = fake_quant_bias(b, self.input_scale * self.weight_scale)
+            b = fake_quant_bias(b, self.input_scale * self._wscale())
         # In "quant" state the bias was snapped onto its int32 grid by `snap_to_grid`.
         y = self._act(op(xq, wq, b))
         if moving:
@@ -189,15 +199,14 @@ class _Int8Mixin:
     @torch.no_grad()
     def snap_to_grid(self) -> None:
         """Store the weight and bias exactly on their int8 / int32 grids (convert step)."""
-        self.weight.copy_(fake_quant_weight(self.weight, self.weight_scale, self.weight_zero_point))
+        self.weight.copy_(self._wq())
         if self.bias is not None:
-            s = self.input_scale * self.weight_scale  # (out,)
+            s = self.input_scale * self._wscale()  # (out,)
             self.bias.copy_(torch.clamp(torch.round(self.bias / s), *INT32) * s)
 
     def int8_codes(self) -> torch.Tensor:
         """The int8 weight codes ``round(weight / scale)`` (out, ...) as stored in ONNX."""
-        shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        return torch.round(self.weight.detach() / self.weight_scale.view(shape)).to(torch.int8)
+        return torch.round(self.weight.detach() / self.weight_scale).to(torch.int8)
 
 
 class QuantConv2d(_Int8Mixin, nn.Conv2d):
