@@ -128,12 +128,12 @@ def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FakeQuantLinear(nn.Module):
-    def __init__(self, lin: nn.Module, per_channel: bool) -> None:
+    def __init__(self, lin: Any, per_channel: bool) -> None:
         super().__init__()
         inner = lin.linear if hasattr(lin, "linear") else lin  # InputScaledLinear wraps one
-        self.pre = lin.inv_scale if hasattr(lin, "inv_scale") else None
-        self.weight = fake_quant_weight(inner.weight.detach(), per_channel)
-        self.bias = inner.bias
+        self.pre: torch.Tensor | None = getattr(lin, "inv_scale", None)
+        self.weight: torch.Tensor = fake_quant_weight(inner.weight.detach(), per_channel)
+        self.bias: torch.Tensor | None = inner.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
@@ -141,7 +141,7 @@ class _FakeQuantLinear(nn.Module):
         return nn.functional.linear(fake_quant_act(x), self.weight, self.bias)
 
 
-def unit_names(module: nn.Module) -> list[str]:
+def unit_names(module: Any) -> list[str]:
     """Quantizable units of a SentenceEncoder: ``encoder.layer.{i}.{attention.self, ...}``."""
     return [f"encoder.layer.{i}.{u}" for i in range(len(module.model.encoder.layer)) for u in UNITS]
 
@@ -154,7 +154,7 @@ def _unit_linears(unit: str) -> list[str]:
 
 @torch.no_grad()
 def sensitivity_scan(
-    module: nn.Module,
+    module: Any,
     batches: list[dict],
     per_channel: bool = True,
     units: Sequence[str] | None = None,
@@ -281,7 +281,7 @@ def _ort_quantize(
 
 @REGISTRY.register(EncoderInt8)
 def quantize_encoder(
-    module: nn.Module,
+    module: Any,
     tokenizer: Any,
     path: str | os.PathLike[str],
     cfg: EncoderInt8,

@@ -53,7 +53,7 @@ def export_bytes(module: nn.Module, example: dict[str, torch.Tensor]) -> bytes:
         torch.onnx.export(
             module.eval(),
             (example["input_ids"], example["attention_mask"]),
-            buf,
+            buf,  # type: ignore[arg-type]
             input_names=INPUT_NAMES,
             output_names=[OUTPUT_NAME],
             opset_version=OPSET,

@@ -16,6 +16,7 @@ absorbs the range. Where ``1 / s`` folds exactly into a preceding linear op it c
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,8 @@ class InputScaledLinear(nn.Module):
 
     weight (out, in) * s[None, :]; inv_scale (in,) = 1 / s.
     """
+
+    inv_scale: torch.Tensor
 
     def __init__(self, linear: nn.Linear, scale: torch.Tensor) -> None:
         super().__init__()
@@ -69,7 +72,7 @@ def input_absmax(
 
 @torch.no_grad()
 def smooth_encoder_(
-    module: nn.Module, batches: list[dict], alpha: float = 0.5, kinds: Iterable[str] = SMOOTHABLE
+    module: Any, batches: list[dict], alpha: float = 0.5, kinds: Iterable[str] = SMOOTHABLE
 ) -> list[str]:
     """Migrate activation outliers into weights in place; return the smoothed layer names.
 

@@ -90,7 +90,7 @@ class StructuralResult:
 # ---- layer dropping ---------------------------------------------------------------------------
 
 
-def drop_layers_(module: nn.Module, keep: Sequence[int]) -> None:
+def drop_layers_(module: Any, keep: Sequence[int]) -> None:
     """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
     layers = module.model.encoder.layer
     n = len(layers)
@@ -106,17 +106,17 @@ def drop_layers_(module: nn.Module, keep: Sequence[int]) -> None:
 # ---- head pruning -----------------------------------------------------------------------------
 
 
-def _attn(module: nn.Module, i: int):
+def _attn(module: Any, i: int):
     return module.model.encoder.layer[i].attention
 
 
-def head_size(module: nn.Module) -> int:
+def head_size(module: Any) -> int:
     cfg = module.model.config
     return cfg.hidden_size // cfg.num_attention_heads
 
 
 @torch.no_grad()
-def head_importance(module: nn.Module, batches: list[dict]) -> list[list[float]]:
+def head_importance(module: Any, batches: list[dict]) -> list[list[float]]:
     """Per layer, per head: 1 - mean cosine of embeddings when that head's context is zeroed."""
     d = head_size(module)
     ref = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
@@ -151,7 +151,7 @@ def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def prune_heads_(module: nn.Module, layer: int, keep_heads: Sequence[int]) -> None:
+def prune_heads_(module: Any, layer: int, keep_heads: Sequence[int]) -> None:
     """Keep heads ``keep_heads`` of encoder layer ``layer`` by slicing Q/K/V and the output proj."""
     d = head_size(module)
     att = _attn(module, layer)
@@ -192,8 +192,8 @@ def _teacher_layer_map(n_teacher: int, n_student: int) -> list[int]:
 
 
 def distill_(
-    student: nn.Module,
-    teacher: nn.Module,
+    student: Any,
+    teacher: Any,
     tokenizer: Any,
     sentences: Sequence[str],
     cfg: DistillConfig,
@@ -253,7 +253,7 @@ def distill_(
 
 @REGISTRY.register(EncoderStructural)
 def compress_structure(
-    module: nn.Module,
+    module: Any,
     tokenizer: Any,
     cfg: EncoderStructural,
     sentences: Sequence[str],
