@@ -34,8 +34,8 @@ def stage_rows(rows):
                 r["stage"],
                 r.get("method") or "",
                 "-" if acc is None else f"{100 * acc:.2f}%",
-                r["bytes_slim"],
-                f"{r['bits_per_weight']:.3f}",
+                r["bytes_slim"] if r.get("bytes_slim") is not None else "-",
+                "-" if r.get("bits_per_weight") is None else f"{r['bits_per_weight']:.3f}",
                 r["params"],
                 r["nonzeros"],
                 r["flops"],
@@ -68,6 +68,12 @@ def register(app: typer.Typer) -> None:
         r = load_recipe(recipe, overrides=list(set_))
         try:
             result = run(r, out, resume=resume, log=lambda s: console.print(s))
+        except KeyboardInterrupt:
+            console.print(
+                f"interrupted; finished stages are checkpointed in {out}. Continue with: "
+                f"slimkit compress {recipe} --out {out} --resume"
+            )
+            raise typer.Exit(130) from None
         except AccuracyGateError:
             metrics_path = out / "metrics.json"
             if metrics_path.exists():
@@ -80,7 +86,7 @@ def register(app: typer.Typer) -> None:
             return
         _print(result.rows, out)
         console.print(
-            f"compression ratio {result.metrics['compression_ratio']:.1f}x "
+            f"compression ratio {result.metrics['compression_ratio'] or 0:.1f}x "
             f"(dense fp32 {result.metrics['dense_fp32_bytes']:,} B)"
         )
         console.print(f"report: {result.report.resolve()}")

@@ -33,7 +33,7 @@ from torch import nn
 
 from slimkit import atomic
 from slimkit import io as slim_io
-from slimkit.errors import AccuracyGateError, ConfigError, NumericsError
+from slimkit.errors import AccuracyGateError, ConfigError, NumericsError, SlimkitError
 from slimkit.pipeline.recipe import Recipe
 from slimkit.pipeline.stages import StageContext, StagePlan, deployable, example_input, run_stage
 from slimkit.training import evaluate_accuracy, seed_everything
@@ -197,12 +197,16 @@ def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) ->
 
     final = deployable(model)
     x = example_input(ctx, final)
-    slim_bytes = slimformat.save(final, slim_path)
     params = count_params(final)
+    try:
+        slim_bytes: int | None = slimformat.save(final, slim_path)
+    except SlimkitError as exc:  # e.g. a module type the spec cannot describe: reported, not fatal
+        slim_bytes = None
+        slim_error = f"{type(exc).__name__}: {exc}"
     row: dict[str, Any] = {
         "bytes_safetensors": ckpt.stat().st_size,
         "bytes_slim": slim_bytes,
-        "bits_per_weight": 8 * slim_bytes / max(1, params),
+        "bits_per_weight": None if slim_bytes is None else 8 * slim_bytes / max(1, params),
         "params": params,
         "nonzeros": count_nonzeros(final),
         "flops": count_flops(final, x),
@@ -211,6 +215,8 @@ def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) ->
         "onnx_max_diff": None,
         "layers": layer_table(final),
     }
+    if slim_bytes is None:
+        row["slim_error"] = slim_error
     if ctx.recipe.measure.onnx:
         try:
             data = export_bytes(final, x)
@@ -400,7 +406,9 @@ def _finish(
         "artifacts": ctx.artifacts,
         "notes": ctx.notes,
         "dense_fp32_bytes": dense,
-        "compression_ratio": dense / slim["bytes"] if slim else dense / final_row["bytes_slim"],
+        "compression_ratio": dense / slim["bytes"]
+        if slim
+        else (dense / final_row["bytes_slim"] if final_row.get("bytes_slim") else None),
         "hist_before": state.get("hist_before"),
         "hist_after": weight_histogram(deployable(model)),
         "gate": {

@@ -87,7 +87,7 @@ def render(metrics: dict[str, Any]) -> str:
         f"<p>Result: {verdict}. Accuracy drop {drop} (limit: {_fmt(gate['max_drop_pp'])} pp; "
         f"reference {_fmt(gate['reference_accuracy'])}, final {_fmt(gate['final_accuracy'])}). "
         f"Dense fp32: {metrics['dense_fp32_bytes']:,} bytes; compression ratio "
-        f"<b>{metrics['compression_ratio']:.1f}x</b> (dense fp32 bytes / .slim file bytes).</p>",
+        f"<b>{_fmt(metrics['compression_ratio'])}x</b> (dense fp32 bytes / .slim file bytes).</p>",
         "<h2>Per-stage measurements</h2>",
         "<p>Every figure is measured on files written by the run: bytes on disk, ONNX Runtime "
         "latency (median), accuracy on the test split.</p>",
