@@ -221,3 +221,22 @@ def test_cached_teacher_serves_features_like_the_live_teacher(digits_data, teach
     assert values[0] == pytest.approx(values[1], rel=1e-6) and values[1] == values[2]
     assert cached.hits >= 8
     assert sum(len(m._forward_hooks) for m in teacher.modules()) == 0
+
+
+def test_pruned_and_quantized_slimkit_models_as_teachers(digits_data, teacher):
+    """Teachers compressed by other families: hooks, logits and feature losses still work."""
+    import slimkit as sk
+    from slimkit.pruning import MagnitudePruning
+    from slimkit.quantization import LinearQuantization
+
+    pruned = sk.prune_(copy.deepcopy(teacher), MagnitudePruning(sparsity=0.5))
+    quantized = sk.quantize_(copy.deepcopy(teacher), LinearQuantization(bits=8))
+    for compressed in (pruned, quantized):
+        student = build_model("lenet300", image_size=8)
+        cfg = DistillConfig(
+            losses=(LogitKD(), HintKD(pairs=[("fc2", "fc1")])),
+            train=TrainConfig(epochs=2),
+        )
+        distill(student, compressed, digits_data, cfg)
+        assert agreement(student, compressed, digits_data.test) > 0.7
+        assert sum(len(m._forward_hooks) for m in compressed.modules()) == 0
