@@ -17,7 +17,9 @@ def test_report_renders_in_headless_chromium(tiny, tmp_path):
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium is not installed (make test installs it when run as root)")
-    compress(parse_recipe(tiny()), tmp_path / "run", log=lambda s: None)
+    raw = tiny()
+    raw["stages"][1]["prune"]["sensitivity"] = [0.5, 0.9]
+    compress(parse_recipe(raw), tmp_path / "run", log=lambda s: None)
     report = tmp_path / "run" / "report.html"
     text = report.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch

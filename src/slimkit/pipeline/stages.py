@@ -4,7 +4,8 @@ A stage's options are the config the Python API takes (``TrainConfig``, a prunin
 decomposition ``METHODS[method]`` config, ``DistillConfig``) plus a few pipeline keys:
 
 - ``train`` / ``finetune``: TrainConfig fields. ``finetune`` keeps pruned weights at zero.
-- ``prune``: ``method`` + that config's fields; ``finalize`` (default true) folds masks into zeros.
+- ``prune``: ``method`` + that config's fields; ``finalize`` (default true) folds masks into zeros;
+  ``sensitivity: true`` (or a list of sparsities) scans each layer first, plotted in the report.
 - ``quantize``: ``method`` + fields; ``finetune_centroids`` (TrainConfig fields) fine-tunes k-means
   centroids afterwards (Deep Compression), keeping the zero centroid pinned.
 - ``distill``: ``teacher: reference`` (the model after the last train stage) + DistillConfig.
@@ -149,6 +150,17 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
         if kind == "prune":
             extra["finalize"] = bool(opts.pop("finalize", True))
             needs = method in _PRUNE_NEEDS_DATA
+            scan = opts.pop("sensitivity", None)
+            if scan is not None and scan is not False:
+                levels = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98] if scan is True else scan
+                if not isinstance(levels, list) or not all(
+                    isinstance(v, (int, float)) and 0 <= v < 1 for v in levels
+                ):
+                    raise ConfigError(
+                        f"sensitivity must be true or a list of sparsities in [0, 1), but got {scan!r}"
+                    )
+                extra["sensitivity"] = [float(v) for v in levels]
+                needs = True
         if kind == "quantize" and "finetune_centroids" in opts:
             extra["finetune_centroids"] = _train_config(
                 opts.pop("finetune_centroids"), recipe, "finetune_centroids"
@@ -297,6 +309,19 @@ def run_train(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module
 def run_prune(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
     from slimkit.pruning import finalize_, prune_
 
+    levels = plan.options.get("sensitivity")
+    if levels and ctx.is_main:
+        # Per-layer sensitivity scan before pruning (each layer pruned alone), for the report.
+        from slimkit.pruning import sensitivity_scan
+
+        table = sensitivity_scan(model, _need_data(ctx), levels)
+        ctx.notes[f"sensitivity_{plan.index}"] = {
+            "baseline": table.baseline,
+            "curves": {
+                n: [[s, a] for s, a in zip(table.sparsities, accs, strict=True)]
+                for n, accs in table.accuracy.items()
+            },
+        }
     model = prune_(model, plan.config, data=ctx.data)
     if plan.options.get("finalize", True):
         finalize_(model)
