@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--models", default="lenet5,lenet300")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "storage.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     results = []
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary[name]["bits_per_weight_by_stage"] = per_stage
         summary[name]["final_bits_per_weight_before_entropy"] = before
-    out = ROOT / "benchmarks" / "results" / "storage.json"
+    out = Path(args.results)
     from slimkit import atomic
 
     atomic.write_json(

@@ -104,3 +104,11 @@ def test_overrides_reach_nested_keys_and_stage_indices(tiny):
         apply_overrides(tiny(), ["oops"])
     with pytest.raises(ConfigError, match="index"):
         apply_overrides(tiny(), ["stages.9.train.epochs=1"])
+
+
+def test_missing_model_file_exits_2_and_writes_nothing(tiny, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny(model={"path": str(tmp_path / "nope.safetensors")})))
+    out = tmp_path / "out"
+    assert main(["compress", str(recipe), "--out", str(out)]) == 2
+    assert not out.exists()

@@ -271,15 +271,16 @@ def compress(
     rank, world = _world()
     is_main = rank == 0
     state = _read_state(out, recipe) if resume else None
-    if is_main and not resume:
+    # Load inputs before touching the folder: a bad model path or dataset writes nothing.
+    data = load_data(recipe)
+    model = load_model(recipe)
+    if is_main and state is None:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         (out / STATE).unlink(missing_ok=True)
     ckdir = out / "checkpoints"
-    data = load_data(recipe)
     ctx = StageContext(recipe, data, out, reference=None, is_main=is_main)
 
     if state is None:
-        model = load_model(recipe)
         rows: list[dict[str, Any]] = []
         start = 0
         state = {
