@@ -122,9 +122,8 @@ def main() -> None:
             row["acc"].append(evaluate_accuracy(dense, data.test))
             if seed == seeds[0]:
                 row.update(measure_structure(dense, x, runs))
-            rec = Recovery(
-                mode="distill", epochs=FT_EPOCHS, lr=1e-3, seed=seed, max_batches=max_batches
-            )
+            ft = max_batches or FT_BATCHES
+            rec = Recovery(mode="distill", epochs=FT_EPOCHS, lr=1e-3, seed=seed, max_batches=ft)
             for method, setting, cfg in methods(rec):
                 model = copy.deepcopy(dense)
                 t0 = time.perf_counter()
