@@ -131,6 +131,12 @@ def run_model(
                 "seconds_slimkit": t2 - t1,
             }
         )
+        r = rows[-1]
+        print(
+            f"{name} seed {seed}: dense {r['acc_dense']:.4f}  torch {r['acc_torch']:.4f}  "
+            f"slimkit {r['acc_slimkit']:.4f}  (sparsity {sparsity:.4f})",
+            flush=True,
+        )
         if seed == seeds[0]:  # bytes and latency do not depend on the seed's accuracy
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
