@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -213,6 +214,7 @@ def main() -> None:
         "seconds": time.time() - t_start,
     }
     atomic.write_json(HERE / "results" / "minilm.json", out)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nwrote benchmarks/results/minilm.json in {time.time() - t_start:.0f} s")
 
 
