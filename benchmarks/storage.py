@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds):
                 r = bench_recipe(name, seed, Path(tmp))
                 results.append(r)
+                # Partial results survive an interrupted run (the summary is added at the end).
+                from slimkit import atomic
+
+                atomic.write_json(Path(args.results), {"results": results, "partial": True})
                 print(
                     f"{name} seed {seed}: ratio {r['ratio']:.1f}x, drop {r['drop_pp']:+.2f} pp",
                     flush=True,
