@@ -9,6 +9,7 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
   ort_int8_channel quantize_dynamic(per_channel=True)
   slimkit_int8     SmoothQuant + ORT transformer fusion + measured sensitivity exclusion +
                    dynamic per-channel int8
+  slimkit_int8_nofuse  the same without the Python transformer fusion pass
   slimkit_struct_int8  layers dropped (6 -> 3), distilled from fp32 on the even-indexed
                    sentences (hidden-state + embedding losses), then slimkit int8
 
@@ -23,6 +24,7 @@ Writes benchmarks/results/minilm.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -117,6 +119,17 @@ def main() -> None:
         "fused_ops": res.fused_ops,
         "seconds": time.time() - t0,
     }
+
+    # Same recipe without ORT's Python transformer fusion (ORT's runtime fusions still apply).
+    quantize_encoder(
+        module,
+        tok,
+        tmp / "sk_int8_nofuse.onnx",
+        dataclasses.replace(int8, optimize=False),
+        train,
+        max_length=max_len,
+    )
+    paths["slimkit_int8_nofuse"] = tmp / "sk_int8_nofuse.onnx"
 
     keep = tuple(int(x) for x in args.keep.split(","))
     t0 = time.time()
