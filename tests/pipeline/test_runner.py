@@ -130,3 +130,47 @@ def test_finite_gate_names_the_first_bad_layer():
     model.fc3.bias.data[0] = float("nan")
     with pytest.raises(NumericsError, match="fc3.bias"):
         finite_gate(model, torch.randn(4, 1, 8, 8), "x")
+
+
+def test_repeated_sigkill_at_random_points_then_resume_is_byte_identical(tiny, tmp_path):
+    import random
+
+    raw = tiny(
+        stages=[
+            {"train": {"epochs": 2, "lr": 0.003}},
+            {"prune": {"method": "magnitude", "sparsity": 0.8, "scope": "global"}},
+            {"finetune": {"epochs": 2, "lr": 0.001}},
+            {"export": {"formats": ["slim"]}},
+        ]
+    )
+    ref = tmp_path / "ref"
+    compress(parse_recipe(raw), ref, log=lambda s: None)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "killed"
+    env = {**os.environ, "SLIMKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(4):
+        args = ["compress", str(recipe), "--out", str(out)] + (["--resume"] if attempt else [])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from slimkit.cli import main; sys.exit(main())",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(1.5, 5.0))  # a random point: import, a stage, a checkpoint write
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 0
+    got, want = (out / "model.slim").read_bytes(), (ref / "model.slim").read_bytes()
+    print(f"\nkills survived: {kills}; artifact bytes compared: {len(got):,} vs {len(want):,}")
+    assert kills >= 2
+    assert got == want
