@@ -8,20 +8,18 @@ trials are sampled at random.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from slimkit.config import check_int
 from slimkit.errors import ConfigError
-from slimkit.search.history import categorical_space, completed, score, trial_rng
+from slimkit.search.history import ReplaySampler, completed, score, trial_rng
 
 
-class RegularizedEvolutionSampler(BaseSampler):
+class RegularizedEvolutionSampler(ReplaySampler):
     def __init__(self, population: int = 20, sample_size: int = 5, seed: int | None = None) -> None:
         check_int("population", population, 2, 100_000)
         check_int("sample_size", sample_size, 1, 100_000)
@@ -32,17 +30,7 @@ class RegularizedEvolutionSampler(BaseSampler):
             )
         self.population = population
         self.sample_size = sample_size
-        self.seed = seed
-        self._random = RandomSampler(seed=seed)
-
-    def reseed_rng(self) -> None:
-        self._random.reseed_rng()
-
-    def infer_relative_search_space(
-        self, study: Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        self._raise_error_if_multi_objective(study)
-        return categorical_space(study, trial)
+        super().__init__(seed)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -74,16 +62,3 @@ class RegularizedEvolutionSampler(BaseSampler):
             if tuple(sorted(child.items())) not in seen:
                 break
         return child
-
-    def sample_independent(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        # Before the population is full (and for non-categorical parameters): random.
-        if isinstance(param_distribution, CategoricalDistribution):
-            rng = trial_rng(self.seed, trial, salt=zlib.crc32(param_name.encode()))
-            return param_distribution.choices[int(rng.integers(len(param_distribution.choices)))]
-        return self._random.sample_independent(study, trial, param_name, param_distribution)

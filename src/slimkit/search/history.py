@@ -7,10 +7,12 @@ study across many worker processes exactly like Optuna's own samplers.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -43,3 +45,34 @@ def trial_rng(seed: int | None, trial: FrozenTrial, salt: int) -> np.random.Gene
 
 def choice_index(dist: CategoricalDistribution, value: Any) -> int:
     return list(dist.choices).index(value)
+
+
+class ReplaySampler(BaseSampler):
+    """Base of slimkit's history-replaying samplers: the relative space is the categorical
+    choices finished trials share; anything sampled independently is random, drawn from a
+    generator that depends only on (seed, trial number, parameter name)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+        self._random = RandomSampler(seed=seed)
+
+    def reseed_rng(self) -> None:
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        self._raise_error_if_multi_objective(study)
+        return categorical_space(study, trial)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if isinstance(param_distribution, CategoricalDistribution):
+            rng = trial_rng(self.seed, trial, salt=zlib.crc32(param_name.encode()))
+            return param_distribution.choices[int(rng.integers(len(param_distribution.choices)))]
+        return self._random.sample_independent(study, trial, param_name, param_distribution)

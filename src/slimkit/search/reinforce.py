@@ -10,20 +10,18 @@ study's storage like any Optuna sampler.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from slimkit.config import check_range
-from slimkit.search.history import categorical_space, choice_index, completed, score, trial_rng
+from slimkit.search.history import ReplaySampler, choice_index, completed, score, trial_rng
 
 
-class ReinforceSampler(BaseSampler):
+class ReinforceSampler(ReplaySampler):
     def __init__(
         self,
         lr: float = 0.5,
@@ -36,11 +34,7 @@ class ReinforceSampler(BaseSampler):
         self.lr = lr
         self.baseline_decay = baseline_decay
         self.warmup = warmup
-        self.seed = seed
-        self._random = RandomSampler(seed=seed)
-
-    def reseed_rng(self) -> None:
-        self._random.reseed_rng()
+        super().__init__(seed)
 
     def policy(self, study: Study, space: dict[str, BaseDistribution]) -> dict[str, np.ndarray]:
         """Replay finished trials into softmax logits per choice: {name: (n_options,)}."""
@@ -65,12 +59,6 @@ class ReinforceSampler(BaseSampler):
             baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * r
         return logits
 
-    def infer_relative_search_space(
-        self, study: Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        self._raise_error_if_multi_objective(study)
-        return categorical_space(study, trial)
-
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
@@ -83,18 +71,6 @@ class ReinforceSampler(BaseSampler):
             assert isinstance(dist, CategoricalDistribution)
             out[name] = dist.choices[int(rng.choice(len(logit), p=_softmax(logit)))]
         return out
-
-    def sample_independent(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        if isinstance(param_distribution, CategoricalDistribution):
-            rng = trial_rng(self.seed, trial, salt=zlib.crc32(param_name.encode()))
-            return param_distribution.choices[int(rng.integers(len(param_distribution.choices)))]
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
