@@ -62,12 +62,13 @@ def _wait_for_stage(out: Path, proc, stage: int, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-def test_resume_after_sigkill_gives_a_byte_identical_artifact(tiny, tmp_path):
+def _killable_run(tiny, tmp_path, finetune_epochs):
+    """A recipe file, its uninterrupted reference artifact, and an output folder to kill runs in."""
     raw = tiny(
         stages=[
             {"train": {"epochs": 2, "lr": 0.003}},
             {"prune": {"method": "magnitude", "sparsity": 0.8, "scope": "global"}},
-            {"finetune": {"epochs": 3, "lr": 0.001}},
+            {"finetune": {"epochs": finetune_epochs, "lr": 0.001}},
             {"export": {"formats": ["slim"]}},
         ]
     )
@@ -75,30 +76,31 @@ def test_resume_after_sigkill_gives_a_byte_identical_artifact(tiny, tmp_path):
     compress(parse_recipe(raw), ref, log=lambda s: None)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "killed"
+    return recipe, ref / "model.slim", tmp_path / "killed"
+
+
+def _spawn_compress(recipe, out, resume=False):
     # One torch thread like this test process: float sums then run in the same order.
     env = {**os.environ, "SLIMKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from slimkit.cli import main; sys.exit(main())",
-            "compress",
-            str(recipe),
-            "--out",
-            str(out),
-        ],
+    args = ["compress", str(recipe), "--out", str(out)] + (["--resume"] if resume else [])
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from slimkit.cli import main; sys.exit(main())", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def test_resume_after_sigkill_gives_a_byte_identical_artifact(tiny, tmp_path):
+    recipe, ref, out = _killable_run(tiny, tmp_path, finetune_epochs=3)
+    proc = _spawn_compress(recipe, out)
     _wait_for_stage(out, proc, 1)
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = json.loads((out / "state.json").read_text())["finished"]
     assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 0
-    assert (out / "model.slim").read_bytes() == (ref / "model.slim").read_bytes()
+    assert (out / "model.slim").read_bytes() == ref.read_bytes()
     assert killed and finished < 3, "the run finished before it could be killed"
 
 
@@ -135,42 +137,18 @@ def test_finite_gate_names_the_first_bad_layer():
 def test_repeated_sigkill_at_random_points_then_resume_is_byte_identical(tiny, tmp_path):
     import random
 
-    raw = tiny(
-        stages=[
-            {"train": {"epochs": 2, "lr": 0.003}},
-            {"prune": {"method": "magnitude", "sparsity": 0.8, "scope": "global"}},
-            {"finetune": {"epochs": 2, "lr": 0.001}},
-            {"export": {"formats": ["slim"]}},
-        ]
-    )
-    ref = tmp_path / "ref"
-    compress(parse_recipe(raw), ref, log=lambda s: None)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "killed"
-    env = {**os.environ, "SLIMKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    recipe, ref, out = _killable_run(tiny, tmp_path, finetune_epochs=2)
     rng = random.Random(1234)
     kills = 0
     for attempt in range(4):
-        args = ["compress", str(recipe), "--out", str(out)] + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from slimkit.cli import main; sys.exit(main())",
-                *args,
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _spawn_compress(recipe, out, resume=attempt > 0)
         time.sleep(rng.uniform(1.5, 5.0))  # a random point: import, a stage, a checkpoint write
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
     assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 0
-    got, want = (out / "model.slim").read_bytes(), (ref / "model.slim").read_bytes()
+    got, want = (out / "model.slim").read_bytes(), ref.read_bytes()
     print(f"\nkills survived: {kills}; artifact bytes compared: {len(got):,} vs {len(want):,}")
     assert kills >= 2
     assert got == want
