@@ -271,6 +271,17 @@ def finalize(model: nn.Module) -> None:
 def _static_int8(model: nn.Module, config: StaticInt8, *, data: Any = None, **_: Any) -> nn.Module:
     if data is None:
         raise ConfigError("StaticInt8 needs calibration data: quantize_(model, cfg, data=bundle)")
+    prepare_and_calibrate(model, config, data, config.percentile)
+    return model
+
+
+def prepare_and_calibrate(
+    model: nn.Module, config: Any, data: Any, percentile: float = 99.99
+) -> None:
+    """Check the calibration count, insert fake-quant layers and calibrate them (PTQ and QAT).
+
+    ``config`` carries ``calib_samples``, ``targets``, ``ignore``, ``per_channel``, ``observer``.
+    """
     got = count_samples(data)
     if got < config.calib_samples:
         raise ConfigError(
@@ -280,8 +291,7 @@ def _static_int8(model: nn.Module, config: StaticInt8, *, data: Any = None, **_:
     prepare_int8(
         model, targets=config.targets, ignore=config.ignore, per_channel=config.per_channel
     )
-    calibrate(model, data, config.calib_samples, ObserverKind(config.observer), config.percentile)
-    return model
+    calibrate(model, data, config.calib_samples, ObserverKind(config.observer), percentile)
 
 
 # ------------------------------------------------------------------------------ ONNX export

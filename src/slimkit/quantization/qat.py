@@ -24,7 +24,7 @@ from slimkit.errors import ConfigError
 from slimkit.quantization.api import QUANTIZERS
 from slimkit.quantization.fakequant import QUANT_TYPES, set_state
 from slimkit.quantization.observers import ObserverKind
-from slimkit.quantization.ptq import calibrate, count_samples, prepare_int8, sync_shared
+from slimkit.quantization.ptq import prepare_and_calibrate, sync_shared
 from slimkit.training import TrainConfig, train
 
 
@@ -84,16 +84,7 @@ def finish_qat(model: nn.Module) -> nn.Module:
 def _qat_int8(model: nn.Module, config: QATInt8, *, data: Any = None, **_: Any) -> nn.Module:
     if data is None or not hasattr(data, "train"):
         raise ConfigError("QATInt8 needs data=<DataBundle> with train and calib loaders")
-    got = count_samples(data)
-    if got < config.calib_samples:
-        raise ConfigError(
-            f"int8 calibration needs at least calib_samples={config.calib_samples} samples, but "
-            f"the data holds {got}; pass more calibration data or lower calib_samples"
-        )
-    prepare_int8(
-        model, targets=config.targets, ignore=config.ignore, per_channel=config.per_channel
-    )
-    calibrate(model, data, config.calib_samples, ObserverKind(config.observer))
+    prepare_and_calibrate(model, config, data)
     set_state(model, "qat")
     freeze_observers(model, config.freeze_observers_epoch == 0)
 
