@@ -65,6 +65,15 @@ def test_examples_parse_and_round_trip():
             ["stages[0].export", "inside the output folder"],
         ),
         ({"data": None}, ["stages[0].train", "needs training or calibration data", "data: null"]),
+        (
+            {
+                "data": None,
+                "stages": [
+                    {"decompose": {"method": "svd", "recovery": {"mode": "distill", "epochs": 1}}}
+                ],
+            },
+            ["stages[0].decompose", "needs training or calibration data"],
+        ),
     ],
 )
 def test_bad_recipes_name_stage_key_value_and_choices(tiny, change, expect):

@@ -175,6 +175,10 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
         ft = getattr(config, "finetune", None)
         if isinstance(ft, TrainConfig) and ft.epochs > 0:
             needs = True
+        # Decomposition recovery (finetune/distill) trains on the recipe's data.
+        recovery = getattr(config, "recovery", None)
+        if recovery is not None and recovery.mode != "none" and recovery.epochs > 0:
+            needs = True
         return StagePlan(index, kind, config, method, extra, needs_data=needs)
     if kind == "distill":
         from slimkit.distillation.trainer import DistillConfig
