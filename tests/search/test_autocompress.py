@@ -1,10 +1,17 @@
 import pytest
+from torch import nn
 
+from slimkit.config import select_modules
 from slimkit.errors import ConfigError
 from slimkit.export import slimformat
 from slimkit.models import build_model
 from slimkit.search.autocompress import AutoCompressConfig, auto_compress
-from slimkit.training import TrainConfig, train
+from slimkit.search.budget import REST, choice_bytes, layer_groups, plan_budget
+from slimkit.search.compress_trial import compress_trial
+from slimkit.training import TrainConfig, evaluate_accuracy, train
+
+# Tiny trials: one pruning step of 2 batches, 1 centroid batch.
+FAST = {"prune_steps": 1, "finetune_epochs": 1, "centroid_epochs": 1, "max_batches": 2}
 
 
 @pytest.fixture(scope="module")
@@ -22,34 +29,88 @@ def test_budget_is_required_and_validated():
         AutoCompressConfig()
     with pytest.raises(ConfigError, match=r"bits\[\] must be in 1..8, but got 9"):
         AutoCompressConfig(max_bytes=1000, bits=(4, 9))
+    with pytest.raises(ConfigError, match="bits must list at least one"):
+        AutoCompressConfig(max_bytes=1000, bits=())
+
+
+def test_largest_layers_get_their_own_group_and_the_rest_share_one(trained):
+    model, _ = trained
+    layers = select_modules(model)  # fc1 (64*300) > fc2 (300*100) > fc3 (100*10)
+    assert layer_groups(layers, 4) == {"fc1": ["fc1"], "fc2": ["fc2"], "fc3": ["fc3"]}
+    assert layer_groups(layers, 2) == {"fc2": ["fc2"], REST: ["fc1", "fc3"]}
+
+
+def test_first_trial_fills_the_budget_and_ranges_start_where_a_group_could_fit(trained):
+    model, _ = trained
+    layers = select_modules(model)
+    cfg = AutoCompressConfig(max_bytes=12_000, bits=(3, 4, 6), fill=0.9)
+    plan = plan_budget(model, layers, cfg)
+    assert plan.start["bits_fc1"] == 4
+    assert plan.start_bytes == choice_bytes(model, plan.groups, plan.start) <= 0.9 * 12_000
+    # A little less sparse and it would be over the 90 % target (bisection to 2 grid steps).
+    denser = {
+        k: v - 0.02 if k.startswith("sparsity_") and v >= 0.02 else v for k, v in plan.start.items()
+    }
+    assert choice_bytes(model, plan.groups, denser) > plan.start_bytes
+    for g in plan.groups:
+        assert 0.0 <= plan.low[g] <= plan.start[f"sparsity_{g}"] <= plan.high == 0.99
+    assert plan.low["fc3"] == 0.0 < plan.low["fc2"]  # 1,000 weights fit anyway; 30,000 do not
 
 
 def test_meets_a_loose_budget_and_saves_the_real_artifact(trained, tmp_path):
     model, data = trained
     cfg = AutoCompressConfig(
-        max_bytes=200_000,
-        max_accuracy_drop=0.2,
-        n_trials=2,
-        max_batches=3,
-        sparsities=(0.5, 0.8),
-        bits=(4, 6),
+        max_bytes=60_000, max_accuracy_drop=0.2, n_trials=2, bits=(4, 6), **FAST
     )
     res = auto_compress(model, data, cfg, tmp_path, storage=f"sqlite:///{tmp_path / 'a.db'}")
     assert res.met and "met the goal" in res.message
     best = tmp_path / "best.slim"
-    assert best.stat().st_size == res.best["bytes"] <= 200_000
+    assert best.stat().st_size == res.best["bytes"] <= 60_000
     loaded = slimformat.load(best)
-    from slimkit.training import evaluate_accuracy
-
     assert evaluate_accuracy(loaded, data.test) == pytest.approx(res.best["accuracy"], abs=1e-9)
+    # Trial 0 is the budget plan's start: global-magnitude sparsities at the bits nearest 4.
+    first = next(r for r in res.trials if r["number"] == 0)
+    assert first["choice"]["bits_fc1"] == 4 and first["stage"] == "trained"
+    assert res.pareto and all(r in res.trials for r in res.pareto)
 
 
-def test_impossible_budget_still_saves_the_closest_and_says_by_how_much(trained, tmp_path):
+def test_resuming_adds_trials_without_redoing_or_re_enqueueing(trained, tmp_path):
     model, data = trained
-    cfg = AutoCompressConfig(max_bytes=100, n_trials=2, max_batches=2, sparsities=(0.9,), bits=(2,))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cfg = AutoCompressConfig(max_bytes=60_000, n_trials=2, bits=(4,), startup_trials=1, **FAST)
+    first = auto_compress(model, data, cfg, tmp_path, storage=url, study_name="r")
+    more = AutoCompressConfig.from_dict({**cfg.to_dict(), "n_trials": 3})
+    second = auto_compress(model, data, more, tmp_path, storage=url, study_name="r")
+    assert [r["number"] for r in second.trials] == [0, 1, 2]
+    for a, b in zip(first.trials, second.trials[:2], strict=True):
+        assert a["choice"] == b["choice"] and a["bytes"] == b["bytes"]
+    assert second.trials[2]["choice"] != second.trials[0]["choice"]
+
+
+def test_over_budget_choice_is_measured_untrained_and_the_closest_is_saved(trained, tmp_path):
+    model, data = trained
+    cfg = AutoCompressConfig(max_bytes=100, n_trials=2, bits=(2,), **FAST)
     res = auto_compress(model, data, cfg, tmp_path, storage=f"sqlite:///{tmp_path / 'b.db'}")
     assert not res.met
     assert "missed bytes by" in res.message
-    assert (tmp_path / "best.slim").exists() and res.best["miss"]["bytes"] == res.best[
-        "bytes"
-    ] - 100
+    assert all(r["stage"].startswith("over budget before training") for r in res.trials)
+    assert (tmp_path / "best.slim").exists()
+    assert res.best["miss"]["bytes"] == res.best["bytes"] - 100
+
+
+def test_a_check_that_says_hopeless_stops_fine_tuning_at_that_step(trained):
+    model, data = trained
+    groups = {"fc1": ["fc1"], "fc2": ["fc2"], "fc3": ["fc3"]}
+    choice = {f"{k}_{g}": v for g in groups for k, v in (("sparsity", 0.9), ("bits", 4))}
+    cfg = AutoCompressConfig(max_bytes=60_000, **{**FAST, "prune_steps": 3})
+    seen = []
+
+    def check(step: int, m: nn.Module) -> bool:
+        seen.append((step, float((m.fc1.weight == 0).float().mean())))
+        return True
+
+    compressed, stopped = compress_trial(model, data, groups, choice, cfg, check=check)
+    # Stopped after step 1 of 3, at the AGP schedule's first target 0.9 * (1 - (2/3)^3).
+    assert stopped == 1 and len(seen) == 1
+    assert seen[0][1] == pytest.approx(0.9 * (1 - (2 / 3) ** 3), abs=1e-3)
+    assert compressed.fc1.weight.unique().numel() <= 16  # still k-means quantized to 4 bits

@@ -1,22 +1,29 @@
-"""Auto-compress: search per-layer pruning ratio, bit width and rank to meet a size/latency
-budget with the least accuracy loss.
+"""Auto-compress: the most accurate ``.slim`` artifact within a size and/or latency budget.
 
-Per prunable layer (Linear/Conv2d) a trial picks
-``rank_<layer>`` (Linear only: keep full rank, or SVD to a fraction of it),
-``sparsity_<layer>`` (magnitude pruning, masks held through a short fine-tune) and
-``bits_<layer>`` (k-means weight sharing with centroid fine-tuning).
-The trial then writes the real ``.slim`` artifact and measures its bytes on disk, ORT latency of
-the compressed model (when a latency budget is set) and test accuracy. NSGA-II searches
-(accuracy, bytes); the answer is the most accurate trial within every budget, else the trial
-closest to the budgets, with the amount by which it missed.
+A constrained single-objective search: maximise the artifact's accuracy subject to bytes <=
+``max_bytes`` (and latency <= ``max_latency_ms``), with Optuna's TPE and trial constraints
+(infeasible trials rank by how far they are over). Per layer group
+(:func:`slimkit.search.budget.layer_groups`) a trial picks a final sparsity, k-means bits and,
+when ranks are searched, an SVD rank; :mod:`slimkit.search.compress_trial` applies them with
+gradual pruning + fine-tuning, k-means and centroid fine-tuning. The budget shapes the search
+(:mod:`slimkit.search.budget`): trial 0 is a global-magnitude choice that fills ``fill`` of the
+byte budget, each group's sparsity range starts where it could still fit, a choice whose untrained
+artifact is already over budget is measured as it is instead of trained, and a trial whose
+accuracy falls far below the goal during pruning stops fine-tuning there.
+
+Every trial writes its real artifact; bytes on disk, accuracy of the artifact loaded back, and
+ORT latency (when budgeted) are what count. The answer is the most accurate trial within every
+budget and the accuracy drop, else the trial closest to the goal with the amount it missed by,
+plus the Pareto front over (accuracy, bytes). Trials live in the Optuna storage, so calling again
+with the same storage, study name and options resumes the search.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +40,20 @@ class AutoCompressConfig(SlimConfig):
     max_latency_ms: float | None = None  # ORT, batch 1, 2 threads
     max_accuracy_drop: float = 0.005  # fraction: 0.005 = 0.5 pp
     n_trials: int = 20
-    sparsities: tuple[float, ...] = (0.0, 0.5, 0.75, 0.9, 0.95)
-    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    bits: tuple[int, ...] = (3, 4, 5, 6)
+    max_sparsity: float = 0.99
     rank_ratios: tuple[float, ...] = (1.0,)  # add e.g. 0.5, 0.25 to search SVD ranks of Linears
-    finetune_epochs: int = 1
-    max_batches: int | None = None
+    max_groups: int = 4  # the largest layers get their own knobs, the rest share one group
+    prune_steps: int = 4  # AGP steps to the final sparsity
+    finetune_epochs: int = 2  # after each pruning step, masks held
     lr: float = 1e-3
+    centroid_epochs: int = 2  # k-means centroid fine-tuning
+    centroid_lr: float = 1e-4
+    startup_trials: int = 5  # TPE's random trials before it models the results (trial 0 aside)
+    fill: float = 0.9  # trial 0 aims at this fraction of max_bytes
+    over_budget_slack: float = 0.03  # untrained artifact over max_bytes * (1 + this): not trained
+    hopeless_drop: float = 0.01  # stop fine-tuning when the drop passes max_accuracy_drop + this
+    max_batches: int | None = None
     seed: int = 0
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
@@ -52,12 +67,23 @@ class AutoCompressConfig(SlimConfig):
             check_range("max_latency_ms", self.max_latency_ms, 0.0, 1e6, low_open=True)
         check_range("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0)
         check_int("n_trials", self.n_trials, 1, 100_000)
-        for s in self.sparsities:
-            check_range("sparsities[]", s, 0.0, 1.0, high_open=True)
+        if not self.bits:
+            raise ConfigError("bits must list at least one bit width, but got an empty list")
         for b in self.bits:
             check_int("bits[]", b, 1, 8)
+        check_range("max_sparsity", self.max_sparsity, 0.0, 1.0, high_open=True)
         for r in self.rank_ratios:
             check_range("rank_ratios[]", r, 0.0, 1.0, low_open=True)
+        check_int("max_groups", self.max_groups, 1, 10_000)
+        check_int("prune_steps", self.prune_steps, 1, 1000)
+        check_int("finetune_epochs", self.finetune_epochs, 0, 10_000)
+        check_int("centroid_epochs", self.centroid_epochs, 0, 10_000)
+        check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        check_range("centroid_lr", self.centroid_lr, 0.0, 10.0, low_open=True)
+        check_int("startup_trials", self.startup_trials, 0, 100_000)
+        check_range("fill", self.fill, 0.0, 1.0, low_open=True)
+        check_range("over_budget_slack", self.over_budget_slack, 0.0, 10.0)
+        check_range("hopeless_drop", self.hopeless_drop, 0.0, 1.0)
 
 
 @dataclasses.dataclass
@@ -71,60 +97,15 @@ class AutoCompressResult:
     message: str
 
 
-def _layers(model: nn.Module, cfg: AutoCompressConfig) -> dict[str, nn.Module]:
-    return select_modules(model, cfg.targets, cfg.ignore, types=(nn.Linear, nn.Conv2d))
-
-
-def compress_trial(
-    model: nn.Module, data, choice: dict[str, Any], cfg: AutoCompressConfig
-) -> nn.Module:
-    """Apply one trial's per-layer choices to a copy of ``model`` (rank -> prune -> quantize)."""
-    import slimkit as sk
-    from slimkit.decomposition.methods import METHODS as DECOMPOSE
-    from slimkit.pruning import finalize_, reapply_masks
-    from slimkit.pruning.methods import METHODS as PRUNE
-    from slimkit.quantization.methods import METHODS as QUANT
-    from slimkit.training import TrainConfig, train
-
-    m = copy.deepcopy(model)
-    layers = list(_layers(m, cfg))
-    factored: set[str] = set()
-    for name in layers:
-        ratio = choice.get(f"rank_{name}", 1.0)
-        if ratio < 1.0 and isinstance(dict(m.named_modules())[name], nn.Linear):
-            sk.decompose_(
-                m, DECOMPOSE["svd"].from_dict({"rank": {"ratio": ratio}, "targets": [name]})
-            )
-            factored.add(name)
-    for name in layers:
-        s = choice.get(f"sparsity_{name}", 0.0)
-        if s > 0 and name not in factored:
-            sk.prune_(m, PRUNE["magnitude"].from_dict({"sparsity": s, "targets": [name]}))
-    tc = TrainConfig(
-        epochs=cfg.finetune_epochs, lr=cfg.lr, seed=cfg.seed, max_batches=cfg.max_batches
-    )
-    if cfg.finetune_epochs:
-        train(m, data, tc, after_step=reapply_masks, description="auto-compress fine-tune")
-    finalize_(m)
-    for name in layers:
-        targets = [f"re:{name}\\.[01]"] if name in factored else [name]
-        sk.quantize_(
-            m, QUANT["kmeans"].from_dict({"bits": int(choice[f"bits_{name}"]), "targets": targets})
-        )
-    if cfg.finetune_epochs:
-        from slimkit.quantization.kmeans import finetune_centroids
-
-        finetune_centroids(m, data, tc)
-    return m.eval()
-
-
 def measure(model: nn.Module, data, folder: Path, cfg: AutoCompressConfig) -> dict[str, float]:
     from slimkit.export import slimformat
     from slimkit.training import evaluate_accuracy
 
+    # Accuracy of the artifact as a user gets it: the file loaded back.
+    nbytes = slimformat.save(model, folder / "model.slim")
     out = {
-        "bytes": float(slimformat.save(model, folder / "model.slim")),
-        "accuracy": evaluate_accuracy(model, data.test),
+        "bytes": float(nbytes),
+        "accuracy": evaluate_accuracy(slimformat.load(folder / "model.slim"), data.test),
     }
     if cfg.max_latency_ms is not None:
         from slimkit.export.onnx import to_onnx
@@ -147,6 +128,18 @@ def shortfall(row: dict[str, float], cfg: AutoCompressConfig, dense_acc: float) 
     return miss
 
 
+def default_sampler(cfg: AutoCompressConfig):
+    import optuna
+
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=cfg.seed,
+            n_startup_trials=cfg.startup_trials,
+            multivariate=True,
+        )
+
+
 def auto_compress(
     model: nn.Module,
     data,
@@ -159,6 +152,8 @@ def auto_compress(
 ) -> AutoCompressResult:
     """Search compression settings for ``model``; the chosen artifact is ``out_dir/best.slim``."""
     from slimkit import atomic
+    from slimkit.search.budget import GRID, choice_bytes, plan_budget
+    from slimkit.search.compress_trial import compress_trial
     from slimkit.search.pareto import pareto_front
     from slimkit.search.study import open_study, run_until
     from slimkit.training import evaluate_accuracy
@@ -166,28 +161,63 @@ def auto_compress(
     out = Path(out_dir)
     (out / "trials").mkdir(parents=True, exist_ok=True)
     dense_acc = evaluate_accuracy(model.eval(), data.test)
-    layers = _layers(model, cfg)
-    task = {"kind": "auto", "config": cfg.to_dict(), "layers": list(layers)}
-    study = open_study(study_name, storage, ["maximize", "minimize"], task, sampler=sampler)
+    layers = select_modules(model, cfg.targets, cfg.ignore, types=(nn.Linear, nn.Conv2d))
+    plan = plan_budget(model, layers, cfg)
+    task = {"kind": "auto", "config": cfg.to_dict(), "groups": plan.groups}
+    study = open_study(
+        study_name, storage, ["maximize"], task, sampler=sampler or default_sampler(cfg)
+    )
+    if not study.trials:  # a new study (not a resume): trial 0 is the near-feasible start
+        study.enqueue_trial(plan.start)
 
-    def objective(trial) -> tuple[float, float]:
+    def budget_overshoot(row: dict[str, float]) -> dict[str, float]:
+        """Each budget's relative overshoot (<= 0: within it)."""
+        over = {}
+        if cfg.max_bytes is not None:
+            over["bytes"] = (row["bytes"] - cfg.max_bytes) / cfg.max_bytes
+        if cfg.max_latency_ms is not None:
+            over["latency_ms"] = (row["latency_ms"] - cfg.max_latency_ms) / cfg.max_latency_ms
+        return over
+
+    def objective(trial) -> float:
         choice: dict[str, Any] = {}
-        for name, mod in layers.items():
-            if isinstance(mod, nn.Linear) and len(cfg.rank_ratios) > 1:
-                choice[f"rank_{name}"] = trial.suggest_categorical(
-                    f"rank_{name}", list(cfg.rank_ratios)
-                )
-            choice[f"sparsity_{name}"] = trial.suggest_categorical(
-                f"sparsity_{name}", list(cfg.sparsities)
+        for g, names in plan.groups.items():
+            if len(cfg.rank_ratios) > 1 and any(isinstance(layers[n], nn.Linear) for n in names):
+                choice[f"rank_{g}"] = trial.suggest_categorical(f"rank_{g}", list(cfg.rank_ratios))
+            choice[f"sparsity_{g}"] = trial.suggest_float(
+                f"sparsity_{g}", plan.low[g], plan.high, step=GRID
             )
-            choice[f"bits_{name}"] = trial.suggest_categorical(f"bits_{name}", list(cfg.bits))
-        compressed = compress_trial(model, data, choice, cfg)
+            choice[f"bits_{g}"] = trial.suggest_categorical(f"bits_{g}", list(cfg.bits))
+        train = True
+        if cfg.max_bytes is not None:
+            untrained = choice_bytes(model, plan.groups, choice)
+            trial.set_user_attr("untrained_bytes", untrained)
+            # Fine-tuning keeps masks and bits: an artifact this far over stays over.
+            train = untrained <= cfg.max_bytes * (1 + cfg.over_budget_slack)
+
+        def hopeless(step: int, m: nn.Module) -> bool:
+            acc = evaluate_accuracy(m, data.test)
+            trial.report(acc, step)
+            return dense_acc - acc > cfg.max_accuracy_drop + cfg.hopeless_drop
+
+        compressed, stopped = compress_trial(
+            model, data, plan.groups, choice, cfg, train=train, check=hopeless
+        )
         with tempfile.TemporaryDirectory() as tmp:
             row = measure(compressed, data, Path(tmp), cfg)
-            shutil.copyfile(Path(tmp) / "model.slim", out / "trials" / f"trial_{trial.number}.slim")
-        for k, v in row.items():
+            artifact = out / "trials" / f"trial_{trial.number}.slim"
+            shutil.copyfile(Path(tmp) / "model.slim", artifact)
+        stage = "trained"
+        if not train:
+            stage = "over budget before training: measured untrained"
+        elif stopped is not None:
+            stage = f"hopeless after pruning step {stopped}: fine-tuning stopped"
+        for k, v in {**row, "stage": stage, "artifact": str(artifact.resolve())}.items():
             trial.set_user_attr(k, v)
-        return row["accuracy"], row["bytes"]
+        # TPE ranks infeasible trials below feasible ones, by total overshoot.
+        for k, v in budget_overshoot(row).items():
+            trial.set_constraint(k, v)
+        return row["accuracy"]
 
     torch.manual_seed(cfg.seed)
     run_until(study, objective, cfg.n_trials)
@@ -197,14 +227,18 @@ def auto_compress(
         {"number": t.number, "choice": dict(t.params), **t.user_attrs}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
+    if not rows:
+        raise ConfigError(
+            f"study {study_name!r} has no complete trial (every trial failed); see its log"
+        )
     for r in rows:
         r["miss"] = shortfall(r, cfg, dense_acc)
     feasible = [r for r in rows if not any(r["miss"].values())]
     if feasible:
         best = max(feasible, key=lambda r: (r["accuracy"], -r["bytes"]))
         message = (
-            f"met the goal: {int(best['bytes']):,} bytes, accuracy {best['accuracy']:.4f} "
-            f"(drop {100 * (dense_acc - best['accuracy']):.2f} pp)"
+            f"met the goal: trial {best['number']}, {int(best['bytes']):,} bytes, accuracy "
+            f"{best['accuracy']:.4f} (drop {100 * (dense_acc - best['accuracy']):.2f} pp)"
         )
     else:
 
@@ -220,7 +254,14 @@ def auto_compress(
             f"no trial met every goal; the closest (trial {best['number']}) missed "
             + ", ".join(parts)
         )
-    shutil.copyfile(out / "trials" / f"trial_{best['number']}.slim", out / "best.slim")
+    source = Path(best["artifact"])
+    if not source.is_file():
+        raise ConfigError(
+            f"the chosen trial {best['number']}'s artifact {source} is missing (a resumed study "
+            "keeps its trial artifacts where they were written); pass the same out_dir, or copy "
+            "that trials/ folder there"
+        )
+    shutil.copyfile(source, out / "best.slim")
     front = [
         rows[i] for i in pareto_front([(r["accuracy"], r["bytes"]) for r in rows], [True, False])
     ]
