@@ -74,7 +74,43 @@ def test_loss_fn_hook_used_for_finetuning_and_taylor(digits):
         finetune=TrainConfig(epochs=1, max_batches=2),
     )
     sk.prune_(model, cfg, data=digits, loss_fn=loss_fn)
-    assert len(calls) == 2 * (1 + 2)  # per step: 1 Taylor batch + 2 fine-tuning batches
+    # per step: 1 Taylor batch + 2 fine-tuning batches; then 2 recovery epochs of 2 batches
+    assert len(calls) == 2 * (1 + 2) + 2 * 2
+
+
+def test_one_training_run_prunes_at_epoch_starts_then_recovers(digits):
+    epochs_seen = []
+
+    def loss_fn(m, x, y, logits):
+        epochs_seen.append(round(overall_sparsity(m, LAYERS), 3))
+        return F.cross_entropy(logits, y)
+
+    model = sk.build_model("lenet300", image_size=8)
+    cfg = GradualPruning(
+        final_sparsity=0.8,
+        steps=2,
+        kind="iterative",
+        finetune=TrainConfig(epochs=2, max_batches=1),
+        recovery_epochs=3,
+    )
+    assert cfg.prune_epochs() == [0, 2]
+    assert cfg.total_epochs() == 2 * 2 + 3
+    sk.prune_(model, cfg, data=digits, loss_fn=loss_fn)
+    # one batch per epoch: 2 epochs at 0.4, then 2 + 3 at the final 0.8 (masks hold throughout)
+    assert epochs_seen == [0.4, 0.4, 0.8, 0.8, 0.8, 0.8, 0.8]
+    hist = model.slimkit_pruning["history"]
+    assert [(h["step"], h["epoch"]) for h in hist] == [(1, 0), (2, 2)]
+
+
+def test_default_recovery_equals_pruning_phase_and_oneshot_gets_whole_phase():
+    cfg = GradualPruning(steps=4, kind="oneshot", finetune=TrainConfig(epochs=2))
+    assert cfg.prune_epochs() == [0]
+    assert cfg.total_epochs() == 16
+    cfg = GradualPruning(steps=4, kind="agp", finetune=TrainConfig(epochs=1), recovery_epochs=0)
+    assert cfg.prune_epochs() == [0, 1, 2, 3]
+    assert cfg.total_epochs() == 4
+    with pytest.raises(ConfigError, match="recovery_epochs must be"):
+        GradualPruning(recovery_epochs=-1)
 
 
 def test_from_yaml_dict_and_errors():
@@ -95,7 +131,9 @@ def test_from_yaml_dict_and_errors():
 
 def test_contract_without_finetuning():
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    cfg = GradualPruning(final_sparsity=0.3, steps=2, finetune=TrainConfig(epochs=0))
+    cfg = GradualPruning(
+        final_sparsity=0.3, steps=2, finetune=TrainConfig(epochs=0), recovery_epochs=0
+    )
     check_contract(
         tiny_models()["lenet5"], lambda m: finalize_(sk.prune_(m, cfg)), x, min_sqnr_db=0.0
     )
