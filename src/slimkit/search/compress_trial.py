@@ -94,6 +94,15 @@ def compress_trial(
         train_model(m, data, tc, after_step=reapply_masks, description=f"prune step {step + 1}")
         if check is not None and check(step + 1, m.eval()):
             stopped = step + 1
+            # Still reach the chosen sparsities (no more fine-tuning), so the artifact measures
+            # the choice's real size.
+            for g, values in schedule.items():
+                sk.prune_(
+                    m,
+                    MagnitudePruning(
+                        sparsity=values[-1], scope=Scope.GLOBAL, targets=tuple(targets[g])
+                    ),
+                )
             break
     finalize_(m)
     for g in groups:
