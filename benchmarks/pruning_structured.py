@@ -1,19 +1,23 @@
 """Structured channel pruning: Torch-Pruning's MagnitudePruner vs slimkit, side by side.
 
 One process, same data (mnist5k, 28x28), same dense start point per model, same MAC target and
-the same fine-tuning (optimizer, lr, batches) for both:
+the same fine-tuning for both tools:
 
+- dense: ``--epochs`` epochs of AdamW (lr ``--lr``, cosine); the weights are cached per model,
+  seed and recipe as safetensors in ``--cache-dir``, so a rerun skips dense training;
 - ``torch-pruning``: ``tp.pruner.MagnitudePruner`` + ``tp.importance.MagnitudeImportance(p=1)``,
   uniform per-layer ratio, classifier ignored;
-- both keep channel counts a multiple of ``--round-to`` (8): ONNX Runtime's blocked conv kernels
-  run odd widths (11, 22, ...) slower than the dense model, whatever the MACs;
-- ``slimkit``: ``sk.prune_(model, ChannelPruning(criterion=..., ...), data=calib)``.
+- ``slimkit``: ``sk.prune_(model, ChannelPruning(criterion=--criterion, ...), data=calib)``;
+- both keep channel counts a multiple of ``--round-to`` and get the same fine-tuning:
+  ``--ft-epochs`` full epochs of AdamW (lr ``--ft-lr``, cosine), cross-entropy, per seed.
 
-The pruning ratio of each tool is found by bisection so that its MACs are <= dense / --mac-target.
+Each tool's pruning ratio is the one (on a grid 0.05, 0.075, ..., 0.8) whose MACs come closest to
+dense / ``--mac-target`` without going over it, so both tools land at (nearly) the same MACs.
 Accuracy is the mean over ``--seeds`` fine-tuning seeds from the same pruned model; MACs, params
-and ONNX Runtime latency (batch 1 and 64, median) are measured on the exported files.
+and ONNX Runtime latency (batch 1 and 64, median of ``--runs`` runs, measured in this run, one
+thread) are measured on the exported files.
 
-    .venv/bin/python benchmarks/pruning_structured.py            # ~10 min on 2 idle cores
+    .venv/bin/python benchmarks/pruning_structured.py            # see --help for the budget
     .venv/bin/python benchmarks/pruning_structured.py --quick    # smoke run
 """
 
@@ -67,29 +71,30 @@ def fit_ratio(
     prune: Callable[[nn.Module, float], nn.Module],
     example: torch.Tensor,
     target_macs: float,
-    steps: int = 9,
 ) -> tuple[float, nn.Module]:
-    """Smallest ratio (bisection) whose pruned MACs are <= target_macs; returns (ratio, model)."""
-    lo, hi = 0.0, 0.95
-    best: tuple[float, nn.Module] | None = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        candidate = prune(copy.deepcopy(dense), mid)
-        if count_macs(candidate, example) <= target_macs:
-            best, hi = (mid, candidate), mid
-        else:
-            lo = mid
+    """Ratio whose MACs are closest to ``target_macs`` from below; returns (ratio, model).
+
+    A grid, not a bisection: with ``round_to`` > 1 the MACs are a step function of the ratio and
+    not always monotonic, and a bisection can stop far below the target.
+    """
+    best: tuple[float, float, nn.Module] | None = None
+    for k in range(2, 33):  # ratios 0.05 .. 0.8
+        ratio = k * 0.025
+        candidate = prune(copy.deepcopy(dense), ratio)
+        macs = count_macs(candidate, example)
+        if macs <= target_macs and (best is None or macs > best[1]):
+            best = (ratio, macs, candidate)
     if best is None:
-        best = (hi, prune(copy.deepcopy(dense), hi))
-    return best
+        raise SystemExit(f"no ratio <= 0.8 reaches {target_macs:.0f} MACs")
+    return best[0], best[2]
 
 
 def measure(model: nn.Module, example: torch.Tensor, tmp: Path, tag: str, runs: int) -> dict:
     model.eval()
     path = tmp / f"{tag}.onnx"
     export = to_onnx(model, path, example)
-    lat1 = ort_latency(path, example, batch=1, runs=runs)
-    lat64 = ort_latency(path, example, batch=64, runs=max(10, runs // 3))
+    lat1 = ort_latency(path, example, batch=1, threads=1, runs=runs)
+    lat64 = ort_latency(path, example, batch=64, threads=1, runs=max(10, runs // 10))
     return {
         "macs": count_macs(model, example),
         "params": count_params(model),
@@ -99,21 +104,32 @@ def measure(model: nn.Module, example: torch.Tensor, tmp: Path, tag: str, runs: 
     }
 
 
+def dense_model(name: str, data, args) -> nn.Module:
+    """The trained dense model, from the safetensors cache when this recipe ran before."""
+    from safetensors.torch import load_file, save_file
+
+    dense = sk.build_model(name, seed=0)
+    cache = Path(args.cache_dir) / f"{name}-seed0-e{args.epochs}-lr{args.lr}.safetensors"
+    if cache.exists():
+        dense.load_state_dict(load_file(cache))
+        print(f"[{name}] dense weights from {cache}")
+        return dense.eval()
+    train(dense, data, TrainConfig(epochs=args.epochs, lr=args.lr, seed=0), description=name)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, cache)
+    return dense.eval()
+
+
 def run_model(name: str, data, args, tmp: Path) -> dict:
     example = data.example_input(1)
-    dense = sk.build_model(name, seed=0)
     t0 = time.time()
-    train(
-        dense,
-        data,
-        TrainConfig(epochs=args.epochs, lr=args.lr, seed=0),
-        description=f"{name} dense",
-    )
+    dense = dense_model(name, data, args)
     dense_acc = evaluate_accuracy(dense, data.test)
     dense_macs = count_macs(dense, example)
     target = dense_macs / args.mac_target
     print(
-        f"[{name}] dense trained in {time.time() - t0:.0f}s, acc {dense_acc:.4f}, MACs {dense_macs}"
+        f"[{name}] dense ready in {time.time() - t0:.0f}s, acc {dense_acc:.4f}, MACs {dense_macs}",
+        flush=True,
     )
 
     criterion = ChannelPruning(
@@ -136,18 +152,21 @@ def run_model(name: str, data, args, tmp: Path) -> dict:
     rows: dict[str, dict] = {"dense": {"accuracy": dense_acc, "accuracy_seeds": [dense_acc]}}
     rows["dense"].update(measure(dense, example, tmp, f"{name}-dense", args.runs))
     ft = TrainConfig(epochs=args.ft_epochs, lr=args.ft_lr, max_batches=args.ft_batches)
+    print(f"[{name}] target MACs <= {target:.0f}", flush=True)
     for tool, prune in tools.items():
         ratio, pruned = fit_ratio(dense, prune, example, target)
+        print(f"[{name}] {tool}: ratio {ratio:.4f}, MACs {count_macs(pruned, example)}", flush=True)
         accs = []
         for seed in range(args.seeds):
             model = copy.deepcopy(pruned)
             cfg = TrainConfig.from_dict({**ft.to_dict(), "seed": seed})
             train(model, data, cfg, description=f"{name} {tool} ft{seed}")
             accs.append(evaluate_accuracy(model, data.test))
+            print(f"[{name}] {tool} seed {seed}: acc {accs[-1]:.4f}", flush=True)
         row = {"ratio": ratio, "accuracy": statistics.mean(accs), "accuracy_seeds": accs}
         row.update(measure(model, example, tmp, f"{name}-{tool}", args.runs))
         rows[tool] = row
-        print(f"[{name}] {tool}: ratio {ratio:.3f}, acc {row['accuracy']:.4f}, MACs {row['macs']}")
+        print(f"[{name}] {tool}: acc {row['accuracy']:.4f}, MACs {row['macs']}", flush=True)
     d = rows["dense"]
     for tool in tools:
         r = rows[tool]
@@ -188,38 +207,47 @@ def print_table(results: dict) -> None:
     print()
     for name, rows in results.items():
         a, b = rows["slimkit"], rows["torch-pruning"]
+        met = a["targets_met"]
         print(
             f"{name}: slimkit vs torch-pruning at matched MAC target -> accuracy "
             f"{100 * (a['accuracy'] - b['accuracy']):+.2f} pp, ORT b1 latency ratio "
             f"{b['ort_ms_b1'] / a['ort_ms_b1']:.2f}x, b64 {b['ort_ms_b64'] / a['ort_ms_b64']:.2f}x; "
-            f"targets {a['targets_met']}"
+            + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items())
         )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet", "mobilenetv2"])
-    ap.add_argument("--epochs", type=int, default=4, help="dense training epochs")
+    ap.add_argument("--epochs", type=int, default=15, help="dense training epochs")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--ft-epochs", type=int, default=1)
-    ap.add_argument("--ft-batches", type=int, default=40, help="batches per fine-tune epoch")
+    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "slimkit-bench"))
+    ap.add_argument("--ft-epochs", type=int, default=6, help="fine-tune epochs, both tools")
+    ap.add_argument(
+        "--ft-batches", type=int, default=None, help="batches per fine-tune epoch (None: all)"
+    )
     ap.add_argument("--ft-lr", type=float, default=1e-3)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per tool")
     ap.add_argument("--mac-target", type=float, default=2.2, help="required dense/pruned MACs")
     ap.add_argument("--criterion", default="taylor")
     ap.add_argument("--global", dest="global_", action="store_true")
     ap.add_argument(
         "--round-to",
         type=int,
-        default=8,
+        default=4,
         help="kept channels a multiple of this, for both tools (ORT kernels)",
     )
-    ap.add_argument("--runs", type=int, default=60, help="timed ORT runs at batch 1")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=300, help="timed ORT runs at batch 1")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    ap.add_argument(
+        "--out",
+        default="pruning_structured",
+        help="results file stem in benchmarks/results; models not run are kept from it",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (not a result)")
     args = ap.parse_args()
     if args.quick:
-        args.epochs, args.ft_batches, args.seeds, args.runs = 1, 5, 1, 10
+        args.epochs, args.ft_epochs, args.ft_batches, args.seeds, args.runs = 1, 1, 5, 1, 10
     torch.set_num_threads(args.threads)
     data = sk.load_dataset("mnist5k", batch_size=64)
     t0 = time.time()
@@ -240,9 +268,19 @@ def main() -> None:
         "results": results,
     }
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(RESULTS, json.dumps(payload, indent=2))
-        print(f"wrote {RESULTS}")
+        out = RESULTS.parent / f"{args.out}.json"
+        if out.exists():  # keep the models this run did not touch (one process per model)
+            old = json.loads(out.read_text())
+            kept = {k: v for k, v in old.get("results", {}).items() if k not in results}
+            payload["results"] = {**kept, **results}
+            payload["settings_by_model"] = {
+                **{k: old.get("settings", {}) for k in kept},
+                **old.get("settings_by_model", {}),
+                **{k: payload["settings"] for k in results},
+            }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out, json.dumps(payload, indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
