@@ -42,6 +42,7 @@ STAGE_KINDS = (
     "finetune",
     "export",
     "benchmark",
+    "hf_compress",  # a Hugging Face encoder (model: {hf: ...}); see slimkit.pipeline.hf_stage
 )
 
 
@@ -50,10 +51,12 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    """Where the model comes from: a zoo name (+ its kwargs) or a slimkit model file."""
+    """Where the model comes from: a zoo name (+ its kwargs), a slimkit model file, or a
+    Hugging Face encoder folder (``hf: null`` = the bundled all-MiniLM-L6-v2; "" = not HF)."""
 
     zoo: str | None = None
     path: str | None = None
+    hf: str | None = ""
     image_size: int | None = None  # default: from the dataset (28 mnist5k, 8 digits)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -121,7 +124,10 @@ class Recipe(_Strict):
         return [next(iter(s.items())) for s in self.stages]
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json")
+        if d["model"].get("hf") == "":  # not an HF recipe: keep the dump (and digest) unchanged
+            del d["model"]["hf"]
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

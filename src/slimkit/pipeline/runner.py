@@ -267,6 +267,10 @@ def compress(
     ``stop_after`` (tests) ends the run after that stage index, as a crash would.
     """
     plans: list[StagePlan] = recipe.validate_stages()
+    from slimkit.pipeline.hf_stage import is_hf_recipe, run_hf_recipe
+
+    if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
+        return run_hf_recipe(recipe, out, log)
     out = Path(out)
     rank, world = _world()
     is_main = rank == 0

