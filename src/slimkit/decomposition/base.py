@@ -28,6 +28,7 @@ from slimkit.config import (
     select_modules,
     set_module,
 )
+from slimkit.decomposition.bn_recalibration import recalibrate_batchnorm
 from slimkit.decomposition.rank import RankRule, RankSpec
 from slimkit.errors import ConfigError, NumericsError
 
@@ -51,6 +52,9 @@ class Recovery(SlimConfig):
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha on cross-entropy
     seed: int = 0
+    # Re-measure BatchNorm running statistics on data.calib at the end (when data is given);
+    # see bn_recalibration.py for why stale statistics break a decomposed model in eval mode.
+    recalibrate_bn: bool = True
 
     def validate(self) -> None:
         object.__setattr__(self, "mode", parse_enum(RecoveryMode, self.mode, "recovery mode"))
@@ -212,10 +216,14 @@ def decomposition_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def run(model: nn.Module, cfg: Any, data: Any, apply: Callable[[nn.Module], object]):
-    """Apply a technique, then its recovery (teacher = the model before it was changed)."""
+    """Apply a technique, then its recovery (teacher = the model before it was changed), then
+    re-measure BatchNorm statistics on ``data.calib`` when data is given."""
     teacher = copy.deepcopy(model).eval() if cfg.recovery.mode is RecoveryMode.DISTILL else None
     if cfg.recovery.mode is not RecoveryMode.NONE and data is None:
         recover_(model, teacher, None, cfg.recovery)  # raises the "needs data" error up front
     apply(model)
     recover_(model, teacher, data, cfg.recovery)
+    calib = getattr(data, "calib", None)
+    if cfg.recovery.recalibrate_bn and calib is not None:
+        recalibrate_batchnorm(model, calib)
     return model
