@@ -1,4 +1,5 @@
 import pytest
+import torch
 from torch import nn
 
 from slimkit.config import select_modules
@@ -116,3 +117,18 @@ def test_a_check_that_says_hopeless_stops_fine_tuning_at_that_step(trained):
     # The artifact still has the chosen sparsity (its size is the choice's), k-means at 4 bits.
     assert float((compressed.fc1.weight == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
     assert compressed.fc1.weight.unique().numel() <= 16
+
+
+def test_a_searched_rank_factors_the_layer_then_prunes_and_quantizes_both_factors(trained):
+    model, data = trained
+    groups = {"fc1": ["fc1"], "fc2": ["fc2"], "fc3": ["fc3"]}
+    choice = {f"{k}_{g}": v for g in groups for k, v in (("sparsity", 0.5), ("bits", 3))}
+    choice["rank_fc1"] = 0.5
+    cfg = AutoCompressConfig(max_bytes=60_000, rank_ratios=(1.0, 0.5), **FAST)
+    compressed, stopped = compress_trial(model, data, groups, choice, cfg)
+    assert stopped is None
+    first, second = compressed.fc1[0], compressed.fc1[1]  # (32, 64) then (300, 32)
+    assert first.weight.shape == (32, 64) and second.weight.shape == (300, 32)
+    both = torch.cat([first.weight.flatten(), second.weight.flatten()])
+    assert float((both == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    assert first.weight.unique().numel() <= 8 and second.weight.unique().numel() <= 8

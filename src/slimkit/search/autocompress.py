@@ -167,8 +167,13 @@ def auto_compress(
     study = open_study(
         study_name, storage, ["maximize"], task, sampler=sampler or default_sampler(cfg)
     )
+    searches_rank = len(cfg.rank_ratios) > 1
     if not study.trials:  # a new study (not a resume): trial 0 is the near-feasible start
-        study.enqueue_trial(plan.start)
+        start = dict(plan.start)
+        for g, names in plan.groups.items():
+            if searches_rank and any(isinstance(layers[n], nn.Linear) for n in names):
+                start[f"rank_{g}"] = max(cfg.rank_ratios)  # full rank when 1.0 is listed
+        study.enqueue_trial(start)
 
     def budget_overshoot(row: dict[str, float]) -> dict[str, float]:
         """Each budget's relative overshoot (<= 0: within it)."""
@@ -182,7 +187,7 @@ def auto_compress(
     def objective(trial) -> float:
         choice: dict[str, Any] = {}
         for g, names in plan.groups.items():
-            if len(cfg.rank_ratios) > 1 and any(isinstance(layers[n], nn.Linear) for n in names):
+            if searches_rank and any(isinstance(layers[n], nn.Linear) for n in names):
                 choice[f"rank_{g}"] = trial.suggest_categorical(f"rank_{g}", list(cfg.rank_ratios))
             choice[f"sparsity_{g}"] = trial.suggest_float(
                 f"sparsity_{g}", plan.low[g], plan.high, step=GRID
