@@ -3,9 +3,11 @@
 import slimkit as sk
 from slimkit.distillation import DistillConfig, LogitKD, AttentionTransfer
 sk.distill(student, teacher, data, DistillConfig(losses=(LogitKD(temperature=4),)))
+sk.distill(student, teacher, data, DistillConfig(augment=RandomAffine()))  # KD on jittered inputs
 loss_fn = sk.distillation.kd_loss_fn(dense_model)   # recovery fine-tuning for other families
 """
 
+from slimkit.distillation.augment import AugmentedLoader, RandomAffine, augment_bundle
 from slimkit.distillation.hooks import FeatureHooks, HookState
 from slimkit.distillation.losses import (
     LOSS_TYPES,
@@ -44,6 +46,7 @@ __all__ = [
     "DISTILLERS",
     "LOSS_TYPES",
     "AttentionTransfer",
+    "AugmentedLoader",
     "CachedTeacher",
     "DistillConfig",
     "DistillLoss",
@@ -55,12 +58,14 @@ __all__ = [
     "LayerwiseKD",
     "LogitKD",
     "OnnxTeacher",
+    "RandomAffine",
     "Teacher",
     "TorchTeacher",
     "agreement",
     "as_teacher",
     "attention_loss",
     "attention_map",
+    "augment_bundle",
     "distill",
     "distill_",
     "hint_loss",

@@ -25,6 +25,7 @@ from torch import nn
 
 from slimkit.config import SlimConfig, parse_enum
 from slimkit.data.datasets import DataBundle
+from slimkit.distillation.augment import RandomAffine, augment_bundle
 from slimkit.distillation.hooks import FeatureHooks
 from slimkit.distillation.losses import (
     LOSS_TYPES,
@@ -35,7 +36,7 @@ from slimkit.distillation.losses import (
     logit_kd_loss,
     make_adapter,
 )
-from slimkit.distillation.teachers import Teacher, as_teacher
+from slimkit.distillation.teachers import CachedTeacher, Teacher, as_teacher
 from slimkit.errors import ConfigError
 from slimkit.registry import Registry
 from slimkit.training import TrainConfig, train
@@ -45,10 +46,13 @@ DISTILLERS = Registry("distillation")
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(SlimConfig):
-    """Which losses to combine and how to train (epochs, optimizer, seed...)."""
+    """Which losses to combine, how to train (epochs, optimizer, seed...) and an optional
+    input augmentation: with ``augment`` every training batch is warped (seeded by
+    ``train.seed``) and the teacher gives its soft targets on the same warped batch."""
 
     losses: tuple[LossConfig, ...] = (LogitKD(),)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    augment: RandomAffine | None = None
 
     def validate(self) -> None:
         if not isinstance(self.losses, tuple) or not self.losses:
@@ -67,20 +71,27 @@ class DistillConfig(SlimConfig):
             raise ConfigError(f"at most one LogitKD may be given, but got {n_logit}")
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"train must be a TrainConfig, but got {type(self.train).__name__}")
+        if self.augment is not None and not isinstance(self.augment, RandomAffine):
+            raise ConfigError(
+                f"augment must be a RandomAffine or None, but got {type(self.augment).__name__}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "losses": [{"kind": loss.kind, **loss.to_dict()} for loss in self.losses],
             "train": self.train.to_dict(),
+            "augment": None if self.augment is None else self.augment.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        """Parse ``{"losses": [{"kind": "logit", "temperature": 4}, ...], "train": {...}}``."""
-        unknown = sorted(set(data) - {"losses", "train"})
+        """Parse ``{"losses": [{"kind": "logit", "temperature": 4}, ...], "train": {...},
+        "augment": {"max_shift": 2, "max_rotate": 10}}`` (augment optional)."""
+        unknown = sorted(set(data) - {"augment", "losses", "train"})
         if unknown:
             raise ConfigError(
-                f"DistillConfig got unknown option(s) {unknown}; valid options are ['losses', 'train']"
+                f"DistillConfig got unknown option(s) {unknown}; valid options are "
+                "['augment', 'losses', 'train']"
             )
         losses = []
         for item in data.get("losses", [{"kind": "logit"}]):
@@ -92,7 +103,12 @@ class DistillConfig(SlimConfig):
             kind = parse_enum(KDKind, options.pop("kind"), "loss kind")
             losses.append(LOSS_TYPES[kind].from_dict(options))
         train_cfg = TrainConfig.from_dict(dict(data.get("train", {})))
-        return cls(losses=tuple(losses), train=train_cfg)
+        augment = data.get("augment")
+        if augment is not None:
+            if not isinstance(augment, dict):
+                raise ConfigError(f"augment must be a mapping or null, but got {augment!r}")
+            augment = RandomAffine.from_dict(dict(augment))
+        return cls(losses=tuple(losses), train=train_cfg, augment=augment)
 
 
 def _feature_losses(losses: Sequence[LossConfig]) -> list[tuple[int, _FeatureKD]]:
@@ -231,6 +247,11 @@ def distill(
     an ``.onnx`` file/bytes or an ORT InferenceSession (logit KD only).
     """
     config = config or DistillConfig()
+    if config.augment is not None and isinstance(teacher, CachedTeacher):
+        raise ConfigError(
+            "a CachedTeacher memoises outputs per input, but augment warps every batch anew, so "
+            "nothing would be reused; pass the teacher itself when augment is set"
+        )
     loss = DistillLoss(student, teacher, config.losses)
     device = torch.device(config.train.device)
     student.to(device)
@@ -238,6 +259,7 @@ def distill(
         loss.teacher.module.to(device)
     try:
         example = data.example_input(2).to(device)
+        data = augment_bundle(data, config.augment, seed=config.train.seed)
         with loss.attached():
             loss.build(example, seed=config.train.seed)
             loss.adapters.to(device)

@@ -7,7 +7,7 @@ without pickling (see :mod:`slimkit.models.spec`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,26 +37,41 @@ class LeNet5(nn.Module):
     """LeNet-5 as in Caffe / Deep Compression: conv20-pool-conv50-pool-fc500-fc10 (431k params).
 
     For small inputs (8x8 digits) the convs pad by 2 so the spatial size survives.
+    ``channels`` (conv1, conv2) and ``hidden`` (fc1 width) shrink it, e.g. for a distillation
+    student: ``channels=(8, 16), hidden=64`` has 20.5k parameters, same layer names.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: Sequence[int] = (20, 50),
+        hidden: int = 500,
+    ) -> None:
         super().__init__()
+        if len(channels) != 2 or any(int(c) < 1 for c in channels) or int(hidden) < 1:
+            raise ConfigError(
+                f"LeNet-5 needs channels=(conv1, conv2) >= 1 and hidden >= 1, but got "
+                f"channels={tuple(channels)}, hidden={hidden}; e.g. channels=(8, 16), hidden=64"
+            )
+        c1, c2 = int(channels[0]), int(channels[1])
         pad = 0 if image_size >= 28 else 2
-        self.conv1 = nn.Conv2d(in_channels, 20, 5, padding=pad)
+        self.conv1 = nn.Conv2d(in_channels, c1, 5, padding=pad)
         self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(20, 50, 5, padding=pad)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=pad)
         self.pool2 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
         side = image_size
         for _ in range(2):
             side = (side + 2 * pad - 4) // 2
-        self.fc1 = nn.Linear(50 * side * side, 500)
+        self.fc1 = nn.Linear(c2 * side * side, int(hidden))
         self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(500, num_classes)
+        self.fc2 = nn.Linear(int(hidden), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.conv1(x))  # (B, 20, 12, 12) for 28x28
-        x = self.pool2(self.conv2(x))  # (B, 50, 4, 4)
+        x = self.pool1(self.conv1(x))  # (B, c1=20, 12, 12) for 28x28
+        x = self.pool2(self.conv2(x))  # (B, c2=50, 4, 4)
         return self.fc2(self.relu(self.fc1(self.flatten(x))))
 
 
