@@ -136,6 +136,7 @@ def run_model(name: str, data, args, tmp: Path) -> dict:
         max_layer_ratio=0.9,
         calib_batches=4,
         round_to=args.round_to,
+        round_mode=args.round_mode,
     )
 
     def sk_prune(m: nn.Module, ratio: float) -> nn.Module:
@@ -233,6 +234,13 @@ def main() -> None:
         type=int,
         default=4,
         help="kept channels a multiple of this, for both tools (ORT kernels)",
+    )
+    ap.add_argument(
+        "--round-mode",
+        default="up",
+        choices=["up", "nearest"],
+        help="slimkit: round kept channels up or to the nearest multiple of --round-to "
+        "(Torch-Pruning uses its own rounding)",
     )
     ap.add_argument("--runs", type=int, default=300, help="timed ORT runs at batch 1")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training")

@@ -86,3 +86,36 @@ def test_round_to_keeps_multiples():
     assert plan == {"a": list(range(8))}
     plan = plan_removal(groups, scores, ratio=0.5, global_=True, round_to=4, normalize=False)
     assert all((g.channels - len(plan.get(g.root, []))) % 4 == 0 for g in groups[:2])
+
+
+def test_round_mode_nearest_keeps_the_nearest_multiple_within_the_cap():
+    groups = [ChannelGroup("a", 16, []), ChannelGroup("b", 16, []), ChannelGroup("c", 6, [])]
+    scores = [torch.arange(16.0), torch.arange(16.0).flip(0), torch.arange(6.0)]
+    # ratio 0.45: remove 7 of 16 -> keep 9; up keeps 12, nearest keeps 8 (the 8 lowest scores)
+    up = plan_removal(groups[:1], scores[:1], ratio=0.45, global_=False, round_to=4)
+    assert up == {"a": list(range(4))}
+    near = plan_removal(groups, scores, ratio=0.45, global_=False, round_to=4, round_mode="nearest")
+    assert near["a"] == list(range(8)) and near["b"] == list(range(8, 16))
+    assert near["c"] == [0, 1]  # 6 - 2 = 4 kept is already a multiple
+    # max_layer_ratio caps the removal at 7: nearest (remove 8) falls back to rounding up
+    capped = plan_removal(
+        groups[:1],
+        scores[:1],
+        ratio=0.45,
+        global_=False,
+        round_to=4,
+        round_mode="nearest",
+        max_layer_ratio=0.45,
+    )
+    assert capped == {"a": list(range(4))}
+    # global: a group's nearest rounding adds its next-lowest channels
+    glob = plan_removal(
+        groups[:2],
+        scores[:2],
+        ratio=0.45,
+        global_=True,
+        round_to=4,
+        normalize=False,
+        round_mode="nearest",
+    )
+    assert all((16 - len(v)) % 4 == 0 for v in glob.values())

@@ -23,7 +23,7 @@ from slimkit.pruning.sparse_storage import (
     decode_sparse,
     encode_sparse,
 )
-from slimkit.pruning.structured import ChannelPruning, StructuredResult, prune_channels
+from slimkit.pruning.structured import ChannelPruning, RoundMode, StructuredResult, prune_channels
 from slimkit.pruning.taylor import TaylorPruning, taylor_scores
 
 __all__ = ["PRUNERS", "prune_"]
@@ -55,6 +55,7 @@ __all__ += [
     "Criterion",
     "GatePruning",
     "NetworkSlimming",
+    "RoundMode",
     "StructuredResult",
     "bn_l1_loss",
     "preflight",

@@ -23,6 +23,7 @@ repeatedly.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -55,6 +56,13 @@ from slimkit.pruning.preflight import preflight
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
+class RoundMode(str, enum.Enum):
+    """How a pruned group's kept channel count is rounded to a multiple of ``round_to``."""
+
+    UP = "up"
+    NEAREST = "nearest"
+
+
 @dataclasses.dataclass(frozen=True)
 class ChannelPruning(SlimConfig):
     """Remove ``ratio`` of the output channels of the targeted layers (and everything coupled).
@@ -63,7 +71,10 @@ class ChannelPruning(SlimConfig):
     ``global_=True`` ranks all targeted channels together (scores normalised per group unless the
     criterion is scale-free) and removes ``floor(ratio * total)``, at most ``max_layer_ratio`` of
     any group. Every group keeps at least ``min_channels`` (and at least 1); with ``round_to`` > 1
-    a pruned group keeps a multiple of it (faster CPU kernels; fewer channels may go).
+    a pruned group keeps a multiple of it (faster CPU kernels). ``round_mode="up"`` rounds the kept
+    count up (never removes more than asked); ``"nearest"`` rounds it to the nearest multiple
+    (16 channels at ratio 0.45 keep 8, not 12: ONNX Runtime pads 12 to 16 in its 8-wide blocked
+    conv kernels, so 12 channels cost as much as 16).
     """
 
     kind = "structured"
@@ -74,11 +85,13 @@ class ChannelPruning(SlimConfig):
     min_channels: int = 1
     max_layer_ratio: float = 1.0
     round_to: int = 1
+    round_mode: RoundMode = RoundMode.UP
     calib_batches: int = 4
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        object.__setattr__(self, "round_mode", parse_enum(RoundMode, self.round_mode, "round_mode"))
         object.__setattr__(self, "criterion", parse_enum(Criterion, self.criterion, "criterion"))
         check_range("ratio", self.ratio, 0.0, 1.0, high_open=True)
         check_range("max_layer_ratio", self.max_layer_ratio, 0.0, 1.0, low_open=True)
@@ -230,13 +243,15 @@ def plan_removal(
     max_layer_ratio: float = 1.0,
     normalize: bool = True,
     round_to: int = 1,
+    round_mode: RoundMode | str = RoundMode.UP,
 ) -> dict[str, list[int]]:
     """Choose the channels to remove: ``{root layer name: sorted root indices}``.
 
-    With ``round_to > 1`` each pruned group keeps a multiple of ``round_to`` channels (rounding
-    the kept count up, so fewer channels go): CPU conv kernels (ONNX Runtime's blocked NCHWc
-    layout) run odd widths such as 11 or 22 slower than 16 or 24.
+    With ``round_to > 1`` each pruned group keeps a multiple of ``round_to`` channels (the kept
+    count rounded up, or to the nearest multiple within the group's cap): CPU conv kernels (ONNX
+    Runtime's blocked NCHWc layout) run odd widths such as 11 or 22 slower than 16 or 24.
     """
+    mode = RoundMode(round_mode)
     caps = [
         min(
             g.channels - keep_minimum(g.channels, min_channels),
@@ -248,7 +263,7 @@ def plan_removal(
     if not global_:
         for g, s, cap in zip(groups, scores, caps):
             k = min(cap, math.floor(ratio * g.channels + 1e-9))
-            k = _rounded(g.channels, k, round_to)
+            k = _rounded(g.channels, k, round_to, mode, cap)
             if k > 0:
                 # stable sort: ties keep the lowest index first, so plans are deterministic
                 order = torch.argsort(s, stable=True)[:k]
@@ -272,18 +287,31 @@ def plan_removal(
         chosen.setdefault(gi, []).append(i)
         budget -= 1
     for gi, idxs in chosen.items():
-        # idxs are in ascending score order: rounding drops the least certain (last) picks
-        k = _rounded(groups[gi].channels, len(idxs), round_to)
+        k = _rounded(groups[gi].channels, len(idxs), round_to, mode, caps[gi])
         if k > 0:
-            plan[groups[gi].root] = sorted(idxs[:k])
+            # a group's global picks are its own lowest scores, so its k lowest are the picks
+            # (rounding up drops the least certain ones, rounding down adds the next lowest)
+            order = torch.argsort(scores[gi], stable=True)[:k]
+            plan[groups[gi].root] = sorted(int(i) for i in order)
     return plan
 
 
-def _rounded(channels: int, remove: int, round_to: int) -> int:
-    """Channels to remove so the kept count is a multiple of ``round_to`` (kept rounded up)."""
+def _rounded(
+    channels: int, remove: int, round_to: int, mode: RoundMode = RoundMode.UP, cap: int = -1
+) -> int:
+    """Channels to remove so the kept count is a multiple of ``round_to``.
+
+    ``mode=UP`` rounds the kept count up; ``NEAREST`` to the nearest multiple (ties up), unless
+    that removes more than ``cap`` channels, then up.
+    """
     if round_to <= 1 or remove <= 0:
         return remove
-    keep = math.ceil((channels - remove) / round_to) * round_to
+    kept = channels - remove
+    keep = math.ceil(kept / round_to) * round_to
+    if mode is RoundMode.NEAREST:
+        down = math.floor(kept / round_to) * round_to
+        if down > 0 and kept - down < keep - kept and (cap < 0 or channels - down <= cap):
+            keep = down
     return max(0, channels - keep) if keep < channels else 0
 
 
@@ -321,6 +349,7 @@ def prune_channels(
     score_kinds: tuple[str, ...] | None = None,
     normalize: bool | None = None,
     round_to: int = 1,
+    round_mode: RoundMode | str = RoundMode.UP,
 ) -> StructuredResult:
     """Structural pruning step in place; see :class:`ChannelPruning` for the options.
 
@@ -372,6 +401,7 @@ def prune_channels(
         max_layer_ratio=max_layer_ratio,
         normalize=normalize,
         round_to=round_to,
+        round_mode=round_mode,
     )
     apply_plan(model, dg, plan)
 
@@ -415,6 +445,7 @@ def _channel_pruning(
         min_channels=config.min_channels,
         max_layer_ratio=config.max_layer_ratio,
         round_to=config.round_to,
+        round_mode=config.round_mode,
         targets=config.targets,
         ignore=config.ignore,
         data=data,
