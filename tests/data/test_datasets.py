@@ -1,7 +1,8 @@
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from slimkit.data import from_tensors, load_corpus, load_dataset
+from slimkit.data import from_loaders, from_tensors, load_corpus, load_dataset
 from slimkit.errors import ConfigError
 
 
@@ -32,3 +33,14 @@ def test_unknown_dataset_and_bad_tensors():
 def test_corpus_is_english_sentences():
     sentences = load_corpus()
     assert len(sentences) >= 1 and all(s.strip() for s in sentences)
+
+
+def test_from_loaders_calibrates_on_train_never_test():
+    def loader(fill: float) -> DataLoader:
+        return DataLoader(TensorDataset(torch.full((8, 1, 4, 4), fill), torch.zeros(8).long()))
+
+    train, test = loader(1.0), loader(2.0)
+    bundle = from_loaders(train, test, num_classes=2)
+    assert bundle.calib is train and bundle.input_shape == (1, 4, 4)
+    own = loader(3.0)
+    assert from_loaders(train, test, own, num_classes=2).calib is own

@@ -109,9 +109,13 @@ def from_loaders(
     num_classes: int,
     name: str = "loaders",
 ) -> DataBundle:
-    """Wrap user DataLoaders yielding ``(x, y)`` batches."""
+    """Wrap user DataLoaders yielding ``(x, y)`` batches.
+
+    Without ``calib``, calibration (PTQ ranges, BatchNorm re-estimation) reads the training
+    loader: never the test loader, whose images must stay unseen until evaluation.
+    """
     x, _ = next(iter(test))
-    return DataBundle(name, train, test, calib or test, tuple(x.shape[1:]), num_classes)
+    return DataBundle(name, train, test, calib or train, tuple(x.shape[1:]), num_classes)
 
 
 def load_dataset(
