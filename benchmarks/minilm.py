@@ -1,21 +1,23 @@
 """all-MiniLM-L6-v2 on CPU: slimkit vs ONNX Runtime's own quantizer, side by side in one run.
 
-    .venv/bin/python benchmarks/minilm.py [--steps 300] [--keep 0,2,4]
+    .venv/bin/python benchmarks/minilm.py [--steps 200] [--ffn 0.67] [--keep 0,1,2,3,4,5]
 
 Variants (all embed the packaged English corpus, ~350 real sentences):
   torch_fp32       PyTorch eager fp32 (the fidelity reference)
   ort_fp32         plain ONNX export in ONNX Runtime (ORT_ENABLE_ALL): the speed baseline
   ort_int8_tensor  onnxruntime.quantization.quantize_dynamic, defaults (per-tensor weights)
   ort_int8_channel quantize_dynamic(per_channel=True)
-  slimkit_int8     SmoothQuant + ORT transformer fusion + measured sensitivity exclusion +
-                   dynamic per-channel int8
-  slimkit_int8_nofuse  the same without the Python transformer fusion pass
-  slimkit_struct_int8  layers dropped (6 -> 3), distilled from fp32 on the even-indexed
-                   sentences (hidden-state + embedding losses), then slimkit int8
+  slimkit_int8     SmoothQuant (FFN in/out) + measured sensitivity exclusion + dynamic
+                   per-channel int8 of the plain export (ORT's runtime fusions apply)
+  slimkit_int8_fused  the same after ORT's offline transformer fusion (Attention -> QAttention)
+  slimkit_struct_int8  FFN neurons pruned (and/or layers dropped), distilled from fp32 on the
+                   even-indexed sentences (embedding + hidden-state + pairwise-similarity
+                   losses), then slimkit int8
 
 Latency: ONNX Runtime / torch at 2 threads, batch 1 (single real sentences) and batch 32
 (consecutive sentences padded to the longest), medians over interleaved rounds (the machine is
-shared: compare ratios within one run). Fidelity vs torch fp32 on all sentences, and on the
+shared: compare ratios within one run). Every ORT variant has the same session options
+(slimkit.transformers.bench.ort_session: level ALL, sequential, 2 intra-op threads, spinning off). Fidelity vs torch fp32 on all sentences, and on the
 odd-indexed half that neither the distilled student nor slimkit's calibration ever saw
 ("held-out").
 Writes benchmarks/results/minilm.json.
@@ -40,11 +42,14 @@ HERE = Path(__file__).parent
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300, help="distillation steps")
-    ap.add_argument("--distill-batch", type=int, default=32)
-    ap.add_argument("--keep", default="0,2,4", help="layers kept by the structural variant")
-    ap.add_argument("--auto-exclude", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=200, help="distillation steps")
+    ap.add_argument("--distill-batch", type=int, default=16)
+    ap.add_argument("--keep", default="", help="layers kept by the structural variant (all)")
+    ap.add_argument("--ffn", type=float, default=0.67, help="FFN neuron fraction pruned")
+    ap.add_argument("--heads", type=float, default=0.0, help="attention-head fraction pruned")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--auto-exclude", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
     import logging
@@ -100,7 +105,7 @@ def main() -> None:
     )
     paths["ort_int8_channel"] = tmp / "ort_c.onnx"
 
-    int8 = EncoderInt8(auto_exclude=args.auto_exclude)
+    int8 = EncoderInt8(auto_exclude=args.auto_exclude)  # optimize=False: plain export
     t0 = time.time()
     res = quantize_encoder(
         module,
@@ -120,25 +125,29 @@ def main() -> None:
         "seconds": time.time() - t0,
     }
 
-    # Same recipe without ORT's Python transformer fusion (ORT's runtime fusions still apply).
+    # Same recipe after ORT's offline transformer fusion (fused Attention becomes QAttention).
     quantize_encoder(
         module,
         tok,
-        tmp / "sk_int8_nofuse.onnx",
-        dataclasses.replace(int8, optimize=False),
+        tmp / "sk_int8_fused.onnx",
+        dataclasses.replace(int8, optimize=True),
         train,
+        num_heads=12,
+        hidden_size=384,
         max_length=max_len,
     )
-    paths["slimkit_int8_nofuse"] = tmp / "sk_int8_nofuse.onnx"
+    paths["slimkit_int8_fused"] = tmp / "sk_int8_fused.onnx"
 
-    keep = tuple(int(x) for x in args.keep.split(","))
+    keep = tuple(int(x) for x in args.keep.split(",")) if args.keep else ()
     t0 = time.time()
     student, sres = compress_structure(
         module,
         tok,
         EncoderStructural(
             keep_layers=keep,
-            distill=DistillConfig(steps=args.steps, batch_size=args.distill_batch, lr=1e-4),
+            ffn_fraction=args.ffn,
+            head_fraction=args.heads,
+            distill=DistillConfig(steps=args.steps, batch_size=args.distill_batch, lr=args.lr),
         ),
         train,
         max_length=128,
@@ -158,6 +167,8 @@ def main() -> None:
     paths["slimkit_struct_int8"] = tmp / "sk_struct.onnx"
     notes["slimkit_struct_int8"] = {
         "kept_layers": sres.kept_layers,
+        "ffn_kept": sres.ffn_kept,
+        "heads_kept": {k: len(v) for k, v in sres.heads_kept.items()},
         "params": [sres.params_before, sres.params_after],
         "distill_loss": [sres.distill_loss_first, sres.distill_loss_last],
         "excluded_units": res2.excluded_units,
@@ -180,7 +191,7 @@ def main() -> None:
     rows["torch_fp32"]["bytes"] = (enc.folder / "model.safetensors").stat().st_size
 
     # ---- latency, interleaved ----
-    for b, count in ((1, 24), (32, 6)):
+    for b, count in ((1, 64), (32, 10)):
         lat = interleaved_latency(
             runners, make_batches(tok, corpus, b, count, max_len), rounds=args.rounds
         )
@@ -211,6 +222,25 @@ def main() -> None:
             f"{f['cosine_min']:8.4f} {f['spearman']:8.4f} {f['topk_agreement']:6.3f} {fh['spearman']:8.4f}"
         )
     print("\nratios are vs ort_fp32 (x = ort_fp32 latency / variant latency)")
+    # Targets (issue #8); speed must hold at both batch sizes, fidelity on all sentences and on
+    # the held-out half (the worse of the two counts).
+    targets = {
+        "slimkit_int8": {"speedup": 2.0, "cosine_mean": 0.995, "spearman": 0.995},
+        "slimkit_struct_int8": {"speedup": 3.0, "spearman": 0.98},
+    }
+    verdicts = {}
+    for name, t in targets.items():
+        r = rows[name]
+        speed = min(r["speedup_b1"], r["speedup_b32"])
+        checks = [f"speedup min(b1, b32) {speed:.2f}x >= {t['speedup']}x: {speed >= t['speedup']}"]
+        ok = speed >= t["speedup"]
+        for key in ("cosine_mean", "spearman"):
+            if key in t:
+                v = min(r["fidelity"][key], r["fidelity_heldout"][key])
+                checks.append(f"{key} {v:.4f} >= {t[key]}: {v >= t[key]}")
+                ok = ok and v >= t[key]
+        verdicts[name] = "MET" if ok else "MISSED"
+        print(f"target {name}: {verdicts[name]} ({'; '.join(checks)})")
     for name, note in notes.items():
         print(f"{name}: {json.dumps(note)}")
     out = {
@@ -224,6 +254,7 @@ def main() -> None:
         "sentences": len(corpus),
         "rows": rows,
         "notes": notes,
+        "targets": {"thresholds": targets, "verdicts": verdicts},
         "seconds": time.time() - t_start,
     }
     atomic.write_json(HERE / "results" / "minilm.json", out)

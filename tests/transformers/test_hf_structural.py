@@ -63,3 +63,40 @@ def test_layer_drop_heads_distill_export(tmp_path, encoder, sentence_module, sen
     fid = embedding_fidelity(ref, embed(student, encoder.tokenizer, sentences), k=2)
     # 12 steps only start recovery (the benchmark distills 300): still a usable direction.
     assert fid.cosine_mean > 0.3 and fid.topk_agreement >= 0.5
+
+
+def test_prune_ffn_all_kept_is_identity_and_shrinks(encoder, sentence_module, sentences):
+    from slimkit.transformers.structural import prune_ffn_
+
+    batch = tokenize(encoder.tokenizer, sentences, 64)
+    ref = sentence_module(**batch)
+    m = copy.deepcopy(sentence_module)
+    prune_ffn_(m, 0, list(range(1536)))
+    torch.testing.assert_close(m(**batch), ref, atol=1e-6, rtol=0)
+    before = sum(p.numel() for p in m.parameters())
+    prune_ffn_(m, 2, list(range(0, 1536, 2)))  # keep 768 of 1536 neurons
+    blk = m.model.encoder.layer[2]
+    assert blk.intermediate.dense.out_features == 768 and blk.output.dense.in_features == 768
+    assert before - sum(p.numel() for p in m.parameters()) == 768 * (384 + 1) + 768 * 384
+
+
+def test_ffn_refit_recovers_more_than_plain_pruning(encoder, sentence_module, sentences):
+    ref = embed(sentence_module, encoder.tokenizer, sentences)
+    cos = {}
+    for refit in (False, True):
+        cfg = EncoderStructural(
+            ffn_fraction=0.5, ffn_refit=refit, distill=DistillConfig(steps=0), scan_sentences=8
+        )
+        student, res = compress_structure(
+            sentence_module, encoder.tokenizer, cfg, sentences, max_length=64
+        )
+        assert res.ffn_kept == {f"encoder.layer.{i}": 768 for i in range(6)}
+        fid = embedding_fidelity(ref, embed(student, encoder.tokenizer, sentences), k=2)
+        cos[refit] = fid.cosine_mean
+    # the refit is fitted on the same 8 sentences (~170 tokens per layer)
+    assert cos[True] > cos[False] + 0.05, cos
+
+
+def test_ffn_fraction_is_validated():
+    with pytest.raises(ConfigError, match="ffn_fraction"):
+        EncoderStructural(ffn_fraction=1.0)

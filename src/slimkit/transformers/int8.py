@@ -2,7 +2,7 @@
 
 Steps (each optional, all measured):
 1. SmoothQuant migration in PyTorch (``smooth.py``), before export.
-2. Export + ORT transformer fusion (``onnx_export.py``).
+2. Export (``onnx_export.py``), optionally with ORT's offline transformer fusion.
 3. Sensitivity scan: every quantizable unit of every layer (Q/K/V together, attention output,
    FFN in, FFN out) is quantized alone, emulating ORT's int8 arithmetic in PyTorch (per-channel
    symmetric int8 weights, per-tensor asymmetric uint8 activations with the range taken from
@@ -81,7 +81,11 @@ class EncoderInt8(SlimConfig):
     smooth: SmoothConfig = SmoothConfig()
     scan_sentences: int = 64
     calib_sentences: int = 128
-    optimize: bool = True
+    # ORT's offline transformer fusion before quantizing (Attention -> QAttention). Off by default:
+    # on MiniLM at 2 threads the fused int8 graph measured slower at batch 32 (92-97 ms vs 74-76 ms
+    # for the plain export, whose MatMuls ORT fuses at load time into DynamicQuantizeMatMul) and
+    # no faster at batch 1; see benchmarks/minilm.py (slimkit_int8 vs slimkit_int8_fused).
+    optimize: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_enum(QuantMode, self.mode, "mode"))

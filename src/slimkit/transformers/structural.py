@@ -66,8 +66,10 @@ class EncoderStructural(SlimConfig):
     head_fraction: float = 0.0
     ffn_fraction: float = 0.0
     ffn_multiple: int = 32  # GEMM-friendly widths
+    # Least-squares refit of each pruned FFN output projection on the scan sentences' tokens.
+    ffn_refit: bool = True
     distill: DistillConfig = DistillConfig()
-    scan_sentences: int = 64
+    scan_sentences: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.distill, dict):
@@ -218,6 +220,56 @@ def prune_ffn_(module: Any, layer: int, keep: Sequence[int]) -> None:
     blk.output.dense = _slice_linear(blk.output.dense, idx, 1)
 
 
+@torch.no_grad()
+def ffn_io(module: Any, layer: int, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer``'s FFN on the real (unpadded) tokens: GELU outputs (N, intermediate) and the
+    residual-plus-FFN sum that enters the output LayerNorm (N, hidden)."""
+    blk = module.model.encoder.layer[layer]
+    acts: list[torch.Tensor] = []
+    sums: list[torch.Tensor] = []
+    mask_holder: dict[str, torch.Tensor] = {}
+
+    def hook(m, args, _out):
+        keep = mask_holder["mask"].bool()  # (B, T)
+        acts.append(args[0][keep])  # (B, T, inter) -> (n_real, inter)
+        sums.append((m.dense(args[0]) + args[1])[keep])  # pre-LayerNorm (n_real, hidden)
+
+    h = blk.output.register_forward_hook(hook)  # BertOutput(hidden_states, input_tensor)
+    try:
+        for b in batches:
+            mask_holder["mask"] = b["attention_mask"]
+            module(b["input_ids"], b["attention_mask"])
+    finally:
+        h.remove()
+    return torch.cat(acts), torch.cat(sums)
+
+
+@torch.no_grad()
+def refit_ffn_output_(
+    module: Any,
+    layer: int,
+    acts: torch.Tensor,
+    kept: torch.Tensor,
+    target: torch.Tensor,
+    ridge: float = 1e-3,
+) -> None:
+    """Least-squares refit of the pruned ``output.dense`` so it reproduces the unpruned output.
+
+    ``acts`` (N, inter): the GELU activations recorded before pruning; ``target`` (N, hidden):
+    what the unpruned projection computed from them (``acts @ W^T + b``). The kept columns and
+    the bias are solved jointly by ridge regression over the N real tokens, so the removed
+    neurons' mean contribution moves into the bias and their correlated part into the kept
+    weights.
+    """
+    dense = module.model.encoder.layer[layer].output.dense  # already sliced: (hidden, kept)
+    x = torch.cat([acts[:, kept], torch.ones(len(acts), 1)], 1).double()  # (N, kept + 1)
+    gram = x.T @ x  # (kept + 1, kept + 1)
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    sol = torch.linalg.solve(gram, x.T @ target.double())  # (kept + 1, hidden)
+    dense.weight.copy_(sol[:-1].T.to(dense.weight.dtype))
+    dense.bias.copy_(sol[-1].to(dense.bias.dtype))
+
+
 def _ffn_keep_count(width: int, fraction: float, multiple: int) -> int:
     keep = max(1, width - int(round(fraction * width)))
     return min(width, -(-keep // multiple) * multiple)
@@ -357,9 +409,25 @@ def compress_structure(
             tokenize(tokenizer, sentences[i : i + 32], max_length)
             for i in range(0, min(len(sentences), cfg.scan_sentences), 32)
         ]
-        for i, imp in enumerate(ffn_importance(student, scan)):
+        # Layer by layer, so each layer's importance and refit see the already-pruned inputs.
+        # The refit target is this layer's own unpruned FFN output on the student's inputs
+        # (a teacher-side target, absorbing upstream error too, measured worse on held-out
+        # sentences: Spearman 0.891 vs 0.902 at ffn_fraction 0.5, no distillation).
+        for i in range(len(student.model.encoder.layer)):
+            out = student.model.encoder.layer[i].output.dense
+            if cfg.ffn_refit:
+                acts, _ = ffn_io(student, i, scan)
+                target = out(acts)  # (N, hidden): what the unpruned projection computes
+                # A neuron's mean moves into the bias with the refit; what is lost is its
+                # variation: std over tokens (inter,) * its output-column norm.
+                imp = acts.std(0) * out.weight.detach().norm(dim=0)
+            else:
+                imp = ffn_importance(student, scan)[i]
             n_keep = _ffn_keep_count(imp.numel(), cfg.ffn_fraction, cfg.ffn_multiple)
-            prune_ffn_(student, i, imp.topk(n_keep).indices.tolist())
+            keep_idx = imp.topk(n_keep).indices.sort().values
+            prune_ffn_(student, i, keep_idx.tolist())
+            if cfg.ffn_refit:
+                refit_ffn_output_(student, i, acts, keep_idx, target)
             ffn_kept[f"encoder.layer.{i}"] = n_keep
         log(f"pruned FFN neurons: kept {ffn_kept}")
     first, last = distill_(student, teacher, tokenizer, sentences, cfg.distill, max_length, log)
