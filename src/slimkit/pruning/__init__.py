@@ -23,7 +23,13 @@ from slimkit.pruning.sparse_storage import (
     decode_sparse,
     encode_sparse,
 )
-from slimkit.pruning.structured import ChannelPruning, RoundMode, StructuredResult, prune_channels
+from slimkit.pruning.structured import (
+    ChannelPruning,
+    RoundMode,
+    ScoreScope,
+    StructuredResult,
+    prune_channels,
+)
 from slimkit.pruning.taylor import TaylorPruning, taylor_scores
 
 __all__ = ["PRUNERS", "prune_"]
@@ -56,6 +62,7 @@ __all__ += [
     "GatePruning",
     "NetworkSlimming",
     "RoundMode",
+    "ScoreScope",
     "StructuredResult",
     "bn_l1_loss",
     "preflight",

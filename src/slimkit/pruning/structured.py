@@ -51,6 +51,7 @@ from slimkit.pruning.criteria import (
     layer_scores,
     priority,
 )
+from slimkit.pruning.group_importance import coupled_magnitude
 from slimkit.pruning.preflight import preflight
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -61,6 +62,17 @@ class RoundMode(str, enum.Enum):
 
     UP = "up"
     NEAREST = "nearest"
+
+
+class ScoreScope(str, enum.Enum):
+    """What an ``l1`` / ``l2`` channel score reads: the whole dependency group or the filter."""
+
+    GROUP = "group"
+    FILTER = "filter"
+
+
+# Criteria whose score ``scope="group"`` widens to every coupled tensor (weight magnitudes).
+GROUP_MAGNITUDE = {Criterion.L1: 1, Criterion.L2: 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +87,12 @@ class ChannelPruning(SlimConfig):
     count up (never removes more than asked); ``"nearest"`` rounds it to the nearest multiple
     (16 channels at ratio 0.45 keep 8, not 12: ONNX Runtime pads 12 to 16 in its 8-wide blocked
     conv kernels, so 12 channels cost as much as 16).
+
+    ``scope`` (``l1`` / ``l2`` only): ``"group"`` (default) scores channel c by the magnitude of
+    every tensor its removal deletes (the conv filter, BatchNorm gamma, each consumer's input
+    slice, every residual-tied conv), as Torch-Pruning's GroupMagnitudeImportance;
+    ``"filter"`` by the root filters alone (the older behaviour). The data criteria (taylor,
+    activation, apoz) and bn_scale ignore it.
     """
 
     kind = "structured"
@@ -86,6 +104,7 @@ class ChannelPruning(SlimConfig):
     max_layer_ratio: float = 1.0
     round_to: int = 1
     round_mode: RoundMode = RoundMode.UP
+    scope: ScoreScope = ScoreScope.GROUP
     calib_batches: int = 4
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
@@ -93,6 +112,7 @@ class ChannelPruning(SlimConfig):
     def validate(self) -> None:
         object.__setattr__(self, "round_mode", parse_enum(RoundMode, self.round_mode, "round_mode"))
         object.__setattr__(self, "criterion", parse_enum(Criterion, self.criterion, "criterion"))
+        object.__setattr__(self, "scope", parse_enum(ScoreScope, self.scope, "scope"))
         check_range("ratio", self.ratio, 0.0, 1.0, high_open=True)
         check_range("max_layer_ratio", self.max_layer_ratio, 0.0, 1.0, low_open=True)
         check_int("min_channels", self.min_channels, 1, 1_000_000)
@@ -109,6 +129,7 @@ class ChannelGroup:
     root: str
     channels: int
     members: list[Member]
+    dependency: Any = None  # the Torch-Pruning Group (every coupled tensor and its indices)
 
     @property
     def layers(self) -> list[str]:
@@ -222,7 +243,7 @@ def channel_groups(model: nn.Module, dg: Any, protected: Iterable[str] = ()) -> 
             members.append(Member(names[module], kind, tuple(idxs), tuple(item.root_idxs)))
         if root is None:
             continue
-        groups.append(ChannelGroup(root, len(group[0].idxs), members))
+        groups.append(ChannelGroup(root, len(group[0].idxs), members, group))
     return groups
 
 
@@ -350,6 +371,7 @@ def prune_channels(
     normalize: bool | None = None,
     round_to: int = 1,
     round_mode: RoundMode | str = RoundMode.UP,
+    scope: ScoreScope | str = ScoreScope.GROUP,
 ) -> StructuredResult:
     """Structural pruning step in place; see :class:`ChannelPruning` for the options.
 
@@ -373,14 +395,22 @@ def prune_channels(
         and g.channels > keep_minimum(g.channels, min_channels)
     ]
     label = crit.value if scores is None else "custom"
-    if scores is None:
+    group_p = None
+    if scores is None and parse_enum(ScoreScope, scope, "scope") is ScoreScope.GROUP:
+        group_p = GROUP_MAGNITUDE.get(crit)
+    if group_p is not None:
+        scores = {}  # l1/l2 over the whole group: read from each group's tensors below
+    elif scores is None:
         scores = layer_scores(
             model, crit, example=example, loader=loader, max_batches=calib_batches
         )
     kinds = score_kinds or priority(crit)
     group_vals: list[torch.Tensor] = []
     for g in groups:
-        s = group_scores(g.members, g.channels, scores, kinds)
+        if group_p is not None:
+            s = coupled_magnitude(dg, g.dependency, g.channels, group_p)
+        else:
+            s = group_scores(g.members, g.channels, scores, kinds)
         if s is None:
             raise ConfigError(
                 f"criterion {crit.value!r} found nothing to score in the channel group rooted at "
@@ -446,6 +476,7 @@ def _channel_pruning(
         max_layer_ratio=config.max_layer_ratio,
         round_to=config.round_to,
         round_mode=config.round_mode,
+        scope=config.scope,
         targets=config.targets,
         ignore=config.ignore,
         data=data,
