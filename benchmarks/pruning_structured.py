@@ -7,9 +7,13 @@ the same fine-tuning for both tools:
   seed and recipe as safetensors in ``--cache-dir``, so a rerun skips dense training;
 - ``torch-pruning``: ``tp.pruner.MagnitudePruner`` + ``tp.importance.MagnitudeImportance(p=1)``,
   uniform per-layer ratio, classifier ignored;
-- ``slimkit``: ``sk.prune_(model, ChannelPruning(criterion=--criterion, ...), data=calib)``;
+- ``slimkit``: ``sk.prune_(model, ChannelPruning(criterion=--criterion, scope=--scope, ...),
+  data=calib)``; ``scope="group"`` scores l1/l2 over every tensor coupled to a channel (as
+  Torch-Pruning's group importance), ``"filter"`` over the root filters only;
 - both keep channel counts a multiple of ``--round-to`` and get the same fine-tuning:
-  ``--ft-epochs`` full epochs of AdamW (lr ``--ft-lr``, cosine), cross-entropy, per seed.
+  ``--ft-epochs`` full epochs of AdamW (lr ``--ft-lr``, cosine), cross-entropy, per seed; with
+  ``--kd-alpha`` > 0 both tools' loss is ``alpha * T^2 * KL(student/T || dense/T) + (1 - alpha) *
+  CE`` with the dense model as teacher (T = ``--kd-temperature``).
 
 Each tool's pruning ratio is the smallest on a grid (0.05, 0.075, ...) whose MACs are <= dense /
 ``--mac-target``; the MACs each tool lands at are printed (rounding makes them differ a little).
@@ -117,6 +121,23 @@ def dense_model(name: str, data, args) -> nn.Module:
     return dense.eval()
 
 
+def kd_loss(teacher: nn.Module, alpha: float, temperature: float):
+    """Logit distillation from the dense model, the same for both tools (None: plain CE)."""
+    if alpha <= 0:
+        return None
+    import torch.nn.functional as F
+
+    teacher.eval()
+
+    def loss(_model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor):
+        with torch.no_grad():
+            soft_t = F.softmax(teacher(x) / temperature, 1)  # (B, classes)
+        kl = F.kl_div(F.log_softmax(logits / temperature, 1), soft_t, reduction="batchmean")
+        return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(logits, y)
+
+    return loss
+
+
 def run_model(name: str, data, args, tmp: Path) -> dict:
     example = data.example_input(1)
     t0 = time.time()
@@ -137,6 +158,7 @@ def run_model(name: str, data, args, tmp: Path) -> dict:
         calib_batches=4,
         round_to=args.round_to,
         round_mode=args.round_mode,
+        scope=args.scope,
     )
 
     def sk_prune(m: nn.Module, ratio: float) -> nn.Module:
@@ -158,7 +180,8 @@ def run_model(name: str, data, args, tmp: Path) -> dict:
         for seed in range(args.seeds):
             model = copy.deepcopy(pruned)
             cfg = TrainConfig.from_dict({**ft.to_dict(), "seed": seed})
-            train(model, data, cfg, description=f"{name} {tool} ft{seed}")
+            loss_fn = kd_loss(dense, args.kd_alpha, args.kd_temperature)
+            train(model, data, cfg, loss_fn=loss_fn, description=f"{name} {tool} ft{seed}")
             accs.append(evaluate_accuracy(model, data.test))
             print(f"[{name}] {tool} seed {seed}: acc {accs[-1]:.4f}", flush=True)
         row = {"ratio": ratio, "accuracy": statistics.mean(accs), "accuracy_seeds": accs}
@@ -225,9 +248,19 @@ def main() -> None:
         "--ft-batches", type=int, default=None, help="batches per fine-tune epoch (None: all)"
     )
     ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--kd-alpha", type=float, default=0.0, help="KD weight from the dense model (both tools)"
+    )
+    ap.add_argument("--kd-temperature", type=float, default=4.0)
     ap.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per tool")
     ap.add_argument("--mac-target", type=float, default=2.2, help="required dense/pruned MACs")
-    ap.add_argument("--criterion", default="taylor")
+    ap.add_argument("--criterion", default="l1")
+    ap.add_argument(
+        "--scope",
+        default="group",
+        choices=["group", "filter"],
+        help="slimkit l1/l2: score a channel by its whole dependency group or its filter only",
+    )
     ap.add_argument("--global", dest="global_", action="store_true")
     ap.add_argument(
         "--round-to",

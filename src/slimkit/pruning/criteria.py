@@ -14,6 +14,9 @@ the group's root layer: the mean over the coupled layers of the preferred kind.
 | taylor       | mean_n |mean_hw(a * dL/da)| at the activation site        | bn, else conv |
 
 Higher score = more important; the lowest-scoring channels are removed.
+
+With ``ChannelPruning(scope="group")`` (the default) l1 / l2 do not use this table: they score a
+channel by every tensor its removal deletes (:mod:`slimkit.pruning.group_importance`).
 """
 
 from __future__ import annotations
