@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _print(rows, out: Path) -> None:
+    if not rows:  # an hf_compress run has no per-stage model rows; it printed its variants
+        return
     table = Table(title="stages (measured on the files written)")
     for c in COLUMNS:
         table.add_column(c, justify="left" if c in ("stage", "method") else "right")
