@@ -10,6 +10,9 @@ the same fine-tuning for both tools:
 - ``slimkit``: ``sk.prune_(model, ChannelPruning(criterion=--criterion, scope=--scope, ...),
   data=calib)``; ``scope="group"`` scores l1/l2 over every tensor coupled to a channel (as
   Torch-Pruning's group importance), ``"filter"`` over the root filters only;
+- ``--min-channels`` (slimkit): every pruned group keeps at least this many channels; ORT's
+  blocked (NCHWc) conv layout is 16 channels wide on AVX-512 machines and a conv fed 8 channels
+  falls back to the plain NCHW path, so 16 can be faster than 8 at batch 1;
 - both keep channel counts a multiple of ``--round-to`` and get the same fine-tuning:
   ``--ft-epochs`` full epochs of AdamW (lr ``--ft-lr``, cosine), cross-entropy, per seed; with
   ``--kd-alpha`` > 0 both tools' loss is ``alpha * T^2 * KL(student/T || dense/T) + (1 - alpha) *
@@ -155,6 +158,7 @@ def run_model(name: str, data, args, tmp: Path) -> dict:
         criterion=args.criterion,
         global_=args.global_,
         max_layer_ratio=0.9,
+        min_channels=args.min_channels,
         calib_batches=4,
         round_to=args.round_to,
         round_mode=args.round_mode,
@@ -274,6 +278,13 @@ def main() -> None:
         choices=["up", "nearest"],
         help="slimkit: round kept channels up or to the nearest multiple of --round-to "
         "(Torch-Pruning uses its own rounding)",
+    )
+    ap.add_argument(
+        "--min-channels",
+        type=int,
+        default=1,
+        help="slimkit: every pruned group keeps at least this many channels (ORT runs 8-channel "
+        "convs outside its blocked layout, so 16 can be faster than 8 at batch 1)",
     )
     ap.add_argument("--runs", type=int, default=300, help="timed ORT runs at batch 1")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
