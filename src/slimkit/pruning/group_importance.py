@@ -1,7 +1,8 @@
 """Group magnitude importance: score a channel by every parameter coupled to it, not its filter.
 
 Removing channel c of a dependency group removes much more than the root conv's filter W[c]: the
-BatchNorm's gamma[c], a depthwise conv's filter, every consumer's input slice W_next[:, c] and, with
+BatchNorm's gamma[c], a depthwise conv's filter (not scored: 9 weights per channel, as in
+Torch-Pruning), every consumer's input slice W_next[:, c] and, with
 residual adds, the filters of every conv tied to the same sum. The filter alone is a poor signal
 (after training without weight decay the filter norms of one layer are nearly flat), so this
 scores c by the magnitude of everything the group deletes with it, as Torch-Pruning's
@@ -23,6 +24,8 @@ from torch import nn
 
 def _out_slices(layer: nn.Module, idxs: list[int], p: int) -> torch.Tensor | None:
     """sum |w|^p over the parameters of output channels ``idxs`` of one layer: (len(idxs),)."""
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels:
+        return None  # depthwise filters are skipped, as in Torch-Pruning's group importance
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
         w = layer.weight.detach().float()[idxs].flatten(1)  # (k, in/groups * kh * kw)
         return w.abs().pow(p).sum(1)
@@ -41,7 +44,7 @@ def _in_slices(layer: nn.Module, idxs: list[int], p: int) -> torch.Tensor | None
         return layer.weight.detach().float().t()[idxs].abs().pow(p).sum(1)
     if isinstance(layer, nn.Conv2d):
         if layer.groups > 1 and layer.groups == layer.in_channels:
-            return None  # depthwise: its filters are counted once, as output channels
+            return None  # depthwise: its filters are not scored (see _out_slices)
         w = layer.weight.detach().float().transpose(0, 1).flatten(1)  # (in/groups, out*kh*kw)
         imp = w.abs().pow(p).sum(1)
         if layer.groups > 1:  # grouped conv: every group reads its own in/groups slice
