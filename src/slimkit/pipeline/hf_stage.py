@@ -33,6 +33,7 @@ from slimkit.errors import ConfigError
 if TYPE_CHECKING:
     from slimkit.pipeline.recipe import Recipe
     from slimkit.pipeline.runner import RunResult
+    from slimkit.pipeline.stages import StagePlan
 
 HF_STAGE = "hf_compress"
 HF_DATASETS = ("corpus_en",)
@@ -51,6 +52,15 @@ def is_hf_recipe(recipe: Recipe) -> bool:
     return recipe.model.hf != "" or any(k == HF_STAGE for k, _ in recipe.stage_list())
 
 
+def require_only_hf_stage(recipe: Recipe) -> None:
+    """An HF recipe is exactly one ``hf_compress`` stage (checked before anything is written)."""
+    kinds = [k for k, _ in recipe.stage_list()]
+    if kinds != [HF_STAGE]:
+        raise ConfigError(
+            f"an HF recipe (model.hf) has exactly one stage, hf_compress, but got stages {kinds}"
+        )
+
+
 def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageConfig:
     """Validate an ``hf_compress`` stage's options against the recipe around it."""
     from slimkit.transformers import EncoderInt8, EncoderStructural, MeasureConfig
@@ -60,11 +70,7 @@ def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageC
             f"needs a Hugging Face model, but the recipe's model is {recipe.model.model_dump()}; "
             "use model: {hf: null} (bundled all-MiniLM-L6-v2) or model: {hf: path/to/folder}"
         )
-    kinds = [k for k, _ in recipe.stage_list()]
-    if kinds != [HF_STAGE]:
-        raise ConfigError(
-            f"an HF recipe has exactly one stage, hf_compress, but got stages {kinds}"
-        )
+    require_only_hf_stage(recipe)
     if recipe.data is None or recipe.data.dataset not in HF_DATASETS:
         got = None if recipe.data is None else recipe.data.dataset
         raise ConfigError(
@@ -95,22 +101,19 @@ def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageC
 
 
 def run_hf_recipe(
-    recipe: Recipe, out: str | os.PathLike[str], log: Callable[[str], None] = print
+    recipe: Recipe,
+    plans: list[StagePlan],
+    out: str | os.PathLike[str],
+    log: Callable[[str], None] = print,
 ) -> RunResult:
-    """Run an HF recipe into ``out``: artifacts, ``metrics.json`` and ``report.html``."""
+    """Run an HF recipe (its ``plans`` from ``recipe.validate_stages()``) into ``out``."""
     from slimkit.data import load_corpus
     from slimkit.pipeline.runner import RunResult
-    from slimkit.pipeline.stages import build_stage
     from slimkit.transformers import compress_encoder
     from slimkit.transformers.loader import check_folder
 
-    kinds = [k for k, _ in recipe.stage_list()]
-    if kinds != [HF_STAGE]:
-        raise ConfigError(
-            f"an HF recipe (model.hf) has exactly one stage, hf_compress, but got stages {kinds}"
-        )
-    ((kind, opts),) = recipe.stage_list()
-    cfg: HFStageConfig = build_stage(0, kind, opts, recipe).config
+    require_only_hf_stage(recipe)  # model.hf with other stages and no hf_compress
+    cfg: HFStageConfig = plans[0].config
     folder = recipe.model.hf
     if folder is not None:
         check_folder(folder)  # before writing anything: names the missing file

@@ -270,7 +270,7 @@ def compress(
     from slimkit.pipeline.hf_stage import is_hf_recipe, run_hf_recipe
 
     if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
-        return run_hf_recipe(recipe, out, log)
+        return run_hf_recipe(recipe, plans, out, log)
     out = Path(out)
     rank, world = _world()
     is_main = rank == 0
