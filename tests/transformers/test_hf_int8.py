@@ -78,6 +78,8 @@ def test_int8_dynamic_fidelity_and_size(tmp_path, encoder, sentence_module, sent
     )
     assert len(res.excluded_units) == 1 and len(res.excluded_nodes) >= 1
     assert len(res.sensitivity) == 24
+    # simplify=True (default): Q/K/V merged in each of the 6 layers before quantizing
+    assert res.simplified is not None and res.simplified["matmuls_merged"] == 6
     assert res.bytes == path.stat().st_size < 0.35 * 90_000_000  # int8 weights, fp32 was ~90 MB
     ref = embed(sentence_module, encoder.tokenizer, sentences)
     fid = embedding_fidelity(ref, embed(path, encoder.tokenizer, sentences), k=2)

@@ -86,6 +86,9 @@ class EncoderInt8(SlimConfig):
     # for the plain export, whose MatMuls ORT fuses at load time into DynamicQuantizeMatMul) and
     # no faster at batch 1; see benchmarks/minilm.py (slimkit_int8 vs slimkit_int8_fused).
     optimize: bool = False
+    # graph_simplify before quantizing the plain export (ignored with optimize=True): constant
+    # head-split/merge Reshapes, one (B, 1, 1, T) padding mask, Q/K/V as one MatMul + Split.
+    simplify: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_enum(QuantMode, self.mode, "mode"))
@@ -108,6 +111,7 @@ class Int8Result:
     sensitivity: dict[str, float]  # unit -> 1 - mean cosine when only it is int8 (emulated)
     smoothed: list[str]
     fused_ops: dict[str, int]
+    simplified: dict | None = None  # graph_simplify.SimplifyResult of the fp32 graph
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,7 +192,8 @@ def sensitivity_scan(
 
 
 def onnx_nodes_for_units(model: onnx.ModelProto, units: Sequence[str]) -> list[str]:
-    """Map units to the ONNX nodes ORT quantizes (MatMul, or the fused Attention for Q/K/V)."""
+    """Map units to the ONNX nodes ORT quantizes (MatMul, or the fused Attention for Q/K/V;
+    after ``graph_simplify`` Q/K/V is one ``query_key_value`` MatMul)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     names: list[str] = []
@@ -207,7 +212,7 @@ def onnx_nodes_for_units(model: onnx.ModelProto, units: Sequence[str]) -> list[s
                 for n in matmuls
                 if any(
                     f"/layer.{layer}/attention/self/{q}/" in n.name
-                    for q in ("query", "key", "value")
+                    for q in ("query", "key", "value", "query_key_value")
                 )
             ]
         else:
@@ -325,6 +330,7 @@ def quantize_encoder(
             tokenizer,
             fp32,
             optimize=cfg.optimize,
+            simplify=cfg.simplify,
             num_heads=num_heads,
             hidden_size=hidden_size,
             atol=1e-3,
@@ -335,5 +341,12 @@ def quantize_encoder(
         with atomic.atomic_path(path) as out:
             _ort_quantize(str(fp32), str(out), cfg, nodes, calib)
     return Int8Result(
-        os.fspath(path), Path(path).stat().st_size, excluded, nodes, sens, smoothed, exp.fused_ops
+        os.fspath(path),
+        Path(path).stat().st_size,
+        excluded,
+        nodes,
+        sens,
+        smoothed,
+        exp.fused_ops,
+        exp.simplified,
     )

@@ -41,6 +41,7 @@ class EncoderExport:
     max_abs_diff: float  # max |ORT - torch| over the parity batches
     tolerance: float
     fused_ops: dict[str, int]  # ORT optimizer fusion statistics (empty when not optimized)
+    simplified: dict | None = None  # graph_simplify.SimplifyResult.to_dict() when simplified
 
 
 def export_bytes(module: nn.Module, example: dict[str, torch.Tensor]) -> bytes:
@@ -113,22 +114,32 @@ def export_encoder(
     path: str | os.PathLike[str],
     *,
     optimize: bool = True,
+    simplify: bool = False,
     num_heads: int = 0,
     hidden_size: int = 0,
     atol: float = 1e-4,
     max_length: int = 256,
 ) -> EncoderExport:
-    """Export, optionally fuse with ORT's optimizer, check parity, write ``path`` atomically.
+    """Export, optionally simplify or fuse with ORT's optimizer, check parity, write ``path``.
 
-    Raises ParityError when max |ORT - torch| > ``atol`` on the parity sentences.
+    ``simplify`` (``graph_simplify.simplify_model``: constant head reshapes, one padding mask,
+    merged Q/K/V) applies to the unfused graph only; ``optimize=True`` ignores it (ORT's fusion
+    rewrites the same subgraphs into Attention). Raises ParityError when max |ORT - torch| >
+    ``atol`` on the parity sentences.
     """
     from slimkit.transformers.embed import tokenize
 
     example = tokenize(tokenizer, list(PARITY_SENTENCES[:2]), max_length)
     data = export_bytes(module, example)
     stats: dict[str, int] = {}
+    simplified = None
     if optimize:
         data, stats = optimize_bytes(data, num_heads, hidden_size)
+    elif simplify:
+        from slimkit.transformers.graph_simplify import simplify_bytes
+
+        data, res = simplify_bytes(data)
+        simplified = res.to_dict()
     diff = parity(module, data, tokenizer, max_length=max_length)
     if not diff <= atol:
         raise ParityError(
@@ -136,4 +147,4 @@ def export_encoder(
             f"tolerance {atol:g}; try optimize=False to tell a fusion problem from an export one"
         )
     atomic.write_bytes(path, data)
-    return EncoderExport(os.fspath(path), len(data), diff, atol, stats)
+    return EncoderExport(os.fspath(path), len(data), diff, atol, stats, simplified)
