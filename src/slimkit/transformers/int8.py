@@ -2,7 +2,8 @@
 
 Steps (each optional, all measured):
 1. SmoothQuant migration in PyTorch (``smooth.py``), before export.
-2. Export (``onnx_export.py``), optionally with ORT's offline transformer fusion.
+2. Export (``onnx_export.py``), simplified (``graph_simplify.py``: constant head reshapes, one
+   padding mask, Q/K/V as one MatMul) or, optionally, with ORT's offline transformer fusion.
 3. Sensitivity scan: every quantizable unit of every layer (Q/K/V together, attention output,
    FFN in, FFN out) is quantized alone, emulating ORT's int8 arithmetic in PyTorch (per-channel
    symmetric int8 weights, per-tensor asymmetric uint8 activations with the range taken from
