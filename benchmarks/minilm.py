@@ -49,6 +49,13 @@ def main() -> None:
     ap.add_argument("--ffn", type=float, default=0.67, help="FFN neuron fraction pruned")
     ap.add_argument("--heads", type=float, default=0.0, help="attention-head fraction pruned")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument(
+        "--unlabelled",
+        default="distill_en",
+        help="extra distillation text (slimkit.data.unlabelled_text source, '' for none)",
+    )
+    ap.add_argument("--scan", type=int, default=1200, help="sentences for the FFN scan/refit")
+    ap.add_argument("--share", type=float, default=0.75, help="unlabelled share of a batch")
     ap.add_argument("--auto-exclude", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
@@ -148,7 +155,14 @@ def main() -> None:
             keep_layers=keep,
             ffn_fraction=args.ffn,
             head_fraction=args.heads,
-            distill=DistillConfig(steps=args.steps, batch_size=args.distill_batch, lr=args.lr),
+            scan_sentences=args.scan,
+            unlabelled_text=args.unlabelled,
+            distill=DistillConfig(
+                steps=args.steps,
+                batch_size=args.distill_batch,
+                lr=args.lr,
+                unlabelled_share=args.share,
+            ),
         ),
         train,
         max_length=128,

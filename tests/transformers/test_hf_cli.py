@@ -10,3 +10,15 @@ def test_hf_embed_bad_folder_exit_code_and_message(tmp_path, capsys):
 def test_hf_quantize_bad_keep_layers(capsys):
     assert main(["hf", "quantize", "--out", "unused", "--keep-layers", "0,x"]) == 2
     assert "comma-separated indices" in capsys.readouterr().err
+
+
+def test_hf_quantize_bad_ffn_fraction_and_text_source(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["hf", "quantize", "--out", str(out), "--ffn-fraction", "1.5"]) == 2
+    assert "ffn_fraction" in capsys.readouterr().err
+    assert (
+        main(["hf", "quantize", "--out", str(out), "--ffn-fraction", "0.5", "--unlabelled", "x"])
+        == 2
+    )
+    assert "unlabelled_text must be" in capsys.readouterr().err
+    assert not out.exists()

@@ -100,3 +100,44 @@ def test_ffn_refit_recovers_more_than_plain_pruning(encoder, sentence_module, se
 def test_ffn_fraction_is_validated():
     with pytest.raises(ConfigError, match="ffn_fraction"):
         EncoderStructural(ffn_fraction=1.0)
+
+
+def test_distill_draws_the_unlabelled_share_of_each_batch(encoder, sentence_module, sentences):
+    from slimkit.transformers import structural
+
+    seen: list[list[str]] = []
+
+    class Recording:
+        def __call__(self, text, **kw):
+            if "return_tensors" in kw:  # the batch itself, not tokenize()'s length check
+                seen.append(list(text))
+            return encoder.tokenizer(text, **kw)
+
+    extra = ["An unlabelled line about gardening in spring.", "Another one about the sea."]
+    student = copy.deepcopy(sentence_module)
+    for share, n_extra in ((1.0, 4), (0.5, 2)):
+        seen.clear()
+        cfg = DistillConfig(steps=2, batch_size=4, unlabelled_share=share, augment=False)
+        structural.distill_(
+            student, sentence_module, Recording(), sentences, cfg, 32, unlabelled=extra
+        )
+        assert len(seen) == 2
+        assert all(sum(t in extra for t in batch) == n_extra for batch in seen), seen
+        assert all(len(batch) == 4 for batch in seen)
+
+
+def test_unlabelled_text_feeds_the_ffn_scan(encoder, sentence_module, sentences):
+    logs: list[str] = []
+    cfg = EncoderStructural(
+        ffn_fraction=0.5,
+        scan_sentences=16,
+        unlabelled_text="distill_en",
+        distill=DistillConfig(steps=0),
+    )
+    _student, res = compress_structure(
+        sentence_module, encoder.tokenizer, cfg, sentences, max_length=64, log=logs.append
+    )
+    assert any(m.startswith("unlabelled text: ") and "distill_en" in m for m in logs), logs
+    assert res.ffn_kept["encoder.layer.0"] == 768
+    with pytest.raises(ConfigError, match="unlabelled_text must be"):
+        EncoderStructural(unlabelled_text="wiki")

@@ -89,6 +89,8 @@ def _compress(
     alpha,
     keep_layers,
     head_fraction,
+    ffn_fraction,
+    unlabelled,
     distill_steps,
     measure,
 ):
@@ -108,9 +110,11 @@ def _compress(
         EncoderStructural(
             keep_layers=layers,
             head_fraction=head_fraction,
+            ffn_fraction=ffn_fraction,
+            unlabelled_text=unlabelled,
             distill=DistillConfig(steps=distill_steps),
         )
-        if layers or head_fraction > 0
+        if layers or head_fraction > 0 or ffn_fraction > 0
         else None
     )
     return compress_encoder(
@@ -151,6 +155,10 @@ _smooth = typer.Option(True, help="SmoothQuant scale migration before export")
 _alpha = typer.Option(0.5, help="SmoothQuant alpha in [0, 1]")
 _keep = typer.Option(None, help="encoder layers to keep, e.g. 0,2,4 (distilled)")
 _heads = typer.Option(0.0, help="fraction of attention heads pruned per layer")
+_ffn = typer.Option(0.0, help="fraction of FFN neurons pruned per layer (output refit)")
+_unlabelled = typer.Option(
+    "distill_en", help="extra distillation text (slimkit.data.unlabelled_text source, '' none)"
+)
 _steps = typer.Option(300, help="distillation steps after structural changes")
 
 
@@ -164,6 +172,8 @@ def quantize_cmd(
     alpha: float = _alpha,
     keep_layers: str | None = _keep,
     head_fraction: float = _heads,
+    ffn_fraction: float = _ffn,
+    unlabelled: str = _unlabelled,
     distill_steps: int = _steps,
 ) -> None:
     """Int8 (optionally after layer dropping / head pruning + distillation); writes model.onnx."""
@@ -176,6 +186,8 @@ def quantize_cmd(
         alpha,
         keep_layers,
         head_fraction,
+        ffn_fraction,
+        unlabelled,
         distill_steps,
         measure=False,
     )
@@ -195,6 +207,8 @@ def bench_cmd(
     alpha: float = _alpha,
     keep_layers: str | None = _keep,
     head_fraction: float = _heads,
+    ffn_fraction: float = _ffn,
+    unlabelled: str = _unlabelled,
     distill_steps: int = _steps,
 ) -> None:
     """Compress, then measure bytes, ORT latency (b1, b32) and fidelity vs fp32 on the corpus."""
@@ -207,6 +221,8 @@ def bench_cmd(
         alpha,
         keep_layers,
         head_fraction,
+        ffn_fraction,
+        unlabelled,
         distill_steps,
         measure=True,
     )

@@ -46,6 +46,9 @@ class DistillConfig(SlimConfig):
     # quantity a Spearman correlation of pairwise similarities ranks.
     pair_weight: float = 1.0
     augment: bool = True
+    # Share of each batch drawn from the unlabelled text passed to ``distill_`` (when given);
+    # the rest comes from the (augmented) task sentences.
+    unlabelled_share: float = 0.5
     seed: int = 0
 
     def validate(self) -> None:
@@ -55,6 +58,7 @@ class DistillConfig(SlimConfig):
         check_range("distill.hidden_weight", self.hidden_weight, 0.0, 1e6)
         check_range("distill.embedding_weight", self.embedding_weight, 0.0, 1e6)
         check_range("distill.pair_weight", self.pair_weight, 0.0, 1e6)
+        check_range("distill.unlabelled_share", self.unlabelled_share, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,9 @@ class EncoderStructural(SlimConfig):
     ffn_refit: bool = True
     distill: DistillConfig = DistillConfig()
     scan_sentences: int = 256
+    # Extra unlabelled text for the scans, the refit and distillation, by source name in
+    # slimkit.data.unlabelled_text ("distill_en"); "" = only the task sentences.
+    unlabelled_text: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.distill, dict):
@@ -87,6 +94,13 @@ class EncoderStructural(SlimConfig):
                 f"keep_layers must be distinct layer indices >= 0, but got {list(self.keep_layers)}"
             )
         check_int("scan_sentences", self.scan_sentences, 2, 100_000)
+        from slimkit.data.unlabelled_text import SOURCES
+
+        if self.unlabelled_text not in ("", *SOURCES):
+            raise ConfigError(
+                f"unlabelled_text must be '' or one of {list(SOURCES)}, "
+                f"but got {self.unlabelled_text!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,8 +325,13 @@ def distill_(
     cfg: DistillConfig,
     max_length: int = 128,
     log: Callable[[str], None] = lambda _m: None,
+    unlabelled: Sequence[str] = (),
 ) -> tuple[float, float]:
-    """Train ``student`` (a SentenceEncoder) towards ``teacher``; return (first, last) loss."""
+    """Train ``student`` (a SentenceEncoder) towards ``teacher``; return (first, last) loss.
+
+    ``unlabelled``: extra text (any English) of which ``cfg.unlabelled_share`` of each batch is
+    drawn, so the student copies the teacher's function rather than memorising ``sentences``.
+    """
     from slimkit.transformers.embed import pool, tokenize
 
     if cfg.steps == 0:
@@ -329,11 +348,13 @@ def distill_(
     student.train()
     losses = []
     for step in range(cfg.steps):
+        n_extra = int(round(cfg.unlabelled_share * cfg.batch_size)) if unlabelled else 0
+        n_own = cfg.batch_size - n_extra
         batch_text = (
-            _augment(sentences, rng, cfg.batch_size)
+            _augment(sentences, rng, n_own)
             if cfg.augment
-            else rng.sample(list(sentences), min(cfg.batch_size, len(sentences)))
-        )
+            else rng.sample(list(sentences), min(n_own, len(sentences)))
+        ) + [unlabelled[rng.randrange(len(unlabelled))] for _ in range(n_extra)]
         b = tokenize(tokenizer, batch_text, max_length)
         ids, mask = b["input_ids"], b["attention_mask"]
         with torch.no_grad():
@@ -376,9 +397,22 @@ def compress_structure(
     *,
     max_length: int = 128,
     log: Callable[[str], None] = lambda _m: None,
+    unlabelled: Sequence[str] = (),
 ) -> tuple[nn.Module, StructuralResult]:
-    """Return a smaller distilled copy of ``module`` (a SentenceEncoder) and what was done."""
+    """Return a smaller distilled copy of ``module`` (a SentenceEncoder) and what was done.
+
+    ``unlabelled``: extra text for the importance scans, the FFN refit and distillation
+    (default: ``cfg.unlabelled_text`` loaded from ``slimkit.data.unlabelled_text``);
+    ``sentences`` come first in the scans.
+    """
+    from slimkit.data.unlabelled_text import load_unlabelled_text
     from slimkit.transformers.embed import tokenize
+
+    if not unlabelled and cfg.unlabelled_text:
+        unlabelled = load_unlabelled_text(cfg.unlabelled_text)
+        log(f"unlabelled text: {len(unlabelled)} lines of {cfg.unlabelled_text}")
+
+    scan_text = (list(sentences) + list(unlabelled))[: cfg.scan_sentences]
 
     teacher = module.eval()
     student = copy.deepcopy(module).eval()
@@ -392,8 +426,8 @@ def compress_structure(
     scores: list[list[float]] = []
     if cfg.head_fraction > 0:
         scan = [
-            tokenize(tokenizer, sentences[i : i + 32], max_length)
-            for i in range(0, min(len(sentences), cfg.scan_sentences), 32)
+            tokenize(tokenizer, scan_text[i : i + 32], max_length)
+            for i in range(0, len(scan_text), 32)
         ]
         scores = head_importance(student, scan)
         for i, layer_scores in enumerate(scores):
@@ -406,8 +440,8 @@ def compress_structure(
     ffn_kept: dict[str, int] = {}
     if cfg.ffn_fraction > 0:
         scan = [
-            tokenize(tokenizer, sentences[i : i + 32], max_length)
-            for i in range(0, min(len(sentences), cfg.scan_sentences), 32)
+            tokenize(tokenizer, scan_text[i : i + 32], max_length)
+            for i in range(0, len(scan_text), 32)
         ]
         # Layer by layer, so each layer's importance and refit see the already-pruned inputs.
         # The refit target is this layer's own unpruned FFN output on the student's inputs
@@ -430,7 +464,9 @@ def compress_structure(
                 refit_ffn_output_(student, i, acts, keep_idx, target)
             ffn_kept[f"encoder.layer.{i}"] = n_keep
         log(f"pruned FFN neurons: kept {ffn_kept}")
-    first, last = distill_(student, teacher, tokenizer, sentences, cfg.distill, max_length, log)
+    first, last = distill_(
+        student, teacher, tokenizer, sentences, cfg.distill, max_length, log, unlabelled
+    )
     after = sum(p.numel() for p in student.parameters())
     return student, StructuralResult(
         sorted(keep),
