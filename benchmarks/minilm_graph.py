@@ -26,7 +26,9 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -158,6 +160,9 @@ def main() -> None:
     med = statistics.median
     say()
     say(
+        f"printed by `.venv/bin/python benchmarks/minilm_graph.py {' '.join(sys.argv[1:])}`".strip()
+    )
+    say(
         f"all-MiniLM-L6-v2, {len(corpus)} corpus sentences, 2 threads, onnxruntime "
         f"{onnxruntime.__version__}; {args.repeats} repeats x {args.rounds} interleaved rounds "
         f"(b1: 64 sentences, b32: 10 batches); load avg {load0:.1f} at start, "
@@ -190,6 +195,7 @@ def main() -> None:
         rel = [f"b{bs} {med([x / y for x, y in zip(ms[bs][a], ms[bs][b])]):.3f}" for bs in (1, 32)]
         say(f"{a} / {b} latency: {', '.join(rel)}")
     say(f"({time.time() - t_start:.0f} s)")
+    shutil.rmtree(tmp, ignore_errors=True)
     atomic.write_bytes(HERE / "results" / "minilm_graph.txt", ("\n".join(lines) + "\n").encode())
 
 
