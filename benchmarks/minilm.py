@@ -16,11 +16,14 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
                    losses), then slimkit int8 without fp32 exclusions
 
 Latency: ONNX Runtime / torch at 2 threads, batch 1 (single real sentences) and batch 32
-(consecutive sentences padded to the longest), medians over interleaved rounds (the machine is
-shared: compare ratios within one run). Every ORT variant has the same session options
-(slimkit.transformers.bench.ort_session: level ALL, sequential, 2 intra-op threads, spinning off). Fidelity vs torch fp32 on all sentences, and on the
-odd-indexed half that neither the distilled student nor slimkit's calibration ever saw
-("held-out").
+(consecutive sentences padded to the longest), medians over rounds that take turns between the
+variants (the machine is shared: compare ratios within one run). ``--timing blocks`` (default):
+each variant serves all batches in a row per round, ORT's default thread spinning, as a
+deployed model serves a stream; ``--timing calls``: one call per variant in turn, spinning off
+(cold caches; see slimkit.transformers.bench). Every ORT variant has the same session options
+(slimkit.transformers.bench.ort_session: level ALL, sequential, 2 intra-op threads). Fidelity
+vs torch fp32 on all sentences, and on the odd-indexed half that neither the distilled student
+nor slimkit's calibration ever saw ("held-out").
 Writes benchmarks/results/minilm.json.
 """
 
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.75, help="unlabelled share of a batch")
     ap.add_argument("--auto-exclude", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--timing", choices=["blocks", "calls"], default="blocks")
     args = ap.parse_args()
 
     import logging
@@ -198,7 +202,7 @@ def main() -> None:
     rows: dict[str, dict] = {"torch_fp32": {"bytes": None}}
     runners = {"torch_fp32": torch_runner(module, 2)}
     for name, p in paths.items():
-        runners[name] = ort_runner(p, 2)
+        runners[name] = ort_runner(p, 2, spinning=args.timing == "blocks")
         emb = embed(runners[name], tok, corpus, max_length=max_len)
         rows[name] = {
             "bytes": p.stat().st_size,
@@ -210,7 +214,10 @@ def main() -> None:
     # ---- latency, interleaved ----
     for b, count in ((1, 64), (32, 10)):
         lat = interleaved_latency(
-            runners, make_batches(tok, corpus, b, count, max_len), rounds=args.rounds
+            runners,
+            make_batches(tok, corpus, b, count, max_len),
+            rounds=args.rounds,
+            mode=args.timing,
         )
         for name, ms in lat.items():
             rows[name][f"latency_ms_b{b}"] = ms
@@ -268,6 +275,7 @@ def main() -> None:
             "onnxruntime": onnxruntime.__version__,
         },
         "threads": 2,
+        "timing": args.timing,
         "sentences": len(corpus),
         "rows": rows,
         "notes": notes,

@@ -141,3 +141,41 @@ def test_unlabelled_text_feeds_the_ffn_scan(encoder, sentence_module, sentences)
     assert res.ffn_kept["encoder.layer.0"] == 768
     with pytest.raises(ConfigError, match="unlabelled_text must be"):
         EncoderStructural(unlabelled_text="wiki")
+
+
+def test_obs_ffn_pruning_keeps_identity_and_beats_variance_ranking(
+    encoder, sentence_module, sentences
+):
+    from slimkit.transformers.structural import (
+        ffn_io,
+        obs_prune_ffn_,
+        prune_ffn_,
+        refit_ffn_output_,
+    )
+
+    scan = [tokenize(encoder.tokenizer, sentences, 64)]
+    acts, _ = ffn_io(sentence_module, 1, scan)  # (N tokens, 1536)
+    target = sentence_module.model.encoder.layer[1].output.dense(acts).detach()
+    # keeping every neuron changes nothing (up to the ridge term)
+    m = copy.deepcopy(sentence_module)
+    keep = obs_prune_ffn_(m, 1, acts, 1536)
+    assert keep.tolist() == list(range(1536))
+    torch.testing.assert_close(
+        m.model.encoder.layer[1].output.dense(acts), target, atol=2e-3, rtol=0
+    )
+
+    errors = {}
+    for method in ("obs", "variance"):
+        m = copy.deepcopy(sentence_module)
+        dense = m.model.encoder.layer[1].output.dense
+        if method == "obs":
+            kept = obs_prune_ffn_(m, 1, acts, 384)
+        else:
+            imp = acts.std(0) * dense.weight.detach().norm(dim=0)
+            kept = imp.topk(384).indices.sort().values
+            prune_ffn_(m, 1, kept.tolist())
+            refit_ffn_output_(m, 1, acts, kept, target)
+        assert m.model.encoder.layer[1].output.dense.weight.shape == (384, 384)
+        out = m.model.encoder.layer[1].output.dense(acts[:, kept]).detach()
+        errors[method] = float(((out - target) ** 2).mean())
+    assert errors["obs"] < 0.9 * errors["variance"], errors

