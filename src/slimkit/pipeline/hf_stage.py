@@ -151,7 +151,7 @@ def run_hf_recipe(
         "gate": {"passed": True},
     }
     report = out / "report.html"
-    atomic.write_text(report, _report_html(recipe.name, measured))
+    atomic.write_text(report, _report_html(recipe.name, measured, enc_metrics))
     atomic.write_json(out / "metrics.json", metrics)
     return RunResult(out, [], metrics, report, True)
 
@@ -174,13 +174,211 @@ def _table_lines(measured: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _report_html(name: str, measured: dict[str, dict[str, Any]]) -> str:
-    body = "".join(f"<li>{html.escape(line)}</li>" for line in _table_lines(measured))
+def _reference(measured: dict[str, dict[str, Any]]) -> str | None:
+    """The fp32 variant ratios and speed-ups are taken against (``ort_fp32`` from compress_encoder)."""
+    for name in ("ort_fp32", "fp32"):
+        if name in measured:
+            return name
+    return next((n for n in measured if "fp32" in n), None)
+
+
+def _ratio(base: Any, value: Any) -> str:
+    """``base / value`` as ``1.23x``, or ``-`` when either is missing or not positive."""
+    if not isinstance(base, int | float) or not isinstance(value, int | float) or value <= 0:
+        return "-"
+    return f"{base / value:.2f}x"
+
+
+def _num(v: Any, spec: str) -> str:
+    return "-" if not isinstance(v, int | float) or isinstance(v, bool) else format(v, spec)
+
+
+def _variants_table(measured: dict[str, dict[str, Any]], reference: str | None) -> str:
+    """variant | MB | x smaller | per batch size: ms, speed-up | cosine mean/min | Spearman | top-k."""
+    from slimkit.report.plots import _batch_sizes
+
+    batches = _batch_sizes(measured)
+    ks = {(r.get("fidelity") or {}).get("k") for r in measured.values()} - {None}
+    topk = html.escape(f"top-{ks.pop()}") if len(ks) == 1 else "top-k"
+    head = ['<th class="l">variant</th>', "<th>MB on disk</th>", "<th>x smaller</th>"]
+    for b in batches:
+        head += [f"<th>b{b} ms</th>", f"<th>b{b} speed-up</th>"]
+    head += [f"<th>{t}</th>" for t in ("cosine mean", "cosine min", "Spearman", topk)]
+    ref = measured.get(reference or "", {})
+    rows = []
+    for name, row in measured.items():
+        f = row.get("fidelity") or {}
+        size = row.get("bytes")
+        cells = [
+            f'<td class="l">{html.escape(name)}{" (reference)" if name == reference else ""}</td>',
+            f"<td>{_num(None if size is None else size / 1e6, '.2f')}</td>",
+            f"<td>{_ratio(ref.get('bytes'), size)}</td>",
+        ]
+        for b in batches:
+            ms = row.get(f"latency_ms_b{b}")
+            cells += [
+                f"<td>{_num(ms, '.2f')}</td>",
+                f"<td>{_ratio(ref.get(f'latency_ms_b{b}'), ms)}</td>",
+            ]
+        cells += [f"<td>{_num(f.get(k), '.4f')}</td>" for k in ("cosine_mean", "cosine_min")]
+        cells += [f"<td>{_num(f.get('spearman'), '.4f')}</td>"]
+        cells += [f"<td>{_num(f.get('topk_agreement'), '.3f')}</td>"]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
     return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>slimkit report: {html.escape(name)}</title></head><body>"
-        f"<h1>slimkit report: {html.escape(name)}</h1>"
-        "<p>Measured on the files written: bytes on disk, ONNX Runtime latency (medians of "
-        "interleaved rounds), embedding fidelity to the fp32 PyTorch model.</p>"
-        f"<ul style='font-family: monospace'>{body}</ul></body></html>"
+        f'<table id="variants"><thead><tr>{"".join(head)}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _headline(measured: dict[str, dict[str, Any]], reference: str | None) -> str:
+    """One sentence on the deployed model (``slimkit``, else the last non-reference variant)."""
+    from slimkit.report.plots import _batch_sizes
+
+    others = [n for n in measured if n != reference]
+    if reference is None or not others:
+        return ""
+    name = "slimkit" if "slimkit" in others else others[-1]
+    row, ref = measured[name], measured[reference]
+    fast = [
+        f"{_ratio(ref.get(f'latency_ms_b{b}'), row.get(f'latency_ms_b{b}'))} at batch {b}"
+        for b in _batch_sizes(measured)
+    ]
+    f = row.get("fidelity") or {}
+    return (
+        f"<p><b>{html.escape(name)}</b>: {_ratio(ref.get('bytes'), row.get('bytes'))} smaller "
+        f"than {html.escape(reference)}, faster by {', '.join(fast) or '-'}; "
+        f"cosine mean {_num(f.get('cosine_mean'), '.4f')}, "
+        f"Spearman {_num(f.get('spearman'), '.4f')}.</p>"
+    )
+
+
+def _layer_index(name: str) -> int:
+    tail = name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _what_was_done(enc: dict[str, Any]) -> str:
+    """Structural pruning, distillation and int8 choices of ``compress_encoder``'s metrics."""
+    esc = html.escape
+    items: list[str] = []
+    if enc.get("model") is not None:
+        items.append(
+            f"Model: <code>{esc(str(enc['model']))}</code>; "
+            f"{_num(enc.get('sentences'), ',')} sentences."
+        )
+    fp32 = enc.get("fp32_export") or {}
+    if fp32:
+        items.append(
+            f"fp32 ONNX export: {_num(fp32.get('bytes'), ',')} bytes, max |ORT - PyTorch| "
+            f"{_num(fp32.get('max_abs_diff'), '.2g')}."
+        )
+    table = ""
+    st = enc.get("structural")
+    if st:
+        before, after = st.get("params_before"), st.get("params_after")
+        share = (
+            f" ({after / before:.1%} of the original)"
+            if isinstance(before, int) and isinstance(after, int) and before > 0
+            else ""
+        )
+        items.append(f"Parameters: {_num(before, ',')} → {_num(after, ',')}{share}.")
+        kept = st.get("kept_layers") or []
+        items.append(f"Encoder layers kept: {esc(', '.join(map(str, kept))) or '-'}.")
+        ffn = st.get("ffn_kept") or {}
+        heads = st.get("heads_kept") or {}
+        scores = st.get("head_scores") or {}
+        if heads:
+            n_kept = sum(len(v) for v in heads.values())
+            n_all = sum(len(v) for v in scores.values()) or None
+            items.append(
+                f"Attention heads kept: {n_kept:,}" + (f" of {n_all:,}." if n_all else ".")
+            )
+        else:
+            items.append("Attention heads kept: all (no head pruning).")
+        if ffn:
+            widths = ", ".join(
+                f"{v:,}" for _, v in sorted(ffn.items(), key=lambda kv: _layer_index(kv[0]))
+            )
+            items.append(f"FFN widths per layer (neurons kept): {esc(widths)}.")
+        else:
+            items.append("FFN widths: unchanged (no FFN pruning).")
+        items.append(
+            f"Distillation loss: {_num(st.get('distill_loss_first'), '.4f')} → "
+            f"{_num(st.get('distill_loss_last'), '.4f')} (first → last step)."
+        )
+        layers = sorted(set(ffn) | set(heads), key=_layer_index)
+        if layers:
+            body = []
+            for n in layers:
+                i = _layer_index(n)
+                orig = kept[i] if i < len(kept) else i
+                h = f"{len(heads[n])}" if n in heads else "all"
+                body.append(
+                    f'<tr><td class="l">{esc(n)}</td><td>{esc(str(orig))}</td>'
+                    f"<td>{_num(ffn.get(n), ',')}</td><td>{esc(h)}</td></tr>"
+                )
+            table = (
+                '<table id="layers"><thead><tr><th class="l">layer (pruned model)</th>'
+                "<th>original layer</th><th>FFN neurons kept</th><th>heads kept</th></tr>"
+                f"</thead><tbody>{''.join(body)}</tbody></table>"
+            )
+    q = enc.get("int8")
+    if q:
+        cfg = q.get("config") or {}
+        excluded = q.get("excluded_units") or []
+        kept_fp32 = (
+            ", ".join(f"<code>{esc(str(u))}</code>" for u in excluded) if excluded else "none"
+        )
+        mode = esc(str(cfg.get("mode", "?")))
+        gran = "per-channel" if cfg.get("per_channel") else "per-tensor"
+        items.append(f"int8: {mode}, {gran} weights; units kept fp32: {kept_fp32}.")
+        smoothed = q.get("smoothed") or []
+        if smoothed:
+            items.append(f"Activation smoothing on {len(smoothed)} linear layers.")
+        simp = q.get("simplified") or {}
+        if simp.get("nodes_before") is not None:
+            items.append(
+                f"Graph simplified: {_num(simp.get('nodes_before'), ',')} → "
+                f"{_num(simp.get('nodes_after'), ',')} nodes."
+            )
+    elif enc.get("export"):
+        items.append("No int8: model.onnx is the fp32 export of the pruned model.")
+    if not items:
+        return ""
+    lis = "".join(f"<li>{x}</li>" for x in items)
+    return f"<h2>What was done</h2><ul>{lis}</ul>{table}"
+
+
+def _report_html(
+    name: str, measured: dict[str, dict[str, Any]], enc_metrics: dict[str, Any] | None = None
+) -> str:
+    """The run's page: variants table, what was done, plots (all inline, no network)."""
+    from slimkit.report import plots
+    from slimkit.report.html import _CSS, _img
+
+    enc = enc_metrics or {}
+    reference = _reference(measured)
+    ref_note = (
+        f"Ratios and speed-ups are against <b>{html.escape(reference)}</b> "
+        "(x = reference / variant, higher is better)."
+        if reference
+        else "No fp32 variant measured: no ratios."
+    )
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>slimkit report: {html.escape(name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>slimkit report: {html.escape(name)}</h1>",
+        "<p>Measured on the files written: bytes on disk, ONNX Runtime latency (medians of "
+        "interleaved rounds, ms per batch), embedding fidelity to the fp32 PyTorch model "
+        f"(cosine of embeddings, Spearman of pairwise similarities, top-k retrieval agreement). "
+        f"{ref_note}</p>",
+        _headline(measured, reference),
+        "<h2>Measured variants</h2>",
+        _variants_table(measured, reference) if measured else "<p>Nothing measured.</p>",
+        _what_was_done(enc),
+        "<h2>Plots</h2>",
+        _img(plots.encoder_variants(measured, reference), "latency, size and fidelity per variant"),
+        _img(plots.encoder_layer_widths(enc.get("structural")), "FFN width per layer"),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)

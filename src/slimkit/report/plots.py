@@ -89,3 +89,157 @@ def sensitivity_curves(table: dict[str, Any]) -> bytes | None:
     ax.legend(fontsize=6)
     ax.set_title("sensitivity scan")
     return _png(fig)
+
+
+def _mpl_text(s: str) -> str:
+    """A label as literal text: an unpaired ``$`` would otherwise start matplotlib mathtext."""
+    return s.replace("$", r"\$")
+
+
+def _batch_sizes(measured: dict[str, dict[str, Any]]) -> list[int]:
+    keys = {k for row in measured.values() for k in row if k.startswith("latency_ms_b")}
+    return sorted(int(k.removeprefix("latency_ms_b")) for k in keys)
+
+
+def encoder_variants(measured: dict[str, dict[str, Any]], reference: str | None) -> bytes | None:
+    """An encoder's variants side by side: latency per batch size (speed-up vs ``reference``
+    annotated), size on disk, and fidelity (cosine mean, Spearman) to the fp32 model.
+
+    ``measured``: ``{variant: {"bytes", "latency_ms_b{n}", "fidelity": {...}}}`` as
+    :func:`slimkit.transformers.api.measure_onnx` returns it.
+    """
+    if not measured:
+        return None
+    names = list(measured)
+    labels = [_mpl_text(n) for n in names]
+    others = iter(c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c != "#7f7f7f")
+    colors = ["#7f7f7f" if n == reference else next(others, "tab:blue") for n in names]
+    ref = measured.get(reference or "", {})
+    batches = _batch_sizes(measured)
+    n_panels = len(batches) + 2
+    nrows = (n_panels + 1) // 2
+    fig, axes = plt.subplots(nrows, 2, figsize=(10, 3.3 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    if n_panels % 2:
+        flat[-1].remove()
+    xs = range(len(names))
+
+    def versus(name: str, base: float | None, v: float, word: str) -> str:
+        """The second line of a bar's label: ``2.50x faster`` (base / v) or ``reference``."""
+        if name == reference:
+            return "\nreference"
+        return f"\n{base / v:.2f}x {word}" if base and v > 0 else ""
+
+    def bars(ax, values: list[float | None], notes: list[str], title: str, ylabel: str) -> None:
+        heights = [0.0 if v is None else v for v in values]
+        drawn = ax.bar(xs, heights, color=colors, width=0.6)
+        for rect, note in zip(drawn, notes, strict=True):
+            ax.annotate(
+                note,
+                (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                textcoords="offset points",
+                xytext=(0, 2),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(labels, rotation=15 if len(names) > 3 else 0, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylim(0, max(heights + [1e-9]) * 1.3)
+        ax.grid(axis="y", alpha=0.3)
+
+    for ax, b in zip(flat, batches, strict=False):
+        key = f"latency_ms_b{b}"
+        vals = [measured[n].get(key) for n in names]
+        base = ref.get(key)
+        notes = [
+            "-" if v is None else f"{v:.2f} ms" + versus(n, base, v, "faster")
+            for n, v in zip(names, vals, strict=True)
+        ]
+        bars(ax, vals, notes, f"ORT latency, batch {b} (lower is better)", "ms per batch")
+    size_ax, fid_ax = flat[len(batches)], flat[len(batches) + 1]
+    mbs = [None if "bytes" not in measured[n] else measured[n]["bytes"] / 1e6 for n in names]
+    base_mb = None if ref.get("bytes") is None else ref["bytes"] / 1e6
+    notes = [
+        "-" if v is None else f"{v:.1f} MB" + versus(n, base_mb, v, "smaller")
+        for n, v in zip(names, mbs, strict=True)
+    ]
+    bars(size_ax, mbs, notes, "size on disk (lower is better)", "MB")
+
+    metrics = [("cosine_mean", "cosine mean"), ("spearman", "Spearman")]
+    width = 0.8 / len(names)
+    lows: list[float] = []
+    for i, n in enumerate(names):
+        fid = measured[n].get("fidelity") or {}
+        vals = [fid.get(k) for k, _ in metrics]
+        pos = [j - 0.4 + width * (i + 0.5) for j in range(len(metrics))]
+        drawn = fid_ax.bar(
+            pos, [0.0 if v is None else v for v in vals], width, color=colors[i], label=labels[i]
+        )
+        for rect, v in zip(drawn, vals, strict=True):
+            if v is None:
+                continue
+            lows.append(v)
+            fid_ax.annotate(
+                f"{v:.4f}",
+                (rect.get_x() + rect.get_width() / 2, v),
+                textcoords="offset points",
+                xytext=(0, 2),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90 if len(names) > 3 else 0,
+            )
+    lo = min(lows, default=0.0)
+    span = max(1.0 - lo, 0.002)
+    bottom = max(0.0, lo - 0.6 * span)
+    fid_ax.set_ylim(bottom, 1.0 + 0.35 * span)
+    fid_ax.set_xticks(range(len(metrics)))
+    fid_ax.set_xticklabels([t for _, t in metrics], fontsize=8)
+    fid_ax.set_title(f"fidelity to fp32 (higher is better; axis from {bottom:.3f})", fontsize=10)
+    fid_ax.legend(
+        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(names), 4)
+    )
+    fid_ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def encoder_layer_widths(structural: dict[str, Any] | None) -> bytes | None:
+    """FFN neurons kept per encoder layer (bars), heads kept written above each bar."""
+    if not structural:
+        return None
+    ffn = structural.get("ffn_kept") or {}
+    heads = structural.get("heads_kept") or {}
+    layers = sorted(set(ffn) | set(heads), key=lambda s: int(s.rsplit(".", 1)[-1]))
+    if not layers:
+        return None
+    kept = structural.get("kept_layers") or []
+
+    def label(name: str) -> str:
+        i = int(name.rsplit(".", 1)[-1])  # student index
+        return f"layer {kept[i] if i < len(kept) else i}"
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(layers) + 2), 3.0))
+    widths = [ffn.get(n, 0) for n in layers]
+    drawn = ax.bar(range(len(layers)), widths, color="tab:blue", width=0.6)
+    for rect, n in zip(drawn, layers, strict=True):
+        note = f"{rect.get_height():,.0f}" + (f"\n{len(heads[n])} heads" if n in heads else "")
+        ax.annotate(
+            note,
+            (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+            textcoords="offset points",
+            xytext=(0, 2),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([label(n) for n in layers], fontsize=8)
+    ax.set_ylabel("FFN neurons kept", fontsize=8)
+    ax.set_ylim(0, max(widths + [1]) * 1.3)
+    ax.set_title("structural pruning: FFN width per kept layer", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
