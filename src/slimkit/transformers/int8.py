@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -251,7 +252,26 @@ def _batches(
     ]
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """ORT's quantizer logs "Please consider to run pre-processing before quantization" on the
+    root logger for every model; slimkit exports its own graph, so the advice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _ort_quantize(
+    src: str, dst: str, cfg: EncoderInt8, nodes_to_exclude: list[str], calib: list[dict]
+) -> None:
+    quiet = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        _ort_quantize_inner(src, dst, cfg, nodes_to_exclude, calib)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _ort_quantize_inner(
     src: str, dst: str, cfg: EncoderInt8, nodes_to_exclude: list[str], calib: list[dict]
 ) -> None:
     from onnxruntime import quantization as q
