@@ -90,6 +90,10 @@ def test_killed_worker_leaves_nothing_running(pg_url):
         if any(t.state == TrialState.RUNNING for t in trials(pg_url, "kill")):
             break
         time.sleep(0.1)
+    # Optuna fails a stale trial only once it has a heartbeat row; a worker killed between
+    # creating a trial and its heartbeat thread's first write leaves it RUNNING for good (seen
+    # once under load). Give the thread more than one interval (1 s) to write.
+    time.sleep(1.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     stuck = [t.number for t in trials(pg_url, "kill") if t.state == TrialState.RUNNING]
