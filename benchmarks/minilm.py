@@ -10,6 +10,8 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
   slimkit_int8     SmoothQuant (FFN in/out) + measured sensitivity exclusion + dynamic
                    per-channel int8 of the plain export after slimkit's graph simplification
                    (constant reshapes, one padding mask, merged Q/K/V; ORT's runtime fusions apply)
+  slimkit_int8_split  the same, but the kept-fp32 unit keeps only its 4 largest (outlier) input
+                   channels fp32 and the rest of it int8 (LLM.int8()-style split)
   slimkit_int8_fused  the same after ORT's offline transformer fusion (Attention -> QAttention)
   slimkit_struct_int8  FFN neurons pruned (60 % by default, 1536 -> 640, removed one by one by
                    the Optimal Brain Surgeon error with least-squares compensation, scanned on
@@ -139,6 +141,21 @@ def main() -> None:
         "fused_ops": res.fused_ops,
         "seconds": time.time() - t0,
     }
+
+    # Same recipe, but the kept-fp32 unit keeps only its 4 largest input channels fp32
+    # (slimkit.transformers.outlier_split), the rest of it int8.
+    res_split = quantize_encoder(
+        module,
+        tok,
+        tmp / "sk_int8_split.onnx",
+        dataclasses.replace(int8, outlier_channels=4),
+        train,
+        num_heads=12,
+        hidden_size=384,
+        max_length=max_len,
+    )
+    paths["slimkit_int8_split"] = tmp / "sk_int8_split.onnx"
+    notes["slimkit_int8_split"] = {"split_units": res_split.split_units}
 
     # Same recipe after ORT's offline transformer fusion (fused Attention becomes QAttention).
     quantize_encoder(

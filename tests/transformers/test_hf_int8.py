@@ -101,3 +101,45 @@ def test_unknown_exclude_unit(tmp_path, encoder, sentence_module, sentences):
     )
     with pytest.raises(TargetError, match="near matches"):
         quantize_encoder(sentence_module, encoder.tokenizer, tmp_path / "x.onnx", cfg, sentences)
+
+
+def test_outlier_split_is_exact_in_fp32_and_only_its_matmul_stays_fp32(
+    tmp_path, encoder, sentence_module, sentences
+):
+    import onnx
+
+    from slimkit.config import get_module, set_module
+    from slimkit.transformers.outlier_split import OutlierSplitLinear, outlier_channels
+
+    batch = tokenize(encoder.tokenizer, sentences, 64)
+    m = copy.deepcopy(sentence_module)
+    smooth_encoder_(m, [batch], alpha=0.7, kinds=("output.dense",))
+    ref = m(**batch)
+    name = "model.encoder.layer.0.output.dense"
+    lin = get_module(m, name)
+    idx = outlier_channels(lin, [batch], m, 4)
+    assert idx.shape == (4,)
+    set_module(m, name, OutlierSplitLinear(lin, idx))
+    torch.testing.assert_close(m(**batch), ref, atol=1e-5, rtol=0)
+
+    cfg = EncoderInt8(
+        exclude=("encoder.layer.0.output.dense",),
+        auto_exclude=0,
+        outlier_channels=4,
+        scan_sentences=8,
+        calib_sentences=8,
+    )
+    path = tmp_path / "split.onnx"
+    res = quantize_encoder(
+        sentence_module, encoder.tokenizer, path, cfg, sentences, num_heads=12, hidden_size=384
+    )
+    assert res.split_units == ["encoder.layer.0.output.dense"] and res.excluded_units == []
+    assert len(res.excluded_nodes) == 1 and "/outlier/" in res.excluded_nodes[0]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    float_matmuls = [
+        n.name for n in graph.node if n.op_type == "MatMul" and any(x in weights for x in n.input)
+    ]
+    assert float_matmuls == res.excluded_nodes  # every other weight MatMul went int8
+    with pytest.raises(ConfigError, match="outlier_channels"):
+        EncoderInt8(outlier_channels=-1)

@@ -91,6 +91,9 @@ class EncoderInt8(SlimConfig):
     # graph_simplify before quantizing the plain export (ignored with optimize=True): constant
     # head-split/merge Reshapes, one (B, 1, 1, T) padding mask, Q/K/V as one MatMul + Split.
     simplify: bool = True
+    # > 0: a kept-fp32 FFN unit (intermediate.dense / output.dense) keeps only its this many
+    # largest-input channels in fp32 and the rest goes int8 (outlier_split.py); 0 = whole unit.
+    outlier_channels: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_enum(QuantMode, self.mode, "mode"))
@@ -100,6 +103,7 @@ class EncoderInt8(SlimConfig):
 
     def validate(self) -> None:
         check_int("auto_exclude", self.auto_exclude, 0, 96)
+        check_int("outlier_channels", self.outlier_channels, 0, 4096)
         check_int("scan_sentences", self.scan_sentences, 2, 100_000)
         check_int("calib_sentences", self.calib_sentences, 1, 100_000)
 
@@ -114,6 +118,7 @@ class Int8Result:
     smoothed: list[str]
     fused_ops: dict[str, int]
     simplified: dict | None = None  # graph_simplify.SimplifyResult of the fp32 graph
+    split_units: list[str] = dataclasses.field(default_factory=list)  # int8 but outlier channels
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -344,6 +349,21 @@ def quantize_encoder(
         ranked = [u for u in sorted(sens, key=sens.__getitem__, reverse=True) if u not in excluded]
         excluded += ranked[: cfg.auto_exclude]
         log(f"most sensitive units kept fp32: {excluded}")
+    split: list[str] = []
+    if cfg.outlier_channels:
+        from slimkit.config import get_module, set_module
+        from slimkit.transformers.outlier_split import OutlierSplitLinear, outlier_channels
+
+        for unit in [u for u in excluded if u.endswith(("intermediate.dense", "output.dense"))]:
+            if unit.endswith("attention.output.dense"):
+                continue
+            name = _unit_linears(unit)[0]
+            lin = get_module(work, name)
+            idx = outlier_channels(lin, calib, work, cfg.outlier_channels)
+            set_module(work, name, OutlierSplitLinear(lin, idx))
+            split.append(unit)
+        excluded = [u for u in excluded if u not in split]
+        log(f"units int8 except their {cfg.outlier_channels} outlier input channels: {split}")
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         exp = export_encoder(
@@ -359,6 +379,9 @@ def quantize_encoder(
         )
         graph = onnx.load(str(fp32), load_external_data=False)
         nodes = onnx_nodes_for_units(graph, excluded)
+        nodes += [
+            n.name for n in graph.graph.node if n.op_type == "MatMul" and "/outlier/" in n.name
+        ]
         with atomic.atomic_path(path) as out:
             _ort_quantize(str(fp32), str(out), cfg, nodes, calib)
     return Int8Result(
@@ -370,4 +393,5 @@ def quantize_encoder(
         smoothed,
         exp.fused_ops,
         exp.simplified,
+        split,
     )
