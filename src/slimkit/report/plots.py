@@ -19,6 +19,20 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _label_bars(ax, bars, notes: list[str]) -> None:
+    """Write ``notes[i]`` just above bar ``i``."""
+    for rect, note in zip(bars, notes, strict=True):
+        ax.annotate(
+            note,
+            (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+            textcoords="offset points",
+            xytext=(0, 2),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+
+
 def accuracy_vs_bytes(rows: list[dict[str, Any]]) -> bytes | None:
     """Accuracy against .slim bytes on disk, one point per stage."""
     pts = [
@@ -133,16 +147,7 @@ def encoder_variants(measured: dict[str, dict[str, Any]], reference: str | None)
     def bars(ax, values: list[float | None], notes: list[str], title: str, ylabel: str) -> None:
         heights = [0.0 if v is None else v for v in values]
         drawn = ax.bar(xs, heights, color=colors, width=0.6)
-        for rect, note in zip(drawn, notes, strict=True):
-            ax.annotate(
-                note,
-                (rect.get_x() + rect.get_width() / 2, rect.get_height()),
-                textcoords="offset points",
-                xytext=(0, 2),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+        _label_bars(ax, drawn, notes)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(labels, rotation=15 if len(names) > 3 else 0, fontsize=8)
         ax.set_title(title, fontsize=10)
@@ -225,17 +230,11 @@ def encoder_layer_widths(structural: dict[str, Any] | None) -> bytes | None:
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(layers) + 2), 3.0))
     widths = [ffn.get(n, 0) for n in layers]
     drawn = ax.bar(range(len(layers)), widths, color="tab:blue", width=0.6)
-    for rect, n in zip(drawn, layers, strict=True):
-        note = f"{rect.get_height():,.0f}" + (f"\n{len(heads[n])} heads" if n in heads else "")
-        ax.annotate(
-            note,
-            (rect.get_x() + rect.get_width() / 2, rect.get_height()),
-            textcoords="offset points",
-            xytext=(0, 2),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    notes = [
+        f"{w:,.0f}" + (f"\n{len(heads[n])} heads" if n in heads else "")
+        for w, n in zip(widths, layers, strict=True)
+    ]
+    _label_bars(ax, drawn, notes)
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([label(n) for n in layers], fontsize=8)
     ax.set_ylabel("FFN neurons kept", fontsize=8)

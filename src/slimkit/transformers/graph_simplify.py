@@ -454,6 +454,26 @@ def constant_gathers(model: onnx.ModelProto, shapes: dict[str, list[int | str | 
 # ---- pass 4: sibling MatMul + bias Add -> one MatMul + Add + Split ----------------------------
 
 
+def _splice(
+    g: onnx.GraphProto,
+    nodes: Sequence[onnx.NodeProto],
+    replace: dict[int, list[onnx.NodeProto]],
+    drop: set[int],
+) -> int:
+    """Rewrite ``g``'s nodes: the new nodes ``replace[k]`` go before old node ``k`` (keeping
+    topological order), old nodes in ``drop`` go; returns how many replacements were made."""
+    if not replace:
+        return 0
+    kept: list[onnx.NodeProto] = []
+    for k, n in enumerate(nodes):
+        kept.extend(replace.get(k, []))
+        if k not in drop:
+            kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    return len(replace)
+
+
 def _merged_name(names: Sequence[str]) -> str:
     """'/a/self/query/MatMul', '/a/self/key/MatMul' -> '/a/self/query_key/MatMul'."""
     parts = [n.split("/") for n in names]
@@ -526,16 +546,7 @@ def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
                 axis=-1,
             ),
         ]
-    if not replace:
-        return 0
-    kept: list[onnx.NodeProto] = []
-    for k, n in enumerate(nodes):
-        kept.extend(replace.get(k, []))
-        if k not in drop:
-            kept.append(n)
-    del g.node[:]
-    g.node.extend(kept)
-    return len(replace)
+    return _splice(g, nodes, replace, drop)
 
 
 # ---- pass 5: split -> per-head Reshape -> Transpose, done once on the merged tensor -------------
@@ -638,16 +649,7 @@ def merge_head_splits(model: onnx.ModelProto) -> int:
         ]
         drop.add(k)
         drop.update(i for r, t, _ in chain for i in (r, t))
-    if not replace:
-        return 0
-    kept: list[onnx.NodeProto] = []
-    for k, n in enumerate(nodes):
-        kept.extend(replace.get(k, []))
-        if k not in drop:
-            kept.append(n)
-    del g.node[:]
-    g.node.extend(kept)
-    return len(replace)
+    return _splice(g, nodes, replace, drop)
 
 
 # ---- pass 6: attention core -> com.microsoft MultiHeadAttention -------------------------------
@@ -769,18 +771,11 @@ def fuse_attention(model: onnx.ModelProto) -> int:
             )
         )
         drop.update([*q[1], *kk[1], *v[1], qk, mul, add, k, pv, t3, r3])
-    if not drop:
+    if not _splice(g, nodes, replace, drop):
         return 0
-    kept: list[onnx.NodeProto] = []
-    for k, n in enumerate(nodes):
-        kept.extend(replace.get(k, []))
-        if k not in drop:
-            kept.append(n)
-    del g.node[:]
-    g.node.extend(kept)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return sum(n.op_type == "MultiHeadAttention" for n in kept)
+    return sum(n.op_type == "MultiHeadAttention" for n in g.node)
 
 
 # ---- the pass ----------------------------------------------------------------------------------
