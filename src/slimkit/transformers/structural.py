@@ -6,15 +6,18 @@
   rows) and the attention output projection (input columns). HF's ``prune_heads`` no longer
   exists in transformers 5, and BERT's attention infers the head count from the tensor shape
   (``view(..., -1, head_size)``), so slicing the Linears is all it takes.
-- FFN neuron pruning: per layer, the intermediate neurons with the smallest measured
-  contribution (mean |GELU activation| over real tokens times the L2 norm of the neuron's
-  output-projection column) are cut out of ``intermediate.dense`` (output rows) and
-  ``output.dense`` (input columns). The FFN is about 2/3 of a layer's matmul FLOPs at short
-  sequence lengths, so this buys speed with less damage than dropping layers.
+- FFN neuron pruning: per layer, neurons are cut out of ``intermediate.dense`` (output rows)
+  and ``output.dense`` (input columns). Default ``ffn_criterion="obs"``: removed one at a time
+  by the Optimal Brain Surgeon error with an exact least-squares update of the kept columns
+  and bias (``obs_prune_ffn_``); ``"variance"``: ranked by activation std times the neuron's
+  output-column norm, then one least-squares refit. The FFN is about 2/3 of a layer's matmul
+  FLOPs at short sequence lengths, so this buys speed with less damage than dropping layers.
 - Distillation from the fp32 model on sentences: loss = embedding loss (1 - cosine to the
-  teacher's embedding) + ``hidden_weight`` * masked MSE between each student layer's output and
-  the teacher layer it stands for. Training text = the given sentences plus random word spans
-  and sentence pairs built from them (augmentation, so 300 sentences are not memorised).
+  teacher's embedding) + ``pair_weight`` * in-batch similarity-matrix MSE + ``hidden_weight`` *
+  masked MSE between each student layer's output and the teacher layer it stands for.
+  Training text = the given sentences plus random word spans and sentence pairs built from
+  them, mixed with ``unlabelled_text`` (``slimkit.data.unlabelled_text``: 2,000 shipped
+  in-domain sentences) so a few hundred sentences are not memorised.
 """
 
 from __future__ import annotations
