@@ -89,6 +89,16 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return users
 
 
+def _consumer_indices(nodes: Sequence[onnx.NodeProto]) -> dict[str, list[int]]:
+    """Like :func:`_consumers`, but value name -> positions in ``nodes`` (for passes that splice)."""
+    users: dict[str, list[int]] = collections.defaultdict(list)
+    for k, n in enumerate(nodes):
+        for i in n.input:
+            if i:
+                users[i].append(k)
+    return users
+
+
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
@@ -490,11 +500,7 @@ def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
     g = model.graph
     nodes = list(g.node)
     inits = {t.name: t for t in g.initializer}
-    users: dict[str, list[int]] = collections.defaultdict(list)
-    for k, n in enumerate(nodes):
-        for i in n.input:
-            if i:
-                users[i].append(k)
+    users = _consumer_indices(nodes)
     outputs = {o.name for o in g.output}
     # MatMul input -> [(MatMul index, Add index, bias name)]
     groups: dict[str, list[tuple[int, int, str]]] = collections.defaultdict(list)
@@ -569,11 +575,7 @@ def merge_head_splits(model: onnx.ModelProto) -> int:
     g = model.graph
     nodes = list(g.node)
     consts = _constants(model)
-    users: dict[str, list[int]] = collections.defaultdict(list)
-    for k, n in enumerate(nodes):
-        for i in n.input:
-            if i:
-                users[i].append(k)
+    users = _consumer_indices(nodes)
     outputs = {o.name for o in g.output}
     replace: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
@@ -666,11 +668,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
     g = model.graph
     nodes = list(g.node)
     prod = {o: k for k, n in enumerate(nodes) for o in n.output}
-    users: dict[str, list[int]] = collections.defaultdict(list)
-    for k, n in enumerate(nodes):
-        for i in n.input:
-            if i:
-                users[i].append(k)
+    users = _consumer_indices(nodes)
     consts = _constants(model)
     outputs = {o.name for o in g.output}
 
