@@ -10,6 +10,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from slimkit.search import NASConfig, SearchSpace
@@ -34,8 +35,8 @@ def pg_url(tmp_path_factory):
         server.cleanup()
 
 
-def create(url, name, n_trials):
-    cfg = NASConfig(dataset="digits", epochs=1, n_trials=n_trials, strategy="random", seed=0)
+def create(url, name, n_trials, epochs=1):
+    cfg = NASConfig(dataset="digits", epochs=epochs, n_trials=n_trials, strategy="random", seed=0)
     task = {
         "kind": "nas",
         "config": cfg.to_dict(),
@@ -68,6 +69,22 @@ def trials(url, name):
     return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
+def running_with_heartbeat(url, name):
+    """Numbers of the study's RUNNING trials that already have a heartbeat row: only those can
+    be failed as stale later (Optuna ignores a RUNNING trial that never beat)."""
+    query = sqlalchemy.text(
+        "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE s.study_name = :name AND t.state = 'RUNNING'"
+    )
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(query, {"name": name})]
+    finally:
+        engine.dispose()
+
+
 def test_two_workers_share_one_study(pg_url):
     create(pg_url, "two", 8)
     procs = [worker(pg_url, "two", 8) for _ in range(2)]
@@ -83,17 +100,18 @@ def test_two_workers_share_one_study(pg_url):
 
 
 def test_killed_worker_leaves_nothing_running(pg_url):
-    create(pg_url, "kill", 6)
+    # 3 epochs per trial so the kill below lands inside one even on a loaded machine.
+    create(pg_url, "kill", 6, epochs=3)
     victim = worker(pg_url, "kill", 6)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the victim is inside a trial
-        if any(t.state == TrialState.RUNNING for t in trials(pg_url, "kill")):
+    # Kill as soon as a trial is RUNNING *and* its heartbeat thread has written its first row
+    # (it writes at once on start): Optuna fails a stale trial only once it has a heartbeat, and
+    # a fixed sleep instead either killed before the first beat or after the trial had finished
+    # (both seen under CI load).
+    while time.time() < deadline and victim.poll() is None:
+        if running_with_heartbeat(pg_url, "kill"):
             break
-        time.sleep(0.1)
-    # Optuna fails a stale trial only once it has a heartbeat row; a worker killed between
-    # creating a trial and its heartbeat thread's first write leaves it RUNNING for good (seen
-    # once under load). Give the thread more than one interval (1 s) to write.
-    time.sleep(1.5)
+        time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     stuck = [t.number for t in trials(pg_url, "kill") if t.state == TrialState.RUNNING]
