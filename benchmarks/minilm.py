@@ -9,9 +9,10 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
   ort_int8_channel quantize_dynamic(per_channel=True)
   slimkit_int8     SmoothQuant (FFN in/out) + measured sensitivity exclusion + dynamic
                    per-channel int8 of the plain export after slimkit's graph simplification
-                   (constant reshapes, one padding mask, merged Q/K/V; ORT's runtime fusions apply)
-  slimkit_int8_split  the same, but the kept-fp32 unit keeps only its 4 largest (outlier) input
-                   channels fp32 and the rest of it int8 (LLM.int8()-style split)
+                   (constant reshapes, one padding mask, merged Q/K/V; ORT's runtime fusions apply);
+                   the most sensitive unit keeps only its 4 largest (outlier) input channels fp32
+                   and the rest of it goes int8 (LLM.int8()-style split, outlier_channels=4)
+  slimkit_int8_unit_fp32  the same, but that unit stays fp32 whole (outlier_channels=0)
   slimkit_int8_fused  the same after ORT's offline transformer fusion (Attention -> QAttention)
   slimkit_struct_int8  FFN neurons pruned (60 % by default, 1536 -> 640, removed one by one by
                    the Optimal Brain Surgeon error with least-squares compensation, scanned on
@@ -19,6 +20,8 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
                    the even-indexed sentences mixed 1:3 with the 2,000 distill_en sentences
                    (embedding + hidden-state + pairwise-similarity losses), then slimkit int8
                    without fp32 exclusions
+  slimkit_struct_light_int8  the same with 30 % of FFN neurons pruned (``--ffn-light``): the
+                   other end of the speed-fidelity frontier
 
 Latency: ONNX Runtime / torch at 2 threads, batch 1 (single real sentences) and batch 32
 (consecutive sentences padded to the longest), medians over rounds that take turns between the
@@ -55,6 +58,12 @@ def main() -> None:
     ap.add_argument("--distill-batch", type=int, default=32)
     ap.add_argument("--keep", default="", help="layers kept by the structural variant (all)")
     ap.add_argument("--ffn", type=float, default=0.6, help="FFN neuron fraction pruned")
+    ap.add_argument(
+        "--ffn-light",
+        type=float,
+        default=0.3,
+        help="FFN fraction of a second, lighter structural row (0 = none)",
+    )
     ap.add_argument("--heads", type=float, default=0.0, help="attention-head fraction pruned")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument(
@@ -138,24 +147,25 @@ def main() -> None:
     paths["slimkit_int8"] = tmp / "sk_int8.onnx"
     notes["slimkit_int8"] = {
         "excluded_units": res.excluded_units,
+        "split_units": res.split_units,
         "fused_ops": res.fused_ops,
         "seconds": time.time() - t0,
     }
 
-    # Same recipe, but the kept-fp32 unit keeps only its 4 largest input channels fp32
-    # (slimkit.transformers.outlier_split), the rest of it int8.
-    res_split = quantize_encoder(
+    # Same recipe, but the most sensitive unit stays fp32 whole (outlier_channels=0) instead of
+    # only its 4 largest input channels (slimkit.transformers.outlier_split, the default).
+    res_unit = quantize_encoder(
         module,
         tok,
-        tmp / "sk_int8_split.onnx",
-        dataclasses.replace(int8, outlier_channels=4),
+        tmp / "sk_int8_unit_fp32.onnx",
+        dataclasses.replace(int8, outlier_channels=0),
         train,
         num_heads=12,
         hidden_size=384,
         max_length=max_len,
     )
-    paths["slimkit_int8_split"] = tmp / "sk_int8_split.onnx"
-    notes["slimkit_int8_split"] = {"split_units": res_split.split_units}
+    paths["slimkit_int8_unit_fp32"] = tmp / "sk_int8_unit_fp32.onnx"
+    notes["slimkit_int8_unit_fp32"] = {"excluded_units": res_unit.excluded_units}
 
     # Same recipe after ORT's offline transformer fusion (fused Attention becomes QAttention).
     quantize_encoder(
@@ -171,50 +181,56 @@ def main() -> None:
     paths["slimkit_int8_fused"] = tmp / "sk_int8_fused.onnx"
 
     keep = tuple(int(x) for x in args.keep.split(",")) if args.keep else ()
-    t0 = time.time()
-    student, sres = compress_structure(
-        module,
-        tok,
-        EncoderStructural(
-            keep_layers=keep,
-            ffn_fraction=args.ffn,
-            head_fraction=args.heads,
-            scan_sentences=args.scan,
-            unlabelled_text=args.unlabelled,
-            distill=DistillConfig(
-                steps=args.steps,
-                batch_size=args.distill_batch,
-                lr=args.lr,
-                unlabelled_share=args.share,
+    # The default struct row, then a lighter one: two points of the speed-fidelity frontier.
+    structs = [("slimkit_struct_int8", args.ffn)]
+    if args.ffn_light > 0:
+        structs.append(("slimkit_struct_light_int8", args.ffn_light))
+    for name, ffn in structs:
+        t0 = time.time()
+        student, sres = compress_structure(
+            module,
+            tok,
+            EncoderStructural(
+                keep_layers=keep,
+                ffn_fraction=ffn,
+                head_fraction=args.heads,
+                scan_sentences=args.scan,
+                unlabelled_text=args.unlabelled,
+                distill=DistillConfig(
+                    steps=args.steps,
+                    batch_size=args.distill_batch,
+                    lr=args.lr,
+                    unlabelled_share=args.share,
+                ),
             ),
-        ),
-        train,
-        max_length=128,
-        log=print,
-    )
-    # No fp32 exclusions here: the pruning error dwarfs int8's, and an excluded unit costs
-    # speed (the previous run kept layer 4's Q/K/V fp32: three fp32 MatMuls for ~0.002 cosine).
-    res2 = quantize_encoder(
-        student,
-        tok,
-        tmp / "sk_struct.onnx",
-        dataclasses.replace(int8, auto_exclude=0),
-        train,
-        num_heads=12,
-        hidden_size=384,
-        max_length=max_len,
-        log=print,
-    )
-    paths["slimkit_struct_int8"] = tmp / "sk_struct.onnx"
-    notes["slimkit_struct_int8"] = {
-        "kept_layers": sres.kept_layers,
-        "ffn_kept": sres.ffn_kept,
-        "heads_kept": {k: len(v) for k, v in sres.heads_kept.items()},
-        "params": [sres.params_before, sres.params_after],
-        "distill_loss": [sres.distill_loss_first, sres.distill_loss_last],
-        "excluded_units": res2.excluded_units,
-        "seconds": time.time() - t0,
-    }
+            train,
+            max_length=128,
+            log=print,
+        )
+        # No fp32 exclusions here: the pruning error dwarfs int8's, and an excluded unit costs
+        # speed (a run kept layer 4's Q/K/V fp32: three fp32 MatMuls for ~0.002 cosine).
+        res2 = quantize_encoder(
+            student,
+            tok,
+            tmp / f"{name}.onnx",
+            dataclasses.replace(int8, auto_exclude=0),
+            train,
+            num_heads=12,
+            hidden_size=384,
+            max_length=max_len,
+            log=print,
+        )
+        paths[name] = tmp / f"{name}.onnx"
+        notes[name] = {
+            "ffn_fraction": ffn,
+            "kept_layers": sres.kept_layers,
+            "ffn_kept": sres.ffn_kept,
+            "heads_kept": {k: len(v) for k, v in sres.heads_kept.items()},
+            "params": [sres.params_before, sres.params_after],
+            "distill_loss": [sres.distill_loss_first, sres.distill_loss_last],
+            "excluded_units": res2.excluded_units,
+            "seconds": time.time() - t0,
+        }
 
     # ---- fidelity: every variant's embeddings vs torch fp32 ----
     ref = embed(module, tok, corpus, max_length=max_len)
@@ -245,7 +261,7 @@ def main() -> None:
     base = rows["ort_fp32"]
     print()
     hdr = (
-        f"{'variant':22s} {'MB':>7s} {'b1 ms':>7s} {'x':>5s} {'b32 ms':>8s} {'x':>5s} "
+        f"{'variant':26s} {'MB':>7s} {'b1 ms':>7s} {'x':>5s} {'b32 ms':>8s} {'x':>5s} "
         f"{'cos mean':>8s} {'cos min':>8s} {'spearman':>8s} {'top5':>6s} {'sp held':>8s}"
     )
     print(hdr)
@@ -261,7 +277,7 @@ def main() -> None:
         }
         fh = r.get("fidelity_heldout") or {"spearman": 1.0}
         print(
-            f"{name:22s} {r['bytes'] / 1e6:7.1f} {r['latency_ms_b1']:7.2f} {r['speedup_b1']:5.2f} "
+            f"{name:26s} {r['bytes'] / 1e6:7.1f} {r['latency_ms_b1']:7.2f} {r['speedup_b1']:5.2f} "
             f"{r['latency_ms_b32']:8.1f} {r['speedup_b32']:5.2f} {f['cosine_mean']:8.4f} "
             f"{f['cosine_min']:8.4f} {f['spearman']:8.4f} {f['topk_agreement']:6.3f} {fh['spearman']:8.4f}"
         )
@@ -272,6 +288,8 @@ def main() -> None:
         "slimkit_int8": {"speedup": 2.0, "cosine_mean": 0.995, "spearman": 0.995},
         "slimkit_struct_int8": {"speedup": 3.0, "spearman": 0.98},
     }
+    if "slimkit_struct_light_int8" in rows:
+        targets["slimkit_struct_light_int8"] = targets["slimkit_struct_int8"]
     verdicts = {}
     for name, t in targets.items():
         r = rows[name]

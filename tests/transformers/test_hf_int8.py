@@ -76,7 +76,9 @@ def test_int8_dynamic_fidelity_and_size(tmp_path, encoder, sentence_module, sent
     res = quantize_encoder(
         sentence_module, encoder.tokenizer, path, cfg, sentences, num_heads=12, hidden_size=384
     )
-    assert len(res.excluded_units) == 1 and len(res.excluded_nodes) >= 1
+    # the most sensitive unit: whole fp32 if an attention unit, else (outlier_channels=4 by
+    # default) int8 but for its 4 largest input channels, whose one MatMul stays fp32
+    assert len(res.excluded_units) + len(res.split_units) == 1 and len(res.excluded_nodes) >= 1
     assert len(res.sensitivity) == 24
     # simplify=True (default): Q/K/V merged in each of the 6 layers before quantizing
     assert res.simplified is not None and res.simplified["matmuls_merged"] == 6

@@ -43,7 +43,9 @@ FFN_CRITERIA = ("obs", "variance")
 class DistillConfig(SlimConfig):
     steps: int = 300
     batch_size: int = 32
-    lr: float = 5e-5
+    # Measured on MiniLM at ffn_fraction 0.6 (held-out Spearman, fp32): 200 steps 0.9238 at 5e-5,
+    # 0.9277 at 3e-4, 0.9116 at 1e-3; 600 steps 0.9334 at both 1e-4 and 3e-4.
+    lr: float = 1e-4
     hidden_weight: float = 1.0
     embedding_weight: float = 1.0
     # MSE between the student's and the teacher's in-batch cosine-similarity matrices: the
