@@ -228,6 +228,8 @@ def main() -> None:
             "heads_kept": {k: len(v) for k, v in sres.heads_kept.items()},
             "params": [sres.params_before, sres.params_after],
             "distill_loss": [sres.distill_loss_first, sres.distill_loss_last],
+            "distill_best_step": sres.distill_best_step,
+            "distill_val_spearman": sres.distill_val_spearman,
             "excluded_units": res2.excluded_units,
             "seconds": time.time() - t0,
         }

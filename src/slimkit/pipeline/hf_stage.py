@@ -306,6 +306,14 @@ def _what_was_done(enc: dict[str, Any]) -> str:
             f"Distillation loss: {_num(st.get('distill_loss_first'), '.4f')} → "
             f"{_num(st.get('distill_loss_last'), '.4f')} (first → last step)."
         )
+        val = {int(k): v for k, v in (st.get("distill_val_spearman") or {}).items()}
+        best = st.get("distill_best_step", -1)
+        if val and best in val:
+            items.append(
+                f"Weights kept from distillation step {best} of {max(val)}: Spearman to the "
+                f"teacher on held-back sentences {_num(val[best], '.4f')} (step 0, before "
+                f"distillation: {_num(val[0], '.4f')}; last step: {_num(val[max(val)], '.4f')})."
+            )
         layers = sorted(set(ffn) | set(heads), key=_layer_index)
         if layers:
             body = []

@@ -17,7 +17,11 @@
   masked MSE between each student layer's output and the teacher layer it stands for.
   Training text = the given sentences plus random word spans and sentence pairs built from
   them, mixed with ``unlabelled_text`` (``slimkit.data.unlabelled_text``: 2,000 shipped
-  in-domain sentences) so a few hundred sentences are not memorised.
+  in-domain sentences) so a few hundred sentences are not memorised. ``val_fraction`` of the
+  sentences is held back; the student is scored on them at step 0 and every ``eval_every``
+  steps, and the best weights are kept (light pruning can leave little to recover, and then
+  training drifts: measured on MiniLM at ffn_fraction 0.3, held-out Spearman fell from 0.9743
+  after pruning to 0.9644 after 600 steps).
 """
 
 from __future__ import annotations
@@ -55,10 +59,19 @@ class DistillConfig(SlimConfig):
     # Share of each batch drawn from the unlabelled text passed to ``distill_`` (when given);
     # the rest comes from the (augmented) task sentences.
     unlabelled_share: float = 0.5
+    # Share of the task sentences held back (never trained on) to score the student every
+    # ``eval_every`` steps and at step 0 by the Spearman correlation of its pairwise similarities
+    # with the teacher's; the best-scoring weights are kept, so distillation never leaves the
+    # student worse than pruning did. Measured on MiniLM at ffn_fraction 0.3, without it: held-out
+    # Spearman 0.9743 after pruning, 0.9644 after 600 steps. 0 = keep the last step.
+    val_fraction: float = 0.2
+    eval_every: int = 50
     seed: int = 0
 
     def validate(self) -> None:
         check_int("distill.steps", self.steps, 0, 1_000_000)
+        check_range("distill.val_fraction", self.val_fraction, 0.0, 0.9)
+        check_int("distill.eval_every", self.eval_every, 1, 1_000_000)
         check_int("distill.batch_size", self.batch_size, 1, 4096)
         check_range("distill.lr", self.lr, 0.0, 1.0, low_open=True)
         check_range("distill.hidden_weight", self.hidden_weight, 0.0, 1e6)
@@ -129,6 +142,10 @@ class StructuralResult:
     params_after: int
     distill_loss_first: float
     distill_loss_last: float
+    # step whose weights were kept (-1: no validation, the last step) and the validation
+    # Spearman measured at each scored step
+    distill_best_step: int = -1
+    distill_val_spearman: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -369,6 +386,31 @@ def _teacher_layer_map(n_teacher: int, n_student: int) -> list[int]:
     return [round((j + 1) * n_teacher / n_student) for j in range(n_student)]
 
 
+@dataclasses.dataclass
+class DistillOutcome:
+    loss_first: float
+    loss_last: float
+    best_step: int = -1  # -1: no validation, the last step's weights
+    val_spearman: dict[int, float] = dataclasses.field(default_factory=dict)
+
+
+MIN_VAL_SENTENCES = 8  # fewer held-back sentences give too few pairs for a Spearman score
+
+
+def _val_split(
+    sentences: Sequence[str], fraction: float, rng: random.Random
+) -> tuple[list[str], list[str]]:
+    """(train, val): ``fraction`` of ``sentences`` at random for validation, or none if that is
+    fewer than MIN_VAL_SENTENCES."""
+    n_val = int(round(fraction * len(sentences)))
+    if n_val < MIN_VAL_SENTENCES or len(sentences) - n_val < 1:
+        return list(sentences), []
+    order = list(range(len(sentences)))
+    rng.shuffle(order)
+    val = set(order[:n_val])
+    return [t for i, t in enumerate(sentences) if i not in val], [sentences[i] for i in sorted(val)]
+
+
 def distill_(
     student: Any,
     teacher: Any,
@@ -378,18 +420,42 @@ def distill_(
     max_length: int = 128,
     log: Callable[[str], None] = lambda _m: None,
     unlabelled: Sequence[str] = (),
-) -> tuple[float, float]:
-    """Train ``student`` (a SentenceEncoder) towards ``teacher``; return (first, last) loss.
+) -> DistillOutcome:
+    """Train ``student`` (a SentenceEncoder) towards ``teacher``; keep its best weights.
 
     ``unlabelled``: extra text (any English) of which ``cfg.unlabelled_share`` of each batch is
     drawn, so the student copies the teacher's function rather than memorising ``sentences``.
+    ``cfg.val_fraction`` of ``sentences`` is held back to choose the step whose weights are
+    kept (step 0, the undistilled student, included).
     """
-    from slimkit.transformers.embed import pool, tokenize
+    from slimkit.transformers.embed import embed, pool, tokenize
+    from slimkit.transformers.fidelity import embedding_fidelity
 
     if cfg.steps == 0:
-        return float("nan"), float("nan")
+        return DistillOutcome(float("nan"), float("nan"))
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
+    sentences, val = _val_split(sentences, cfg.val_fraction, rng)
+    if cfg.val_fraction > 0 and not val:
+        log(f"distill: too few sentences to hold back {MIN_VAL_SENTENCES}; keeping the last step")
+    scores: dict[int, float] = {}
+    best: dict[str, torch.Tensor] = {}
+    if val:
+        t_val = embed(teacher, tokenizer, val, max_length=max_length)
+
+    def score(step: int) -> None:
+        """Validation Spearman of ``student`` now; remember its weights if the best so far."""
+        student.eval()
+        with torch.no_grad():
+            s_val = embed(student, tokenizer, val, max_length=max_length)
+        scores[step] = embedding_fidelity(t_val, s_val).spearman
+        if scores[step] > max((v for k, v in scores.items() if k != step), default=-2.0):
+            best.clear()
+            best.update({k: v.detach().clone() for k, v in student.state_dict().items()})
+        student.train()
+
+    if val:
+        score(0)
     teacher.eval()
     n_t, n_s = len(teacher.model.encoder.layer), len(student.model.encoder.layer)
     layer_map = _teacher_layer_map(n_t, n_s)
@@ -433,11 +499,24 @@ def distill_(
         opt.step()
         sched.step()
         losses.append(loss.item())
+        done = step + 1
+        if val and (done % cfg.eval_every == 0 or done == cfg.steps):
+            score(done)
         if step % 50 == 0 or step == cfg.steps - 1:
-            log(f"distill step {step}: loss {losses[-1]:.4f}")
+            extra = f", val Spearman {scores[done]:.4f}" if done in scores else ""
+            log(f"distill step {step}: loss {losses[-1]:.4f}{extra}")
     student.eval()
     k = max(1, min(10, len(losses) // 5))
-    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+    out = DistillOutcome(sum(losses[:k]) / k, sum(losses[-k:]) / k)
+    if val:
+        out.best_step = max(scores, key=lambda st: (scores[st], -st))
+        out.val_spearman = scores
+        student.load_state_dict(best)
+        log(
+            f"distill: kept step {out.best_step} (val Spearman {scores[out.best_step]:.4f}; "
+            f"step 0 {scores[0]:.4f}, last {scores[cfg.steps]:.4f}) of {len(val)} held-back sentences"
+        )
+    return out
 
 
 @REGISTRY.register(EncoderStructural)
@@ -522,7 +601,7 @@ def compress_structure(
                 refit_ffn_output_(student, i, acts, keep_idx, target)
             ffn_kept[f"encoder.layer.{i}"] = n_keep
         log(f"pruned FFN neurons: kept {ffn_kept}")
-    first, last = distill_(
+    dist = distill_(
         student, teacher, tokenizer, sentences, cfg.distill, max_length, log, unlabelled
     )
     after = sum(p.numel() for p in student.parameters())
@@ -533,6 +612,8 @@ def compress_structure(
         {f"encoder.layer.{i}": s for i, s in enumerate(scores)},
         before,
         after,
-        first,
-        last,
+        dist.loss_first,
+        dist.loss_last,
+        dist.best_step,
+        dist.val_spearman,
     )
