@@ -53,10 +53,13 @@ ENC = {
         "params_after": 17_988_480,
         "distill_loss_first": 0.1730,
         "distill_loss_last": 0.1284,
+        "distill_best_step": 450,
+        "distill_val_spearman": {"0": 0.9162, "450": 0.9355, "600": 0.9353},  # JSON keys
     },
     "int8": {
-        "config": {"mode": "dynamic", "per_channel": True},
+        "config": {"mode": "dynamic", "per_channel": True, "outlier_channels": 4},
         "excluded_units": ["encoder.layer.0.output.dense"],
+        "split_units": ["encoder.layer.1.output.dense"],
         "smoothed": ["a", "b"],
         "simplified": {"nodes_before": 579, "nodes_after": 260},
     },
@@ -118,6 +121,8 @@ def test_what_was_done_lists_structure_distillation_and_int8():
     assert "22,713,216 → 17,988,480 (79.2% of the original)" in done
     assert "Distillation loss: 0.1730 → 0.1284" in done
     assert "units kept fp32: <code>encoder.layer.0.output.dense</code>" in done
+    assert "except their 4 outlier input channels (kept fp32): <code>encoder.layer.1" in done
+    assert "from distillation step 450 of 600" in done and "before distillation: 0.9162" in done
     assert "579 → 260 nodes" in done
     layers = cells(page, "layers")
     assert layers[1] == ["encoder.layer.0", "0", "640", "3"]

@@ -191,9 +191,7 @@ def test_distill_keeps_the_best_validated_step(encoder, sentence_module):
     text = load_corpus()[:40]
     student = copy.deepcopy(sentence_module)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    cfg = DistillConfig(
-        steps=10, batch_size=4, lr=0.5, val_fraction=0.25, eval_every=2, patience=2
-    )
+    cfg = DistillConfig(steps=10, batch_size=4, lr=0.5, val_fraction=0.25, eval_every=2, patience=2)
     logs: list[str] = []
     out = distill_(student, sentence_module, encoder.tokenizer, text, cfg, 64, logs.append)
     assert sorted(out.val_spearman) == [0, 2, 4]

@@ -340,6 +340,11 @@ def _what_was_done(enc: dict[str, Any]) -> str:
         mode = esc(str(cfg.get("mode", "?")))
         gran = "per-channel" if cfg.get("per_channel") else "per-tensor"
         items.append(f"int8: {mode}, {gran} weights; units kept fp32: {kept_fp32}.")
+        split = q.get("split_units") or []
+        if split:
+            n_out = esc(str(cfg.get("outlier_channels", "?")))
+            names = ", ".join(f"<code>{esc(str(u))}</code>" for u in split)
+            items.append(f"int8 except their {n_out} outlier input channels (kept fp32): {names}.")
         smoothed = q.get("smoothed") or []
         if smoothed:
             items.append(f"Activation smoothing on {len(smoothed)} linear layers.")
