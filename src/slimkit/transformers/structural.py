@@ -458,7 +458,8 @@ def distill_(
         student.eval()
         with torch.no_grad():
             s_val = embed(student, tokenizer, val, max_length=max_length)
-        scores[step] = embedding_fidelity(t_val, s_val).spearman
+        sp = embedding_fidelity(t_val, s_val).spearman
+        scores[step] = sp if sp == sp else -1.0  # NaN (constant embeddings) counts as worst
         if scores[step] > max((v for k, v in scores.items() if k != step), default=-2.0):
             best.clear()
             best.update({k: v.detach().clone() for k, v in student.state_dict().items()})
@@ -528,7 +529,8 @@ def distill_(
     if val:
         out.best_step = max(scores, key=lambda st: (scores[st], -st))
         out.val_spearman = scores
-        student.load_state_dict(best)
+        if best:
+            student.load_state_dict(best)
         log(
             f"distill: kept step {out.best_step} (val Spearman {scores[out.best_step]:.4f}; "
             f"step 0 {scores[0]:.4f}, last {scores[max(scores)]:.4f}) "
