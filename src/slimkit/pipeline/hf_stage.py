@@ -252,13 +252,10 @@ def _headline(measured: dict[str, dict[str, Any]], reference: str | None) -> str
     )
 
 
-def _layer_index(name: str) -> int:
-    tail = name.rsplit(".", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 def _what_was_done(enc: dict[str, Any]) -> str:
     """Structural pruning, distillation and int8 choices of ``compress_encoder``'s metrics."""
+    from slimkit.report.plots import _layer_index
+
     esc = html.escape
     items: list[str] = []
     if enc.get("model") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
@@ -19,9 +20,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _label_bars(ax, bars, notes: list[str]) -> None:
-    """Write ``notes[i]`` just above bar ``i``."""
+def _label_bars(
+    ax, bars, notes: Sequence[str | None], fontsize: int = 8, rotation: float = 0
+) -> None:
+    """Write ``notes[i]`` just above bar ``i`` (none where it is None)."""
     for rect, note in zip(bars, notes, strict=True):
+        if note is None:
+            continue
         ax.annotate(
             note,
             (rect.get_x() + rect.get_width() / 2, rect.get_height()),
@@ -29,7 +34,8 @@ def _label_bars(ax, bars, notes: list[str]) -> None:
             xytext=(0, 2),
             ha="center",
             va="bottom",
-            fontsize=8,
+            fontsize=fontsize,
+            rotation=rotation,
         )
 
 
@@ -110,6 +116,12 @@ def _mpl_text(s: str) -> str:
     return s.replace("$", r"\$")
 
 
+def _layer_index(name: str) -> int:
+    """``"encoder.layer.3"`` -> 3 (0 when the name does not end in a number)."""
+    tail = name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def _batch_sizes(measured: dict[str, dict[str, Any]]) -> list[int]:
     keys = {k for row in measured.values() for k in row if k.startswith("latency_ms_b")}
     return sorted(int(k.removeprefix("latency_ms_b")) for k in keys)
@@ -183,20 +195,14 @@ def encoder_variants(measured: dict[str, dict[str, Any]], reference: str | None)
         drawn = fid_ax.bar(
             pos, [0.0 if v is None else v for v in vals], width, color=colors[i], label=labels[i]
         )
-        for rect, v in zip(drawn, vals, strict=True):
-            if v is None:
-                continue
-            lows.append(v)
-            fid_ax.annotate(
-                f"{v:.4f}",
-                (rect.get_x() + rect.get_width() / 2, v),
-                textcoords="offset points",
-                xytext=(0, 2),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                rotation=90 if len(names) > 3 else 0,
-            )
+        lows += [v for v in vals if v is not None]
+        _label_bars(
+            fid_ax,
+            drawn,
+            [None if v is None else f"{v:.4f}" for v in vals],
+            fontsize=7,
+            rotation=90 if len(names) > 3 else 0,
+        )
     lo = min(lows, default=0.0)
     span = max(1.0 - lo, 0.002)
     bottom = max(0.0, lo - 0.6 * span)
@@ -218,13 +224,13 @@ def encoder_layer_widths(structural: dict[str, Any] | None) -> bytes | None:
         return None
     ffn = structural.get("ffn_kept") or {}
     heads = structural.get("heads_kept") or {}
-    layers = sorted(set(ffn) | set(heads), key=lambda s: int(s.rsplit(".", 1)[-1]))
+    layers = sorted(set(ffn) | set(heads), key=_layer_index)
     if not layers:
         return None
     kept = structural.get("kept_layers") or []
 
     def label(name: str) -> str:
-        i = int(name.rsplit(".", 1)[-1])  # student index
+        i = _layer_index(name)  # student index
         return f"layer {kept[i] if i < len(kept) else i}"
 
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(layers) + 2), 3.0))

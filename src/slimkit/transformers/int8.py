@@ -356,9 +356,13 @@ def quantize_encoder(
         from slimkit.config import get_module, set_module
         from slimkit.transformers.outlier_split import OutlierSplitLinear, outlier_channels
 
-        for unit in [u for u in excluded if u.endswith(("intermediate.dense", "output.dense"))]:
-            if unit.endswith("attention.output.dense"):
-                continue
+        ffn_units = [
+            u
+            for u in excluded
+            if u.endswith(("intermediate.dense", ".output.dense"))
+            and not u.endswith("attention.output.dense")
+        ]
+        for unit in ffn_units:
             name = _unit_linears(unit)[0]
             lin = get_module(work, name)
             idx = outlier_channels(lin, calib, work, cfg.outlier_channels)

@@ -450,20 +450,25 @@ def distill_(
         log(f"distill: too few sentences to hold back {MIN_VAL_SENTENCES}; keeping the last step")
     scores: dict[int, float] = {}
     best: dict[str, torch.Tensor] = {}
+    out = DistillOutcome(float("nan"), float("nan"), val_spearman=scores)
     if val:
         t_val = embed(teacher, tokenizer, val, max_length=max_length)
 
-    def score(step: int) -> None:
-        """Validation Spearman of ``student`` now; remember its weights if the best so far."""
+    def score(step: int) -> bool:
+        """Validation Spearman of ``student`` now; keep its weights and return True if it is a
+        new best (ties keep the earlier step)."""
         student.eval()
         with torch.no_grad():
             s_val = embed(student, tokenizer, val, max_length=max_length)
         sp = embedding_fidelity(t_val, s_val).spearman
         scores[step] = sp if sp == sp else -1.0  # NaN (constant embeddings) counts as worst
-        if scores[step] > max((v for k, v in scores.items() if k != step), default=-2.0):
+        improved = out.best_step < 0 or scores[step] > scores[out.best_step]
+        if improved:
+            out.best_step = step
             best.clear()
             best.update({k: v.detach().clone() for k, v in student.state_dict().items()})
         student.train(cfg.dropout)
+        return improved
 
     if val:
         score(0)
@@ -513,10 +518,7 @@ def distill_(
         losses.append(loss.item())
         done = step + 1
         if val and (done % cfg.eval_every == 0 or done == cfg.steps):
-            score(done)
-            stale = (
-                0 if scores[done] > max(v for st, v in scores.items() if st != done) else stale + 1
-            )
+            stale = 0 if score(done) else stale + 1
         if step == 0 or done % 50 == 0 or done == cfg.steps:
             extra = f", val Spearman {scores[done]:.4f}" if done in scores else ""
             log(f"distill step {done}/{cfg.steps}: loss {losses[-1]:.4f}{extra}")
@@ -525,12 +527,9 @@ def distill_(
             break
     student.eval()
     k = max(1, min(10, len(losses) // 5))
-    out = DistillOutcome(sum(losses[:k]) / k, sum(losses[-k:]) / k)
+    out.loss_first, out.loss_last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     if val:
-        out.best_step = max(scores, key=lambda st: (scores[st], -st))
-        out.val_spearman = scores
-        if best:
-            student.load_state_dict(best)
+        student.load_state_dict(best)  # score(0) stored a first copy
         log(
             f"distill: kept step {out.best_step} (val Spearman {scores[out.best_step]:.4f}; "
             f"step 0 {scores[0]:.4f}, last {scores[max(scores)]:.4f}) "
