@@ -7,13 +7,16 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
   ort_fp32         plain ONNX export in ONNX Runtime (ORT_ENABLE_ALL): the speed baseline
   ort_int8_tensor  onnxruntime.quantization.quantize_dynamic, defaults (per-tensor weights)
   ort_int8_channel quantize_dynamic(per_channel=True)
+  slimkit_fp32     slimkit's fp32 graph: padding-free (slimkit.transformers.packed: every layer
+                   but attention runs on the real tokens only) and simplified (constant
+                   reshapes, merged Q/K/V); shows how much speed comes from the graph alone
   slimkit_int8     SmoothQuant (FFN in/out) + measured sensitivity exclusion + dynamic
-                   per-channel int8 of the plain export after slimkit's graph simplification
-                   (constant reshapes, one padding mask, merged Q/K/V; ORT's runtime fusions apply);
-                   the most sensitive unit keeps only its 4 largest (outlier) input channels fp32
-                   and the rest of it goes int8 (LLM.int8()-style split, outlier_channels=4)
-  slimkit_int8_unit_fp32  the same, but that unit stays fp32 whole (outlier_channels=0)
-  slimkit_int8_fused  the same after ORT's offline transformer fusion (Attention -> QAttention)
+                   per-channel int8 of that packed, simplified export (ORT's runtime fusions
+                   apply); the most sensitive unit keeps only its 4 largest (outlier) input
+                   channels fp32 and the rest of it goes int8 (LLM.int8()-style split)
+  slimkit_int8_padded  the same on the padded graph (packed=False; the default before packing)
+  slimkit_int8_fused  the padded graph after ORT's offline transformer fusion (Attention ->
+                   QAttention)
   slimkit_struct_int8  FFN neurons pruned (60 % by default, 1536 -> 640, removed one by one by
                    the Optimal Brain Surgeon error with least-squares compensation, scanned on
                    the even-indexed sentences + shipped distill_en text), distilled from fp32 on
@@ -122,6 +125,18 @@ def main() -> None:
 
     export_encoder(module, tok, tmp / "plain.onnx", optimize=False, atol=1e-4, max_length=max_len)
     paths["ort_fp32"] = tmp / "plain.onnx"
+    # slimkit's fp32 graph alone (packed + simplified): how much of the speed is not int8.
+    export_encoder(
+        module,
+        tok,
+        tmp / "sk_fp32.onnx",
+        optimize=False,
+        simplify=True,
+        packed=True,
+        atol=1e-4,
+        max_length=max_len,
+    )
+    paths["slimkit_fp32"] = tmp / "sk_fp32.onnx"
     quantize_dynamic(str(tmp / "plain.onnx"), str(tmp / "ort_t.onnx"), weight_type=QuantType.QInt8)
     paths["ort_int8_tensor"] = tmp / "ort_t.onnx"
     quantize_dynamic(
@@ -153,27 +168,27 @@ def main() -> None:
         "seconds": time.time() - t0,
     }
 
-    # Same recipe, but the most sensitive unit stays fp32 whole (outlier_channels=0) instead of
-    # only its 4 largest input channels (slimkit.transformers.outlier_split, the default).
-    res_unit = quantize_encoder(
+    # Same recipe on the padded graph (packed=False, the default until the packed export):
+    # what skipping the padding tokens is worth at int8.
+    quantize_encoder(
         module,
         tok,
-        tmp / "sk_int8_unit_fp32.onnx",
-        dataclasses.replace(int8, outlier_channels=0),
+        tmp / "sk_int8_padded.onnx",
+        dataclasses.replace(int8, packed=False),
         train,
         num_heads=12,
         hidden_size=384,
         max_length=max_len,
     )
-    paths["slimkit_int8_unit_fp32"] = tmp / "sk_int8_unit_fp32.onnx"
-    notes["slimkit_int8_unit_fp32"] = {"excluded_units": res_unit.excluded_units}
+    paths["slimkit_int8_padded"] = tmp / "sk_int8_padded.onnx"
 
-    # Same recipe after ORT's offline transformer fusion (fused Attention becomes QAttention).
+    # Same recipe after ORT's offline transformer fusion (fused Attention becomes QAttention),
+    # which matches the padded graph only.
     quantize_encoder(
         module,
         tok,
         tmp / "sk_int8_fused.onnx",
-        dataclasses.replace(int8, optimize=True),
+        dataclasses.replace(int8, optimize=True, packed=False),
         train,
         num_heads=12,
         hidden_size=384,

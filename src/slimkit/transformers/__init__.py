@@ -29,6 +29,7 @@ from slimkit.transformers.loader import (
     load_encoder,
 )
 from slimkit.transformers.onnx_export import EncoderExport, export_encoder
+from slimkit.transformers.packed import PackedSentenceEncoder
 from slimkit.transformers.smooth import InputScaledLinear, smooth_encoder_
 from slimkit.transformers.structural import (
     DistillConfig,
@@ -51,6 +52,7 @@ __all__ = [
     "InputScaledLinear",
     "Int8Result",
     "MeasureConfig",
+    "PackedSentenceEncoder",
     "QuantMode",
     "SentenceEncoder",
     "SmoothConfig",

@@ -60,6 +60,7 @@ class SimplifyResult:
     expands_dropped: int
     gathers_constant: int  # embedding lookups of a constant index (token types)
     matmuls_merged: int  # merged groups (one per attention block for Q/K/V)
+    split_concats_dropped: int  # Concat(Split(x)) -> x (the packed encoder's Q/K/V)
     head_splits_merged: int  # Q/K/V head reshapes done once on the merged tensor (opt-in)
     attentions_fused: int  # MultiHeadAttention nodes (opt-in)
     max_abs_diff: float  # simplified vs original graph on the probe batches
@@ -496,6 +497,43 @@ def _merged_name(names: Sequence[str]) -> str:
     return "+".join(names)
 
 
+def gemms_to_matmuls(model: onnx.ModelProto) -> int:
+    """``Gemm(x, W, b)`` (constant W, transA 0, alpha = beta = 1, 1-D or no b) -> ``MatMul(x,
+    W')`` [+ ``Add(b)``]: torch exports a Linear on a 2-D input (the packed encoder's (N, D)
+    stream, packed.py) as Gemm. As MatMul + Add it merges like the 3-D case (Q/K/V), ORT still
+    fuses it into one DynamicQuantizeMatMul, and int8 exclusions find it by the MatMul name."""
+    g = model.graph
+    nodes = list(g.node)
+    inits = {t.name: t for t in g.initializer}
+    replace: dict[int, list[onnx.NodeProto]] = {}
+    for k, n in enumerate(nodes):
+        if n.op_type != "Gemm" or n.input[1] not in inits:
+            continue
+        if _attr(n, "transA", 0) or _attr(n, "alpha", 1.0) != 1.0 or _attr(n, "beta", 1.0) != 1.0:
+            continue
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        if bias is not None and (bias not in inits or len(inits[bias].dims) != 1):
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        w = w.T if _attr(n, "transB", 0) else w  # (in, out)
+        base = n.name.rsplit("/", 1)[0] if "/" in n.name else _unique(model, "gemm")
+        w_name = _unique(model, f"{base}.weight_t")
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        if bias is None:
+            replace[k] = [
+                helper.make_node(
+                    "MatMul", [n.input[0], w_name], [n.output[0]], name=f"{base}/MatMul"
+                )
+            ]
+            continue
+        mm_out = _unique(model, f"{n.output[0]}/matmul")
+        replace[k] = [
+            helper.make_node("MatMul", [n.input[0], w_name], [mm_out], name=f"{base}/MatMul"),
+            helper.make_node("Add", [mm_out, bias], [n.output[0]], name=f"{base}/Add"),
+        ]
+    return _splice(g, nodes, replace, set(replace))
+
+
 def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
     g = model.graph
     nodes = list(g.node)
@@ -553,6 +591,36 @@ def merge_sibling_matmuls(model: onnx.ModelProto) -> int:
             ),
         ]
     return _splice(g, nodes, replace, drop)
+
+
+# ---- pass 4b: Concat of every output of one Split, in order, on its axis = the Split's input ---
+
+
+def drop_split_concats(model: onnx.ModelProto, shapes: dict[str, list[int | str | None]]) -> int:
+    """``Concat(Split(x))`` -> ``x``: after ``merge_sibling_matmuls``, the packed encoder's
+    ``cat([query(h), key(h), value(h)])`` (packed.py) is the merged product split and rejoined."""
+    prod = _producers(model)
+    users = _consumers(model)
+    outputs = {o.name for o in model.graph.output}
+    done = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Concat" or not n.input or n.output[0] in outputs:
+            continue
+        split = prod.get(n.input[0])
+        if split is None or split.op_type != "Split" or list(split.output) != list(n.input):
+            continue
+        if any(len(users[o]) != 1 or o in outputs for o in split.output):
+            continue
+        rank = len(shapes.get(n.output[0]) or [])  # the Split's input has the Concat's rank
+        a_split, a_cat = _attr(split, "axis", 0), _attr(n, "axis", 0)
+        if a_split != a_cat and not (rank and a_split % rank == a_cat % rank):
+            continue
+        for u in users[n.output[0]]:
+            for k, i in enumerate(u.input):
+                if i == n.output[0]:
+                    u.input[k] = split.input[0]
+        done += 1
+    return done
 
 
 # ---- pass 5: split -> per-head Reshape -> Transpose, done once on the merged tensor -------------
@@ -816,7 +884,9 @@ def simplify_model(
     n_mask = padding_mask(out, shapes)
     n_expand = drop_shape_expands(out)
     n_gather = constant_gathers(out, shapes)
+    gemms_to_matmuls(out)
     n_merge = merge_sibling_matmuls(out) if merge_matmuls else 0
+    n_split_cat = drop_split_concats(out, shapes) if n_merge else 0
     n_attn = fuse_attention(out) if attention else 0
     n_heads = merge_head_splits(out) if merge_heads else 0
     eliminate_dead_nodes(out)
@@ -839,6 +909,7 @@ def simplify_model(
         n_expand,
         n_gather,
         n_merge,
+        n_split_cat,
         n_heads,
         n_attn,
         diff,

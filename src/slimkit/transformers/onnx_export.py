@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from slimkit import atomic
-from slimkit.errors import ParityError
+from slimkit.errors import ConfigError, ParityError
 
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAME = "embedding"
@@ -115,6 +115,7 @@ def export_encoder(
     *,
     optimize: bool = True,
     simplify: bool = False,
+    packed: bool = False,
     num_heads: int = 0,
     hidden_size: int = 0,
     atol: float = 1e-4,
@@ -124,13 +125,26 @@ def export_encoder(
 
     ``simplify`` (``graph_simplify.simplify_model``: constant head reshapes, one padding mask,
     merged Q/K/V) applies to the unfused graph only; ``optimize=True`` ignores it (ORT's fusion
-    rewrites the same subgraphs into Attention). Raises ParityError when max |ORT - torch| >
-    ``atol`` on the parity sentences.
+    rewrites the same subgraphs into Attention). ``packed`` exports the padding-free form
+    (``packed.PackedSentenceEncoder``: only attention sees padding slots); it needs
+    ``simplify=True`` and ``optimize=False``. Raises ParityError when max |ORT - torch| >
+    ``atol`` on the parity sentences (always against ``module`` itself).
     """
     from slimkit.transformers.embed import tokenize
 
+    if packed and (optimize or not simplify):
+        raise ConfigError(
+            f"packed export needs simplify=True and optimize=False (ORT's attention fusion "
+            f"matches the padded graph only), but got simplify={simplify}, optimize={optimize}; "
+            f"set packed=False to use ORT's fusion"
+        )
     example = tokenize(tokenizer, list(PARITY_SENTENCES[:2]), max_length)
-    data = export_bytes(module, example)
+    if packed:
+        from slimkit.transformers.packed import PackedSentenceEncoder
+
+        data = export_bytes(PackedSentenceEncoder(module), example)
+    else:
+        data = export_bytes(module, example)
     stats: dict[str, int] = {}
     simplified = None
     if optimize:
