@@ -61,6 +61,7 @@ def test_packed_onnx_export_parity_on_padded_batches(tmp_path, encoder, sentence
     assert res.max_abs_diff < 1e-4
     # Q/K/V: three Gemms -> MatMul + Add -> one MatMul + Split; the Split -> Concat pair is gone
     assert res.simplified["matmuls_merged"] == 6 and res.simplified["split_concats_dropped"] == 6
+    assert res.simplified["head_splits_merged"] == 6  # one head Reshape + Transpose for Q/K/V
     graph = onnx.load(str(path)).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     assert ops["NonZero"] == 1 and ops["Gemm"] == 0 and ops["Concat"] <= 2
