@@ -25,6 +25,11 @@ as the int8 matrix products. Passes, each exact (checked numerically at the end)
    Measured on MiniLM int8: ~3 % faster at batch 1, ~1 % slower at batch 32 (the Split copies
    the (B, T, 3*H*d) product), so on by default where batch 1 is the tight target.
 
+For the packed (padding-free) export (packed.py), whose 2-D token stream torch exports with
+Gemm: ``gemms_to_matmuls`` (Gemm -> MatMul + Add, before 4, so Q/K/V merge and int8 exclusions
+find MatMuls by name) and ``drop_split_concats`` (4b: the merged Q/K/V product that the packed
+attention concatenates again is used as is).
+
 Also (3b) ``constant_gathers``: the token-type lookup of HF's buffered all-zero ids becomes its
 constant row; opt-in: ``merge_head_splits`` (one head Reshape for Q/K/V) and ``fuse_attention``
 (ORT ``MultiHeadAttention``), see :func:`simplify_model` for why they are off by default.

@@ -83,7 +83,8 @@ class PackedSelfAttention(nn.Module):
             raise TypeError("PackedSelfAttention runs only inside PackedSentenceEncoder")
         h, d = self.num_attention_heads, self.attention_head_size
         # One gather for Q, K and V: graph_simplify merges the three MatMuls (one MatMul + Split)
-        # and drops the Split -> Concat pair, leaving MatMul -> Gather -> Split.
+        # and drops the Split -> Concat pair, leaving MatMul -> Gather -> Split (with merge_heads,
+        # as the packed export runs it: MatMul -> Gather -> one head Reshape/Transpose -> Split).
         qkv = torch.cat(
             [self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -1
         )  # (N, 3*H*d)
@@ -105,7 +106,10 @@ class PackedSentenceEncoder(nn.Module):
 
         model_type = getattr(encoder.model.config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise TypeError(f"packing supports model_type {sorted(SUPPORTED_MODEL_TYPES)}")
+            raise TypeError(
+                f"packing supports model_type {sorted(SUPPORTED_MODEL_TYPES)}, "
+                f"but got {model_type!r}; export with packed=False"
+            )
         self.model = copy.deepcopy(encoder.model).eval()  # the caller's module stays as it was
         for layer in self.model.encoder.layer:
             layer.attention.self = PackedSelfAttention(layer.attention.self)

@@ -68,7 +68,11 @@ class DistillConfig(SlimConfig):
     # Spearman 0.9743 after pruning, 0.9644 after 600 steps. 0 = keep the last step.
     val_fraction: float = 0.2
     eval_every: int = 50
-    # Stop after this many scores in a row without a new best (0 = run all ``steps``).
+    # Stop after this many scores in a row without a new best (0 = run all ``steps``), but not
+    # before half the steps: the first, larger steps can dip below step 0's score before the
+    # student improves. Measured on MiniLM at ffn_fraction 0.3 with 1200 steps: the scores at
+    # steps 50-200 all stayed below step 0's, a stop at 200 kept the undistilled student
+    # (held-out Spearman 0.9743); run on, it kept step 1100 (0.9815).
     patience: int = 4
     # The student's dropout layers stay off by default: the teacher is deterministic and the
     # student starts close to it, so dropout only adds noise to the target. Measured on MiniLM,
@@ -522,7 +526,8 @@ def distill_(
         if step == 0 or done % 50 == 0 or done == cfg.steps:
             extra = f", val Spearman {scores[done]:.4f}" if done in scores else ""
             log(f"distill step {done}/{cfg.steps}: loss {losses[-1]:.4f}{extra}")
-        if cfg.patience and stale >= cfg.patience:
+        scored = done in scores  # the stop is decided at a scored step only
+        if cfg.patience and scored and stale >= cfg.patience and 2 * done >= cfg.steps:
             log(f"distill: stopped at step {done}: no better val score in {stale} scores")
             break
     student.eval()
