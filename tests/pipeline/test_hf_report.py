@@ -57,7 +57,7 @@ ENC = {
         "distill_val_spearman": {"0": 0.9162, "450": 0.9355, "600": 0.9353},  # JSON keys
     },
     "int8": {
-        "config": {"mode": "dynamic", "per_channel": True, "outlier_channels": 4},
+        "config": {"mode": "dynamic", "per_channel": True, "outlier_channels": 4, "packed": True},
         "excluded_units": ["encoder.layer.0.output.dense"],
         "split_units": ["encoder.layer.1.output.dense"],
         "smoothed": ["a", "b"],
@@ -124,6 +124,7 @@ def test_what_was_done_lists_structure_distillation_and_int8():
     assert "except their 4 outlier input channels (kept fp32): <code>encoder.layer.1" in done
     assert "from distillation step 450 of 600" in done and "before distillation: 0.9162" in done
     assert "579 → 260 nodes" in done
+    assert "Padding-free (packed) graph: only attention sees the padding slots" in done
     layers = cells(page, "layers")
     assert layers[1] == ["encoder.layer.0", "0", "640", "3"]
     assert layers[4] == ["encoder.layer.3", "4", "512", "all"]  # student 3 is original layer 4
@@ -161,6 +162,8 @@ def test_int8_only_run_without_structural_or_reference():
     assert plots.encoder_layer_widths(None) is None
     assert plots.encoder_variants({}, None) is None
     assert "Nothing measured" in _report_html("empty", {}, None)
+    padded = {**ENC["int8"], "config": {**ENC["int8"]["config"], "packed": False}}
+    assert "Padding-free" not in _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": padded})
 
 
 def test_headline_names_the_deployed_model():

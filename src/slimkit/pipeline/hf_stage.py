@@ -351,6 +351,11 @@ def _what_was_done(enc: dict[str, Any]) -> str:
                 f"Graph simplified: {_num(simp.get('nodes_before'), ',')} → "
                 f"{_num(simp.get('nodes_after'), ',')} nodes."
             )
+        if cfg.get("packed"):
+            items.append(
+                "Padding-free (packed) graph: only attention sees the padding slots of a batch; "
+                "every other layer runs on the real tokens."
+            )
     elif enc.get("export"):
         items.append("No int8: model.onnx is the fp32 export of the pruned model.")
     if not items:
