@@ -88,6 +88,26 @@ def test_int8_dynamic_fidelity_and_size(tmp_path, encoder, sentence_module, sent
     assert fid.cosine_mean > 0.99 and fid.cosine_min > 0.98 and fid.spearman > 0.97
 
 
+def test_int8_static_quantizes_activations_around_fused_attention(
+    tmp_path, encoder, sentence_module, sentences
+):
+    import onnx
+
+    cfg = EncoderInt8(mode="static", auto_exclude=0, calib_sentences=8)
+    path = tmp_path / "static.onnx"
+    quantize_encoder(sentence_module, encoder.tokenizer, path, cfg, sentences)
+    graph = onnx.load(str(path)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    assert sum(n.op_type == "MultiHeadAttention" for n in graph.node) == 6
+    # every weight MatMul reads a dequantized activation (QDQ), also those after attention:
+    # an untyped MultiHeadAttention output once left them fp32 (weight-only int8)
+    assert len(matmuls) == 24 and all(made_by[n.input[0]] == "DequantizeLinear" for n in matmuls)
+    ref = embed(sentence_module, encoder.tokenizer, sentences)
+    fid = embedding_fidelity(ref, embed(path, encoder.tokenizer, sentences), k=2)
+    assert fid.cosine_mean > 0.9
+
+
 def test_int8_config_errors():
     with pytest.raises(ConfigError, match=r"mode must be one of \['dynamic', 'static'\]"):
         EncoderInt8(mode="dynamc")

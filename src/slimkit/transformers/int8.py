@@ -103,6 +103,9 @@ class EncoderInt8(SlimConfig):
     # also keeps ORT from fusing residual Add + LayerNorm into SkipLayerNormalization, which on
     # ORT 1.32's CPU is ~3.5x slower than the two ops at batch-32 sizes).
     packed: bool = True
+    # Packed graph only: each attention core as one com.microsoft MultiHeadAttention node (ORT's
+    # CPU kernel) instead of ~11 standard ops; false = standard ONNX ops only (packed.py).
+    fused_attention: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_enum(QuantMode, self.mode, "mode"))
@@ -392,6 +395,7 @@ def quantize_encoder(
             optimize=cfg.optimize,
             simplify=cfg.simplify,
             packed=cfg.packed,
+            fused_attention=cfg.fused_attention,
             num_heads=num_heads,
             hidden_size=hidden_size,
             atol=1e-3,

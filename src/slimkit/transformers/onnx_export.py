@@ -61,6 +61,7 @@ def export_bytes(module: nn.Module, example: dict[str, torch.Tensor]) -> bytes:
             dynamic_axes=axes,
             dynamo=False,
             do_constant_folding=True,
+            custom_opsets={"com.microsoft": 1},  # packed.py's MultiHeadAttention
         )
     return buf.getvalue()
 
@@ -116,6 +117,7 @@ def export_encoder(
     optimize: bool = True,
     simplify: bool = False,
     packed: bool = False,
+    fused_attention: bool = True,
     num_heads: int = 0,
     hidden_size: int = 0,
     atol: float = 1e-4,
@@ -127,7 +129,8 @@ def export_encoder(
     merged Q/K/V) applies to the unfused graph only; ``optimize=True`` ignores it (ORT's fusion
     rewrites the same subgraphs into Attention). ``packed`` exports the padding-free form
     (``packed.PackedSentenceEncoder``: only attention sees padding slots); it needs
-    ``simplify=True`` and ``optimize=False``. Raises ParityError when max |ORT - torch| >
+    ``simplify=True`` and ``optimize=False``; its attention cores export as ORT's
+    MultiHeadAttention unless ``fused_attention=False`` (standard ONNX ops). Raises ParityError when max |ORT - torch| >
     ``atol`` on the parity sentences (always against ``module`` itself).
     """
     from slimkit.transformers.embed import tokenize
@@ -142,7 +145,7 @@ def export_encoder(
     if packed:
         from slimkit.transformers.packed import PackedSentenceEncoder
 
-        data = export_bytes(PackedSentenceEncoder(module), example)
+        data = export_bytes(PackedSentenceEncoder(module, fused_attention), example)
     else:
         data = export_bytes(module, example)
     stats: dict[str, int] = {}

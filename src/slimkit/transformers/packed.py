@@ -27,6 +27,13 @@ into MatMul + Add so Q/K/V merge and int8 exclusions find them by name.
 Only ``attention.self`` is replaced (by :class:`PackedSelfAttention`, same child names), so ONNX
 node names keep their ``/layer.{i}/attention/self/query/`` scopes and int8 exclusions, SmoothQuant
 and outlier splits map onto the packed graph as onto the plain one.
+
+With ``fused_attention`` (the default) the attention core (head split, Q.K^T, scale, mask,
+softmax, .V, head merge: ~11 ONNX ops a layer) exports as one ``com.microsoft``
+MultiHeadAttention node, ORT's CPU kernel, taking the (B, T) padding mask as int32
+``key_padding_mask``. ORT's own fusion matches only the padded graph. MiniLM int8, 2 threads,
+8 interleaved rounds: batch 1 1.34 vs 1.40 ms, batch 32 22.7 vs 23.4 ms. Set it off for a graph
+of standard ONNX ops only (other runtimes).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class Pack:
     idx: torch.Tensor  # (N,) flat (B*T) positions of the real tokens
     pad_idx: torch.Tensor  # (B, T) packed row read by each slot (a real token's own row)
     additive: torch.Tensor  # (B, 1, 1, T) 0 for real keys, dtype min for padding
+    mask32: torch.Tensor  # (B, T) int32 1/0, MultiHeadAttention's key_padding_mask
 
     @staticmethod
     def of(mask: torch.Tensor, dtype: torch.dtype) -> Pack:
@@ -56,7 +64,7 @@ class Pack:
         idx = torch.nonzero(flat).reshape(-1)  # (N,)
         pad_idx = (flat.cumsum(0) - 1).clamp(min=0).reshape(mask.shape)  # (B, T)
         additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-        return Pack(idx, pad_idx, additive)
+        return Pack(idx, pad_idx, additive, mask.to(torch.int32))
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C) packed -> (B, T, C), one Gather; padding slots hold a real token's row."""
@@ -67,15 +75,57 @@ class Pack:
         return F.embedding(self.idx, x)
 
 
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additive: torch.Tensor,
+    heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """(B, T, H*d) q, k, v and a (B, 1, 1, T) additive mask -> (B, T, H, d) context."""
+    b, t, d = q.shape[0], q.shape[1], int(q.shape[2]) // heads  # d: a constant in the export
+    q, k, v = (y.reshape(b, t, heads, d).transpose(1, 2) for y in (q, k, v))
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale + additive  # (B, H, T, T)
+    return torch.matmul(scores.softmax(-1), v).transpose(1, 2)
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """Eager: :func:`_attention`. ONNX (TorchScript exporter): one ``com.microsoft``
+    MultiHeadAttention node (no bias; ``key_padding_mask`` (B, T) int32, 1 = real token)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask32, additive, heads: int, scale: float):  # type: ignore[override]
+        return _attention(q, k, v, additive, heads, scale)
+
+    @staticmethod
+    def symbolic(g, q, k, v, mask32, additive, heads: int, scale: float):  # pragma: no cover
+        none = g.op("prim::Constant")  # an omitted optional input ("" in ONNX): the bias
+        none.setType(torch._C.OptionalType.ofTensor())
+        out = g.op(
+            "com.microsoft::MultiHeadAttention",
+            q,
+            k,
+            v,
+            none,
+            mask32,
+            num_heads_i=heads,
+            scale_f=scale,
+        )
+        out.setType(q.type())
+        return out
+
+
 class PackedSelfAttention(nn.Module):
     """Drop-in for HF ``BertSelfAttention`` (eval, no cache) on a packed (N, D) stream."""
 
-    def __init__(self, sa: Any) -> None:
+    def __init__(self, sa: Any, fused: bool = True) -> None:
         super().__init__()
         self.query, self.key, self.value = sa.query, sa.key, sa.value
         self.num_attention_heads = int(sa.num_attention_heads)
         self.attention_head_size = int(sa.attention_head_size)
         self.scaling = float(sa.scaling)
+        self.fused = fused  # export the core as com.microsoft MultiHeadAttention
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Pack | None = None, **_kw):
         pack = attention_mask
@@ -83,24 +133,24 @@ class PackedSelfAttention(nn.Module):
             raise TypeError("PackedSelfAttention runs only inside PackedSentenceEncoder")
         h, d = self.num_attention_heads, self.attention_head_size
         # One gather for Q, K and V: graph_simplify merges the three MatMuls (one MatMul + Split)
-        # and drops the Split -> Concat pair, leaving MatMul -> Gather -> Split (with merge_heads,
-        # as the packed export runs it: MatMul -> Gather -> one head Reshape/Transpose -> Split).
+        # and drops the Split -> Concat pair, leaving MatMul -> Gather -> Split -> attention.
         qkv = torch.cat(
             [self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -1
         )  # (N, 3*H*d)
-        x = pack.pad(qkv)  # (B, T, 3*H*d)
-        b, t = x.shape[0], x.shape[1]
-        q, k, v = (y.reshape(b, t, h, d).transpose(1, 2) for y in x.split(h * d, -1))
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling + pack.additive  # (B,H,T,T)
-        ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2)  # (B, T, H, d)
-        return pack.unpad(ctx.reshape(-1, h * d)), None  # (N, H*d)
+        q, k, v = pack.pad(qkv).split(h * d, -1)  # 3 x (B, T, H*d)
+        if self.fused and torch.onnx.is_in_onnx_export():
+            ctx = _MultiHeadAttention.apply(q, k, v, pack.mask32, pack.additive, h, self.scaling)
+        else:
+            ctx = _attention(q, k, v, pack.additive, h, self.scaling)
+        return pack.unpad(ctx.reshape(-1, h * d)), None  # (B*T, H*d) -> (N, H*d)
 
 
 class PackedSentenceEncoder(nn.Module):
     """(B, T) ids and mask -> (B, D) embeddings, equal to the SentenceEncoder it was built from,
-    with every layer but attention run on the real tokens only. Inference only."""
+    with every layer but attention run on the real tokens only. Inference only.
+    ``fused_attention``: export each attention core as ORT's MultiHeadAttention (module doc)."""
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, fused_attention: bool = True) -> None:
         super().__init__()
         from slimkit.transformers.loader import SUPPORTED_MODEL_TYPES
 
@@ -112,7 +162,7 @@ class PackedSentenceEncoder(nn.Module):
             )
         self.model = copy.deepcopy(encoder.model).eval()  # the caller's module stays as it was
         for layer in self.model.encoder.layer:
-            layer.attention.self = PackedSelfAttention(layer.attention.self)
+            layer.attention.self = PackedSelfAttention(layer.attention.self, fused_attention)
         self.pooling = encoder.pooling
         self.normalize = encoder.normalize
 
