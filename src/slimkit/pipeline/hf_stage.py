@@ -355,6 +355,12 @@ def _what_was_done(enc: dict[str, Any]) -> str:
             items.append(
                 "Padding-free (packed) graph: only attention sees the padding slots of a batch; "
                 "every other layer runs on the real tokens."
+                + (
+                    " Each attention core is one ONNX Runtime MultiHeadAttention node "
+                    "(runs on ONNX Runtime only)."
+                    if cfg.get("fused_attention", True)
+                    else ""
+                )
             )
     elif enc.get("export"):
         items.append("No int8: model.onnx is the fp32 export of the pruned model.")
