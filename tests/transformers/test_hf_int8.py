@@ -80,8 +80,15 @@ def test_int8_dynamic_fidelity_and_size(tmp_path, encoder, sentence_module, sent
     # default) int8 but for its 4 largest input channels, whose one MatMul stays fp32
     assert len(res.excluded_units) + len(res.split_units) == 1 and len(res.excluded_nodes) >= 1
     assert len(res.sensitivity) == 24
-    # simplify=True (default): Q/K/V merged in each of the 6 layers before quantizing
-    assert res.simplified is not None and res.simplified["matmuls_merged"] == 6
+    # packed + fused_attention (defaults): Q/K/V sit inside one Attention node per layer, which
+    # ORT's dynamic int8 turns into QAttention
+    assert res.simplified is not None and res.simplified["matmuls_merged"] == 0
+    import collections
+
+    import onnx
+
+    ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["QAttention"] == 6 and ops["Attention"] == 0
     assert res.bytes == path.stat().st_size < 0.35 * 90_000_000  # int8 weights, fp32 was ~90 MB
     ref = embed(sentence_module, encoder.tokenizer, sentences)
     fid = embedding_fidelity(ref, embed(path, encoder.tokenizer, sentences), k=2)
@@ -106,6 +113,20 @@ def test_int8_static_quantizes_activations_around_fused_attention(
     ref = embed(sentence_module, encoder.tokenizer, sentences)
     fid = embedding_fidelity(ref, embed(path, encoder.tokenizer, sentences), k=2)
     assert fid.cosine_mean > 0.9
+
+
+def test_excluded_attention_unit_keeps_its_attention_fp32(
+    tmp_path, encoder, sentence_module, sentences
+):
+    import onnx
+
+    cfg = EncoderInt8(exclude=("encoder.layer.2.attention.self",), auto_exclude=0)
+    path = tmp_path / "x.onnx"
+    res = quantize_encoder(sentence_module, encoder.tokenizer, path, cfg, sentences[:8])
+    assert res.excluded_units == ["encoder.layer.2.attention.self"]
+    att = [n for n in onnx.load(str(path)).graph.node if "Attention" in n.op_type]
+    assert [n.op_type for n in att] == ["QAttention"] * 2 + ["Attention"] + ["QAttention"] * 3
+    assert "/layer.2/attention/self/" in att[2].name
 
 
 def test_int8_config_errors():

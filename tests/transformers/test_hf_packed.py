@@ -53,9 +53,9 @@ def test_packed_follows_pruned_heads_ffn_and_outlier_splits(encoder, sentence_mo
     torch.testing.assert_close(PackedSentenceEncoder(m)(**batch), m(**batch), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("attention", ["Attention", "MultiHeadAttention", "onnx"])
 def test_packed_onnx_export_parity_on_padded_batches(
-    tmp_path, encoder, sentence_module, sentences, fused
+    tmp_path, encoder, sentence_module, sentences, attention
 ):
     path = tmp_path / "packed.onnx"
     res = export_encoder(
@@ -65,24 +65,32 @@ def test_packed_onnx_export_parity_on_padded_batches(
         optimize=False,
         simplify=True,
         packed=True,
-        fused_attention=fused,
+        attention=attention,
     )
     assert res.max_abs_diff < 1e-4
-    # Q/K/V: three Gemms -> MatMul + Add -> one MatMul + Split; the Split -> Concat pair is gone
-    assert res.simplified["matmuls_merged"] == 6 and res.simplified["split_concats_dropped"] == 6
     graph = onnx.load(str(path)).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     assert ops["NonZero"] == 1 and ops["Gemm"] == 0 and ops["Concat"] <= 2
-    if fused:  # each attention core is one ORT MultiHeadAttention node
+    matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
+    if attention == "Attention":  # Q/K/V weights inside one node per layer, in its own scope
+        att = [n for n in graph.node if n.op_type == "Attention"]
+        assert len(att) == 6 and ops["Softmax"] == 0 and len(matmuls) == 18
+        assert att[0].domain == "com.microsoft" and "/layer.0/attention/self/" in att[0].name
+        assert res.simplified["matmuls_merged"] == 0
+    else:
+        # Q/K/V: three Gemms -> MatMul + Add -> one MatMul + Split; the Split -> Concat is gone
+        assert res.simplified["matmuls_merged"] == 6
+        assert res.simplified["split_concats_dropped"] == 6
+        assert any("/layer.0/attention/self/query_key_value/" in n for n in matmuls)
+    if attention == "MultiHeadAttention":  # each attention core is one ORT node
         assert ops["MultiHeadAttention"] == 6 and ops["Softmax"] == 0
         mha = next(n for n in graph.node if n.op_type == "MultiHeadAttention")
         assert mha.domain == "com.microsoft" and mha.input[3] == ""  # no bias input
         assert res.simplified["head_splits_merged"] == 0
-    else:  # standard ops: one head Reshape + Transpose for Q/K/V
-        assert ops["MultiHeadAttention"] == 0 and ops["Softmax"] == 6
+    if attention == "onnx":  # standard ops: one head Reshape + Transpose for Q/K/V
+        assert ops["MultiHeadAttention"] == ops["Attention"] == 0 and ops["Softmax"] == 6
         assert res.simplified["head_splits_merged"] == 6
-    names = [n.name for n in graph.node if n.op_type == "MatMul"]
-    assert any("/layer.0/attention/self/query_key_value/" in n for n in names)
+        assert all(n.domain in ("", "ai.onnx") for n in graph.node)
     batch = _padded(encoder.tokenizer, sentences)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
@@ -90,21 +98,28 @@ def test_packed_onnx_export_parity_on_padded_batches(
     assert np.abs(got - ref).max() < 1e-4
 
 
-def test_fused_attention_export_follows_pruned_heads(tmp_path, encoder, sentence_module, sentences):
+@pytest.mark.parametrize("attention", ["Attention", "MultiHeadAttention"])
+def test_fused_attention_export_follows_pruned_heads(
+    tmp_path, encoder, sentence_module, sentences, attention
+):
     m = copy.deepcopy(sentence_module)
     prune_heads_(m, 1, [0, 3, 5, 7])  # layer 1: 4 heads, the others 12
     path = tmp_path / "pruned.onnx"
-    export_encoder(m, encoder.tokenizer, path, optimize=False, simplify=True, packed=True)
+    export_encoder(
+        m, encoder.tokenizer, path, optimize=False, simplify=True, packed=True, attention=attention
+    )
     heads = [
         next(a.i for a in n.attribute if a.name == "num_heads")
         for n in onnx.load(str(path)).graph.node
-        if n.op_type == "MultiHeadAttention"
+        if n.op_type == attention
     ]
     assert heads == [12, 4, 12, 12, 12, 12]
     batch = _padded(encoder.tokenizer, sentences)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
     assert np.abs(got - m(**batch).detach().numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="attention op must be one of"):
+        PackedSentenceEncoder(m, attention="QAttention")
 
 
 def test_packed_needs_the_simplified_unfused_export(tmp_path, encoder, sentence_module):

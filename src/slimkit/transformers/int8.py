@@ -103,9 +103,16 @@ class EncoderInt8(SlimConfig):
     # also keeps ORT from fusing residual Add + LayerNorm into SkipLayerNormalization, which on
     # ORT 1.32's CPU is ~3.5x slower than the two ops at batch-32 sizes).
     packed: bool = True
-    # Packed graph only: each attention core as one com.microsoft MultiHeadAttention node (ORT's
-    # CPU kernel) instead of ~11 standard ops; false = standard ONNX ops only (packed.py).
+    # Packed graph only: each attention block as ORT's fused kernels (packed.py): dynamic int8
+    # exports com.microsoft Attention (Q/K/V inside; ORT makes it QAttention), static int8
+    # MultiHeadAttention (ORT's QDQ int8 keeps Attention fp32); false = standard ONNX ops only.
     fused_attention: bool = True
+
+    @property
+    def attention_op(self) -> str:
+        if not self.fused_attention:
+            return "onnx"
+        return "Attention" if self.mode is QuantMode.DYNAMIC else "MultiHeadAttention"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_enum(QuantMode, self.mode, "mode"))
@@ -224,6 +231,14 @@ def onnx_nodes_for_units(model: onnx.ModelProto, units: Sequence[str]) -> list[s
     names: list[str] = []
     for unit in units:
         layer, kind = unit.split(".")[2], unit.split(".", 3)[3]
+        own = [  # packed.py's Attention (Q/K/V inside), named in the layer's own scope
+            n.name
+            for n in model.graph.node
+            if n.op_type == "Attention" and f"/layer.{layer}/attention/self/" in n.name
+        ]
+        if kind == "attention.self" and own:
+            names.extend(own)
+            continue
         if kind == "attention.self":
             # The fused Attention node produces the input of this layer's attention-output MatMul.
             key = f"/layer.{layer}/attention/output/dense/"
@@ -395,7 +410,7 @@ def quantize_encoder(
             optimize=cfg.optimize,
             simplify=cfg.simplify,
             packed=cfg.packed,
-            fused_attention=cfg.fused_attention,
+            attention=cfg.attention_op,
             num_heads=num_heads,
             hidden_size=hidden_size,
             atol=1e-3,

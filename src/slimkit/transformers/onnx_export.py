@@ -117,7 +117,7 @@ def export_encoder(
     optimize: bool = True,
     simplify: bool = False,
     packed: bool = False,
-    fused_attention: bool = True,
+    attention: str = "Attention",
     num_heads: int = 0,
     hidden_size: int = 0,
     atol: float = 1e-4,
@@ -129,8 +129,9 @@ def export_encoder(
     merged Q/K/V) applies to the unfused graph only; ``optimize=True`` ignores it (ORT's fusion
     rewrites the same subgraphs into Attention). ``packed`` exports the padding-free form
     (``packed.PackedSentenceEncoder``: only attention sees padding slots); it needs
-    ``simplify=True`` and ``optimize=False``; its attention cores export as ORT's
-    MultiHeadAttention unless ``fused_attention=False`` (standard ONNX ops). Raises ParityError when max |ORT - torch| >
+    ``simplify=True`` and ``optimize=False``; ``attention`` is how its attention blocks export
+    (``packed.ATTENTION_OPS``: ORT's Attention with Q/K/V inside, MultiHeadAttention for the
+    core only, or "onnx" for standard ops). Raises ParityError when max |ORT - torch| >
     ``atol`` on the parity sentences (always against ``module`` itself).
     """
     from slimkit.transformers.embed import tokenize
@@ -145,7 +146,7 @@ def export_encoder(
     if packed:
         from slimkit.transformers.packed import PackedSentenceEncoder
 
-        data = export_bytes(PackedSentenceEncoder(module, fused_attention), example)
+        data = export_bytes(PackedSentenceEncoder(module, attention), example)
     else:
         data = export_bytes(module, example)
     stats: dict[str, int] = {}

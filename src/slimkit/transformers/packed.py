@@ -28,12 +28,20 @@ Only ``attention.self`` is replaced (by :class:`PackedSelfAttention`, same child
 node names keep their ``/layer.{i}/attention/self/query/`` scopes and int8 exclusions, SmoothQuant
 and outlier splits map onto the packed graph as onto the plain one.
 
-With ``fused_attention`` (the default) the attention core (head split, Q.K^T, scale, mask,
-softmax, .V, head merge: ~11 ONNX ops a layer) exports as one ``com.microsoft``
-MultiHeadAttention node, ORT's CPU kernel, taking the (B, T) padding mask as int32
-``key_padding_mask``. ORT's own fusion matches only the padded graph. MiniLM int8, 2 threads,
-8 interleaved rounds: batch 1 1.34 vs 1.40 ms, batch 32 22.7 vs 23.4 ms. Set it off for a graph
-of standard ONNX ops only (other runtimes).
+``attention`` picks how each attention block exports (ORT's own fusion matches only the padded
+graph, so packed.py emits the fused ops itself):
+
+- ``"Attention"`` (default): the padded hidden states (B, T, D) go into one ``com.microsoft``
+  Attention node that holds the Q/K/V weights; ORT's dynamic int8 turns it into QAttention
+  (Q/K/V product, per-channel int8, and attention in one kernel). Q/K/V then run on padding
+  slots too, yet on the pruned MiniLM int8 (2 threads, 10 interleaved rounds) it measured
+  batch 1 0.95 vs 0.99 ms and batch 32 17.5 vs 18.3 ms against ``"MultiHeadAttention"``, with
+  the same fidelity. ORT's static (QDQ) int8 leaves Attention fp32, so static int8 uses:
+- ``"MultiHeadAttention"``: Q/K/V as one MatMul on the packed stream, gathered to (B, T), then
+  one MultiHeadAttention node for the core (head split, Q.K^T, scale, mask, softmax, .V, head
+  merge: ~11 standard ops) with the (B, T) padding mask as int32 ``key_padding_mask``. Against
+  ``"onnx"`` on MiniLM int8: batch 1 1.34 vs 1.40 ms, batch 32 22.7 vs 23.4 ms.
+- ``"onnx"``: standard ONNX ops only (for other runtimes).
 """
 
 from __future__ import annotations
@@ -116,29 +124,58 @@ class _MultiHeadAttention(torch.autograd.Function):
         return out
 
 
-class PackedSelfAttention(nn.Module):
-    """Drop-in for HF ``BertSelfAttention`` (eval, no cache) on a packed (N, D) stream."""
+class _QKVAttention(torch.autograd.Function):
+    """Eager: Q/K/V product then :func:`_attention`. ONNX: one ``com.microsoft`` Attention node
+    (input (B, T, D), weights (D, 3*H*d), bias (3*H*d,), ``mask_index`` (B, T) int32)."""
 
-    def __init__(self, sa: Any, fused: bool = True) -> None:
+    @staticmethod
+    def forward(ctx, x, w, b, mask32, additive, heads: int, scale: float):  # type: ignore[override]
+        q, k, v = (x @ w + b).split(w.shape[1] // 3, -1)
+        return _attention(q, k, v, additive, heads, scale).flatten(2)
+
+    @staticmethod
+    def symbolic(g, x, w, b, mask32, additive, heads: int, scale: float):  # pragma: no cover
+        out = g.op("com.microsoft::Attention", x, w, b, mask32, num_heads_i=heads, scale_f=scale)
+        out.setType(x.type())
+        return out
+
+
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "onnx")
+
+
+class PackedSelfAttention(nn.Module):
+    """Drop-in for HF ``BertSelfAttention`` (eval, no cache) on a packed (N, D) stream;
+    ``op`` is how it exports (one of :data:`ATTENTION_OPS`, module doc)."""
+
+    def __init__(self, sa: Any, op: str = "Attention") -> None:
         super().__init__()
+        if op not in ATTENTION_OPS:
+            raise ValueError(f"attention op must be one of {list(ATTENTION_OPS)}, got {op!r}")
         self.query, self.key, self.value = sa.query, sa.key, sa.value
         self.num_attention_heads = int(sa.num_attention_heads)
         self.attention_head_size = int(sa.attention_head_size)
         self.scaling = float(sa.scaling)
-        self.fused = fused  # export the core as com.microsoft MultiHeadAttention
+        self.op = op
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Pack | None = None, **_kw):
         pack = attention_mask
         if not isinstance(pack, Pack):
             raise TypeError("PackedSelfAttention runs only inside PackedSentenceEncoder")
         h, d = self.num_attention_heads, self.attention_head_size
+        exporting = torch.onnx.is_in_onnx_export()
+        if exporting and self.op == "Attention":
+            w = torch.cat([self.query.weight, self.key.weight, self.value.weight]).T  # (D, 3*H*d)
+            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            x = pack.pad(hidden_states)  # (B, T, D)
+            ctx = _QKVAttention.apply(x, w, b, pack.mask32, pack.additive, h, self.scaling)
+            return pack.unpad(ctx.reshape(-1, h * d)), None  # (B*T, H*d) -> (N, H*d)
         # One gather for Q, K and V: graph_simplify merges the three MatMuls (one MatMul + Split)
         # and drops the Split -> Concat pair, leaving MatMul -> Gather -> Split -> attention.
         qkv = torch.cat(
             [self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -1
         )  # (N, 3*H*d)
         q, k, v = pack.pad(qkv).split(h * d, -1)  # 3 x (B, T, H*d)
-        if self.fused and torch.onnx.is_in_onnx_export():
+        if exporting and self.op == "MultiHeadAttention":
             ctx = _MultiHeadAttention.apply(q, k, v, pack.mask32, pack.additive, h, self.scaling)
         else:
             ctx = _attention(q, k, v, pack.additive, h, self.scaling)
@@ -148,9 +185,9 @@ class PackedSelfAttention(nn.Module):
 class PackedSentenceEncoder(nn.Module):
     """(B, T) ids and mask -> (B, D) embeddings, equal to the SentenceEncoder it was built from,
     with every layer but attention run on the real tokens only. Inference only.
-    ``fused_attention``: export each attention core as ORT's MultiHeadAttention (module doc)."""
+    ``attention``: how each attention block exports (module doc)."""
 
-    def __init__(self, encoder: Any, fused_attention: bool = True) -> None:
+    def __init__(self, encoder: Any, attention: str = "Attention") -> None:
         super().__init__()
         from slimkit.transformers.loader import SUPPORTED_MODEL_TYPES
 
@@ -162,7 +199,7 @@ class PackedSentenceEncoder(nn.Module):
             )
         self.model = copy.deepcopy(encoder.model).eval()  # the caller's module stays as it was
         for layer in self.model.encoder.layer:
-            layer.attention.self = PackedSelfAttention(layer.attention.self, fused_attention)
+            layer.attention.self = PackedSelfAttention(layer.attention.self, attention)
         self.pooling = encoder.pooling
         self.normalize = encoder.normalize
 
