@@ -70,7 +70,7 @@ class Pack:
     def of(mask: torch.Tensor, dtype: torch.dtype) -> Pack:
         flat = mask.reshape(-1)  # (B*T,)
         idx = torch.nonzero(flat).reshape(-1)  # (N,)
-        pad_idx = (flat.cumsum(0) - 1).clamp(min=0).reshape(mask.shape)  # (B, T)
+        pad_idx = (flat.cumsum(0) - 1).clamp(min=0).reshape_as(mask)  # (B, T): one Shape op
         additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         return Pack(idx, pad_idx, additive, mask.to(torch.int32))
 
