@@ -228,19 +228,17 @@ def onnx_nodes_for_units(model: onnx.ModelProto, units: Sequence[str]) -> list[s
     after ``graph_simplify`` Q/K/V is one ``query_key_value`` MatMul)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    attentions = [n for n in model.graph.node if n.op_type == "Attention"]
     names: list[str] = []
     for unit in units:
         layer, kind = unit.split(".")[2], unit.split(".", 3)[3]
-        own = [  # packed.py's Attention (Q/K/V inside), named in the layer's own scope
-            n.name
-            for n in model.graph.node
-            if n.op_type == "Attention" and f"/layer.{layer}/attention/self/" in n.name
-        ]
-        if kind == "attention.self" and own:
-            names.extend(own)
-            continue
         if kind == "attention.self":
-            # The fused Attention node produces the input of this layer's attention-output MatMul.
+            # packed.py's Attention (Q/K/V inside) is named in the layer's own scope.
+            own = [n.name for n in attentions if f"/layer.{layer}/attention/self/" in n.name]
+            if own:
+                names.extend(own)
+                continue
+            # ORT's fused Attention produces the input of this layer's attention-output MatMul.
             key = f"/layer.{layer}/attention/output/dense/"
             out_mm = [n for n in matmuls if key in n.name]
             att = producers.get(out_mm[0].input[0]) if out_mm else None
