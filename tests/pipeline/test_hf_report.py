@@ -125,7 +125,7 @@ def test_what_was_done_lists_structure_distillation_and_int8():
     assert "from distillation step 450 of 600" in done and "before distillation: 0.9162" in done
     assert "579 → 260 nodes" in done
     assert "Padding-free (packed) graph: only attention sees the padding slots" in done
-    assert "one ONNX Runtime MultiHeadAttention node" in done
+    assert "Each attention block is one fused ONNX Runtime node" in done
     layers = cells(page, "layers")
     assert layers[1] == ["encoder.layer.0", "0", "640", "3"]
     assert layers[4] == ["encoder.layer.3", "4", "512", "all"]  # student 3 is original layer 4
@@ -167,7 +167,7 @@ def test_int8_only_run_without_structural_or_reference():
     assert "Padding-free" not in _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": padded})
     plain = {**ENC["int8"], "config": {**ENC["int8"]["config"], "fused_attention": False}}
     page = _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": plain})
-    assert "Padding-free" in page and "MultiHeadAttention" not in page
+    assert "Padding-free" in page and "fused ONNX Runtime node" not in page
 
 
 def test_headline_names_the_deployed_model():

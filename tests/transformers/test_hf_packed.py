@@ -130,6 +130,8 @@ def test_packed_needs_the_simplified_unfused_export(tmp_path, encoder, sentence_
     assert not EncoderInt8(optimize=True, packed=False).packed
     with pytest.raises(ConfigError, match="set packed=False"):
         export_encoder(sentence_module, encoder.tokenizer, tmp_path / "x.onnx", packed=True)
+    with pytest.raises(ConfigError, match=r"attention must be one of \['Attention', "):
+        export_encoder(sentence_module, encoder.tokenizer, tmp_path / "x.onnx", attention="QKV")
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -356,8 +356,8 @@ def _what_was_done(enc: dict[str, Any]) -> str:
                 "Padding-free (packed) graph: only attention sees the padding slots of a batch; "
                 "every other layer runs on the real tokens."
                 + (
-                    " Each attention core is one ONNX Runtime MultiHeadAttention node "
-                    "(runs on ONNX Runtime only)."
+                    " Each attention block is one fused ONNX Runtime node (QAttention with "
+                    "dynamic int8, MultiHeadAttention with static): runs on ONNX Runtime only."
                     if cfg.get("fused_attention", True)
                     else ""
                 )

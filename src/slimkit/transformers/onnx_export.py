@@ -61,7 +61,7 @@ def export_bytes(module: nn.Module, example: dict[str, torch.Tensor]) -> bytes:
             dynamic_axes=axes,
             dynamo=False,
             do_constant_folding=True,
-            custom_opsets={"com.microsoft": 1},  # packed.py's MultiHeadAttention
+            custom_opsets={"com.microsoft": 1},  # packed.py's fused attention ops
         )
     return buf.getvalue()
 
@@ -135,7 +135,10 @@ def export_encoder(
     ``atol`` on the parity sentences (always against ``module`` itself).
     """
     from slimkit.transformers.embed import tokenize
+    from slimkit.transformers.packed import ATTENTION_OPS, PackedSentenceEncoder
 
+    if attention not in ATTENTION_OPS:
+        raise ConfigError(f"attention must be one of {list(ATTENTION_OPS)}, but got {attention!r}")
     if packed and (optimize or not simplify):
         raise ConfigError(
             f"packed export needs simplify=True and optimize=False (ORT's attention fusion "
@@ -144,8 +147,6 @@ def export_encoder(
         )
     example = tokenize(tokenizer, list(PARITY_SENTENCES[:2]), max_length)
     if packed:
-        from slimkit.transformers.packed import PackedSentenceEncoder
-
         data = export_bytes(PackedSentenceEncoder(module, attention), example)
     else:
         data = export_bytes(module, example)
