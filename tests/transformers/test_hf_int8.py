@@ -129,6 +129,22 @@ def test_excluded_attention_unit_keeps_its_attention_fp32(
     assert "/layer.2/attention/self/" in att[2].name
 
 
+def test_ort_quantizer_noise_is_filtered_but_float_warnings_show():
+    import logging
+
+    from slimkit.transformers.int8 import _NoPreprocessAdvice
+
+    def rec(msg):
+        return logging.LogRecord("root", logging.WARNING, __file__, 1, msg, None, None)
+
+    f = _NoPreprocessAdvice()
+    dump = "Inference failed or unsupported type to quantize for tensor '/NonZero_output_0', "
+    assert not f.filter(rec(dump + "type is tensor_type {\n  elem_type: 7\n  shape {}"))
+    assert f.filter(rec(dump + "type is tensor_type {\n  elem_type: 1\n  shape {}"))
+    assert not f.filter(rec("Please consider to run pre-processing before quantization."))
+    assert f.filter(rec("something else"))
+
+
 def test_int8_config_errors():
     with pytest.raises(ConfigError, match=r"mode must be one of \['dynamic', 'static'\]"):
         EncoderInt8(mode="dynamc")

@@ -289,11 +289,17 @@ def _batches(
 
 
 class _NoPreprocessAdvice(logging.Filter):
-    """ORT's quantizer logs "Please consider to run pre-processing before quantization" on the
-    root logger for every model; slimkit exports its own graph, so the advice is noise."""
+    """ORT's quantizer logs on the root logger (1) "Please consider to run pre-processing before
+    quantization" for every model: slimkit exports its own graph, so the advice is noise; (2)
+    "Inference failed or unsupported type to quantize" with a whole ONNX type dump for every
+    int64 tensor that reaches an op it would quantize (the packed graph's NonZero index into a
+    Transpose): int64 tensors are never quantized, so that is noise too. Float ones still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+        msg = record.getMessage()
+        if "unsupported type to quantize" in msg and "elem_type: 7\n" in msg:  # INT64
+            return False
+        return "pre-processing before quantization" not in msg
 
 
 def _ort_quantize(
