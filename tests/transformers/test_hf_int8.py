@@ -132,12 +132,12 @@ def test_excluded_attention_unit_keeps_its_attention_fp32(
 def test_ort_quantizer_noise_is_filtered_but_float_warnings_show():
     import logging
 
-    from slimkit.transformers.int8 import _NoPreprocessAdvice
+    from slimkit.transformers.int8 import _QuantizerNoise
 
     def rec(msg):
         return logging.LogRecord("root", logging.WARNING, __file__, 1, msg, None, None)
 
-    f = _NoPreprocessAdvice()
+    f = _QuantizerNoise()
     dump = "Inference failed or unsupported type to quantize for tensor '/NonZero_output_0', "
     assert not f.filter(rec(dump + "type is tensor_type {\n  elem_type: 7\n  shape {}"))
     assert f.filter(rec(dump + "type is tensor_type {\n  elem_type: 1\n  shape {}"))

@@ -288,7 +288,7 @@ def _batches(
     ]
 
 
-class _NoPreprocessAdvice(logging.Filter):
+class _QuantizerNoise(logging.Filter):
     """ORT's quantizer logs on the root logger (1) "Please consider to run pre-processing before
     quantization" for every model: slimkit exports its own graph, so the advice is noise; (2)
     "Inference failed or unsupported type to quantize" with a whole ONNX type dump for every
@@ -305,7 +305,7 @@ class _NoPreprocessAdvice(logging.Filter):
 def _ort_quantize(
     src: str, dst: str, cfg: EncoderInt8, nodes_to_exclude: list[str], calib: list[dict]
 ) -> None:
-    quiet = _NoPreprocessAdvice()
+    quiet = _QuantizerNoise()
     logging.getLogger().addFilter(quiet)
     try:
         _ort_quantize_inner(src, dst, cfg, nodes_to_exclude, calib)
