@@ -125,7 +125,8 @@ def test_what_was_done_lists_structure_distillation_and_int8():
     assert "from distillation step 450 of 600" in done and "before distillation: 0.9162" in done
     assert "579 → 260 nodes" in done
     assert "Padding-free (packed) graph: only attention sees the padding slots" in done
-    assert "Each attention block is one fused ONNX Runtime node" in done
+    assert "Each attention block is one fused ONNX Runtime node (QAttention)" in done
+    assert "Per-token int8" not in done
     layers = cells(page, "layers")
     assert layers[1] == ["encoder.layer.0", "0", "640", "3"]
     assert layers[4] == ["encoder.layer.3", "4", "512", "all"]  # student 3 is original layer 4
@@ -168,6 +169,12 @@ def test_int8_only_run_without_structural_or_reference():
     plain = {**ENC["int8"], "config": {**ENC["int8"]["config"], "fused_attention": False}}
     page = _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": plain})
     assert "Padding-free" in page and "fused ONNX Runtime node" not in page
+    static = {**ENC["int8"], "config": {**ENC["int8"]["config"], "mode": "static"}}
+    page = _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": static})
+    assert "fused ONNX Runtime node (MultiHeadAttention)" in page
+    per_token = {**ENC["int8"], "token_scaled_units": ["a", "b", "c"]}
+    page = _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": per_token})
+    assert "Per-token int8 ranges for 3 FFN units" in page
 
 
 def test_headline_names_the_deployed_model():

@@ -342,6 +342,12 @@ def _what_was_done(enc: dict[str, Any]) -> str:
             n_out = esc(str(cfg.get("outlier_channels", "?")))
             names = ", ".join(f"<code>{esc(str(u))}</code>" for u in split)
             items.append(f"int8 except their {n_out} outlier input channels (kept fp32): {names}.")
+        token_scaled = q.get("token_scaled_units") or []
+        if token_scaled:
+            items.append(
+                f"Per-token int8 ranges for {len(token_scaled)} FFN units: each token is divided "
+                "by its own absolute maximum before its int8 MatMul and multiplied back after."
+            )
         smoothed = q.get("smoothed") or []
         if smoothed:
             items.append(f"Activation smoothing on {len(smoothed)} linear layers.")
@@ -356,8 +362,13 @@ def _what_was_done(enc: dict[str, Any]) -> str:
                 "Padding-free (packed) graph: only attention sees the padding slots of a batch; "
                 "every other layer runs on the real tokens."
                 + (
-                    " Each attention block is one fused ONNX Runtime node (QAttention with "
-                    "dynamic int8, MultiHeadAttention with static): runs on ONNX Runtime only."
+                    " Each attention block is one fused ONNX Runtime node ("
+                    + (
+                        "QAttention"
+                        if cfg.get("mode", "dynamic") == "dynamic"
+                        else "MultiHeadAttention"
+                    )
+                    + "): runs on ONNX Runtime only."
                     if cfg.get("fused_attention", True)
                     else ""
                 )

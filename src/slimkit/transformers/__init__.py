@@ -40,6 +40,7 @@ from slimkit.transformers.structural import (
     drop_layers_,
     prune_heads_,
 )
+from slimkit.transformers.token_scale import TokenScaledLinear
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -57,6 +58,7 @@ __all__ = [
     "SentenceEncoder",
     "SmoothConfig",
     "StructuralResult",
+    "TokenScaledLinear",
     "TruncationWarning",
     "check_folder",
     "compress_encoder",
