@@ -14,6 +14,8 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
                    per-channel int8 of that packed, simplified export (ORT's runtime fusions
                    apply); the most sensitive unit keeps only its 4 largest (outlier) input
                    channels fp32 and the rest of it goes int8 (LLM.int8()-style split)
+  slimkit_int8_token  slimkit_int8 with per-token int8 ranges for the FFN units (``per_token``:
+                   each token divided by its own absolute maximum before its int8 MatMul)
   slimkit_int8_padded  the same on the padded graph (packed=False; the default before packing)
   slimkit_int8_fused  the padded graph after ORT's offline transformer fusion (Attention ->
                    QAttention)
@@ -169,6 +171,23 @@ def main() -> None:
         "seconds": time.time() - t0,
     }
 
+    # The same with per-token int8 ranges in the FFN (token_scale.py): more fidelity, more ops.
+    res_tok = quantize_encoder(
+        module,
+        tok,
+        tmp / "sk_int8_token.onnx",
+        dataclasses.replace(int8, per_token=True),
+        train,
+        num_heads=12,
+        hidden_size=384,
+        max_length=max_len,
+    )
+    paths["slimkit_int8_token"] = tmp / "sk_int8_token.onnx"
+    notes["slimkit_int8_token"] = {
+        "split_units": res_tok.split_units,
+        "token_scaled_units": res_tok.token_scaled_units,
+    }
+
     # Same recipe on the padded graph (packed=False, the default until the packed export):
     # what skipping the padding tokens is worth at int8.
     quantize_encoder(
@@ -308,6 +327,7 @@ def main() -> None:
         "slimkit_int8": {"speedup": 2.0, "cosine_mean": 0.995, "spearman": 0.995},
         "slimkit_struct_int8": {"speedup": 3.0, "spearman": 0.98},
     }
+    targets["slimkit_int8_token"] = targets["slimkit_int8"]
     if "slimkit_struct_light_int8" in rows:
         targets["slimkit_struct_light_int8"] = targets["slimkit_struct_int8"]
     verdicts = {}
