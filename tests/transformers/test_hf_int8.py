@@ -292,3 +292,31 @@ def test_per_token_skips_split_and_excluded_units(tmp_path, encoder, sentence_mo
     ]
     assert len(res.token_scaled_units) == 10
     assert not set(res.token_scaled_units) & set(res.split_units)
+
+
+def test_per_token_units_choose_which_ffn_units(tmp_path, encoder, sentence_module, sentences):
+    cfg = EncoderInt8(
+        auto_exclude=0,
+        per_token=True,
+        per_token_units=(r"re:encoder\.layer\.[0-1]\.(intermediate|output)\.dense",),
+        scan_sentences=8,
+        calib_sentences=8,
+    )
+    res = quantize_encoder(sentence_module, encoder.tokenizer, tmp_path / "m.onnx", cfg, sentences)
+    assert res.token_scaled_units == [
+        "encoder.layer.0.intermediate.dense",
+        "encoder.layer.0.output.dense",
+        "encoder.layer.1.intermediate.dense",
+        "encoder.layer.1.output.dense",
+    ]
+    with pytest.raises(ConfigError, match="must name FFN units"):
+        quantize_encoder(
+            sentence_module,
+            encoder.tokenizer,
+            tmp_path / "bad.onnx",
+            dataclasses.replace(cfg, per_token_units=("encoder.layer.0.attention.output.dense",)),
+            sentences,
+        )
+    assert not (tmp_path / "bad.onnx").exists()
+    with pytest.raises(ConfigError, match="per_token: true"):
+        EncoderInt8(per_token_units=("encoder.layer.0.output.dense",))
