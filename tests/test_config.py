@@ -86,3 +86,21 @@ def test_registry_fails_loudly():
         reg.lookup(5)
     with pytest.raises(RuntimeError, match="registered twice"):
         reg.register(_Cfg)(handler)
+
+
+def test_flags_and_name_lists_are_type_checked():
+    """A YAML ``symmetric: yes``-style string or a bare string for a name list fails at once
+    with the rule, the value and the fix, instead of acting as something else later."""
+    from slimkit.pruning.magnitude import UnstructuredPruning
+    from slimkit.quantization.linear import LinearQuantization
+
+    with pytest.raises(ConfigError, match=r"symmetric must be true or false, but got 'yes'"):
+        LinearQuantization.from_dict({"bits": 4, "symmetric": "yes"})
+    with pytest.raises(ConfigError, match=r"per_channel must be true or false, but got 1"):
+        LinearQuantization(bits=4, per_channel=1)
+    with pytest.raises(ConfigError, match=r"got the string 'fc1'; write \['fc1'\]"):
+        UnstructuredPruning.from_dict({"sparsity": 0.5, "targets": "fc1"})
+    with pytest.raises(ConfigError, match=r"ignore must be a list of strings, but got \(3,\)"):
+        UnstructuredPruning(sparsity=0.5, ignore=[3])
+    ok = UnstructuredPruning.from_dict({"sparsity": 0.5, "targets": ["fc1"]})
+    assert ok.targets == ("fc1",)

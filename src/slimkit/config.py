@@ -35,7 +35,27 @@ class SlimConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Flags and name lists, the fields ``validate`` seldom checks: a YAML ``packed: yes``
+        (a string) or ``exclude: layer.0`` (one string, which would be read as characters) gets
+        a ConfigError here instead of acting as something else later."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # f.type is the annotation's text under ``from __future__ import annotations``
+            kind = f.type if isinstance(f.type, str) else str(f.type)
+            if kind in ("bool", "<class 'bool'>") and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, but got {value!r}")
+            if kind == "tuple[str, ...]":
+                if isinstance(value, str):
+                    raise ConfigError(
+                        f"{f.name} must be a list of strings, but got the string {value!r}; "
+                        f"write [{value!r}]"
+                    )
+                if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{f.name} must be a list of strings, but got {value!r}")
 
     def validate(self) -> None:
         """Override to check values; raise ConfigError stating rule, value and fix."""

@@ -118,8 +118,6 @@ class ChannelPruning(SlimConfig):
         check_int("min_channels", self.min_channels, 1, 1_000_000)
         check_int("calib_batches", self.calib_batches, 1, 100_000)
         check_int("round_to", self.round_to, 1, 1024)
-        if not isinstance(self.global_, bool):
-            raise ConfigError(f"global_ must be true or false, but got {self.global_!r}")
 
 
 @dataclasses.dataclass

@@ -41,10 +41,6 @@ class DynamicInt8(SlimConfig):
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
 
-    def validate(self) -> None:
-        if not isinstance(self.per_channel, bool):
-            raise ConfigError(f"per_channel must be true or false, but got {self.per_channel!r}")
-
 
 @QUANTIZERS.register(DynamicInt8)
 def _dynamic_int8(model: nn.Module, config: DynamicInt8, **_: Any) -> nn.Module:

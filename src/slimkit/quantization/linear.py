@@ -39,9 +39,6 @@ class LinearQuantization(SlimConfig):
 
     def validate(self) -> None:
         check_int("bits", self.bits, 1, 8)
-        for name in ("symmetric", "per_channel"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, but got {getattr(self, name)!r}")
         if self.symmetric and self.bits < 2:
             raise ConfigError(
                 f"symmetric linear quantization needs bits in 2..8 (1 bit has no symmetric grid "

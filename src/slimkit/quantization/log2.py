@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from slimkit.config import SlimConfig, check_int
-from slimkit.errors import ConfigError
 from slimkit.quantization.api import QUANTIZERS
 from slimkit.quantization.codes import QuantCodes, log2_encode
 from slimkit.quantization.common import quantize_layers, reduce_dims, safe_scale
@@ -33,8 +32,6 @@ class Log2Quantization(SlimConfig):
 
     def validate(self) -> None:
         check_int("bits", self.bits, 2, 8)
-        if not isinstance(self.per_channel, bool):
-            raise ConfigError(f"per_channel must be true or false, but got {self.per_channel!r}")
 
 
 def quantize_log2_tensor(w: torch.Tensor, bits: int, per_channel: bool = True) -> QuantCodes:

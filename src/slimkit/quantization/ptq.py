@@ -71,8 +71,6 @@ class StaticInt8(SlimConfig):
         object.__setattr__(self, "observer", parse_enum(ObserverKind, self.observer, "observer"))
         check_range("percentile", self.percentile, 50.0, 100.0, low_open=True)
         check_int("calib_samples", self.calib_samples, 1, 1_000_000)
-        if not isinstance(self.per_channel, bool):
-            raise ConfigError(f"per_channel must be true or false, but got {self.per_channel!r}")
 
 
 # ----------------------------------------------------------------------------- graph analysis
