@@ -36,7 +36,9 @@ variants (the machine is shared: compare ratios within one run). ``--timing bloc
 each variant serves all batches in a row per round, ORT's default thread spinning, as a
 deployed model serves a stream; ``--timing calls``: one call per variant in turn, spinning off
 (cold caches; see slimkit.transformers.bench). Every ORT variant has the same session options
-(slimkit.transformers.bench.ort_session: level ALL, sequential, 2 intra-op threads). Fidelity
+(slimkit.transformers.bench.ort_session: level ALL, sequential, 2 intra-op threads). The x
+columns are ratios of medians over all rounds; below the table each slimkit row's ratio is also
+shown round by round (min / median / max), from each round's own medians. Fidelity
 vs torch fp32 on all sentences, and on the odd-indexed half that neither the distilled student
 nor slimkit's calibration ever saw ("held-out").
 Writes benchmarks/results/minilm.json.
@@ -288,14 +290,20 @@ def main() -> None:
 
     # ---- latency, interleaved ----
     for b, count in ((1, 64), (32, 10)):
+        per_round: dict[str, list[float]] = {}
         lat = interleaved_latency(
             runners,
             make_batches(tok, corpus, b, count, max_len),
             rounds=args.rounds,
             mode=args.timing,
+            per_round=per_round,
         )
         for name, ms in lat.items():
             rows[name][f"latency_ms_b{b}"] = ms
+            # the same ratio round by round (ORT fp32's median of that round / this variant's)
+            rows[name][f"speedup_b{b}_rounds"] = [
+                o / v for o, v in zip(per_round["ort_fp32"], per_round[name], strict=True)
+            ]
 
     base = rows["ort_fp32"]
     print()
@@ -321,6 +329,15 @@ def main() -> None:
             f"{f['cosine_min']:8.4f} {f['spearman']:8.4f} {f['topk_agreement']:6.3f} {fh['spearman']:8.4f}"
         )
     print("\nratios are vs ort_fp32 (x = ort_fp32 latency / variant latency)")
+    # How much the shared machine moved: the same ratio from each round's own medians.
+    print(f"per-round x (min / median / max of {args.rounds} rounds), slimkit rows:")
+    for name, r in rows.items():
+        if name.startswith("slimkit"):
+            spans = []
+            for b in (1, 32):
+                xs = sorted(r[f"speedup_b{b}_rounds"])
+                spans.append(f"b{b} {xs[0]:.2f} / {xs[len(xs) // 2]:.2f} / {xs[-1]:.2f}")
+            print(f"  {name:26s} {'   '.join(spans)}")
     # Targets (issue #8); speed must hold at both batch sizes, fidelity on all sentences and on
     # the held-out half (the worse of the two counts).
     targets = {

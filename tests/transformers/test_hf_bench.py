@@ -32,3 +32,27 @@ def test_calls_mode_alternates_variants_per_batch_and_bad_mode_is_refused():
     assert log == [("a", 0), ("b", 0), ("a", 0), ("b", 0), ("a", 1), ("b", 1)]
     with pytest.raises(ValueError, match="blocks"):
         interleaved_latency(runners, _batches(1), mode="cold")
+
+
+@pytest.mark.parametrize("mode", ["blocks", "calls"])
+def test_per_round_medians_come_from_each_rounds_own_calls(mode, monkeypatch):
+    """A runner that slows down round by round (on a fake clock): each round's median is that
+    round's own."""
+    import slimkit.transformers.bench as bench
+
+    clock = {"t": 0.0, "n": 0}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+
+    def slowing(ids, mask):
+        clock["n"] += 1
+        clock["t"] += 0.001 * (1 + clock["n"] // 10)  # 1 ms per call, +1 ms every 10 calls
+
+    rounds: dict = {}
+    out = interleaved_latency(
+        {"s": slowing}, _batches(9), rounds=3, warmup=1, mode=mode, per_round=rounds
+    )
+    med = rounds["s"]
+    assert len(med) == 3 and med[0] < med[1] < med[2]
+    assert med[0] == pytest.approx(1.0) and med[2] == pytest.approx(3.0)  # ms
+    assert out["s"] == pytest.approx(2.0)

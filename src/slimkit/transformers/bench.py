@@ -104,12 +104,15 @@ def interleaved_latency(
     warmup: int = 2,
     mode: str = "blocks",
     pause_s: float = 0.1,
+    per_round: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Median ms per call of each runner; every round runs every runner on every batch.
 
     ``mode="blocks"``: per round, each runner (after ``pause_s`` and ``warmup`` calls) runs all
     batches in a row; ``"calls"``: each batch goes to every runner in turn (runners built with
-    ``spinning=False``). See the module docstring for why both exist.
+    ``spinning=False``). See the module docstring for why both exist. ``per_round``, when
+    given, is filled with each runner's median ms per call of every round (name -> one value
+    per round), so a caller can show how much the machine moved between rounds.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, but got {mode!r}")
@@ -124,16 +127,19 @@ def interleaved_latency(
         for run in runners.values():
             for ids, mask in batches[:warmup]:
                 run(ids, mask)
-        for _ in range(rounds):
+    for _ in range(rounds):
+        if mode == "calls":
             for ids, mask in batches:
                 for name, run in runners.items():
                     timed(name, run, ids, mask)
-    else:
-        for _ in range(rounds):
+        else:
             for name, run in runners.items():
                 time.sleep(pause_s)
                 for ids, mask in batches[:warmup]:
                     run(ids, mask)
                 for ids, mask in batches:
                     timed(name, run, ids, mask)
+        if per_round is not None:
+            for name, t in times.items():  # this round's calls are the last len(batches)
+                per_round.setdefault(name, []).append(statistics.median(t[-len(batches) :]))
     return {name: statistics.median(t) for name, t in times.items()}
