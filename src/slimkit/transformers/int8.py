@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from slimkit import atomic
-from slimkit.config import SlimConfig, check_int, check_range, parse_enum
+from slimkit.config import SlimConfig, check_int, check_range, get_module, parse_enum, set_module
 from slimkit.errors import ConfigError, TargetError
 from slimkit.registry import Registry
 from slimkit.transformers.smooth import SMOOTHABLE, smooth_encoder_
@@ -219,7 +219,6 @@ def sensitivity_scan(
     units: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """``{unit: 1 - mean cosine}`` of embeddings with only ``unit`` int8-emulated, vs fp32."""
-    from slimkit.config import get_module, set_module
 
     module = module.eval()
     ref = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
@@ -406,6 +405,15 @@ def quantize_encoder(
         log(f"smoothed {len(smoothed)} layers (alpha={cfg.smooth.alpha})")
     units = unit_names(work)
     excluded = _match_units(cfg.exclude, units)
+    # Checked before the sensitivity scan, so a bad pattern fails before the slow work.
+    per_token_units = _match_units(cfg.per_token_units, units) if cfg.per_token_units else units
+    not_ffn = [u for u in per_token_units if not _is_ffn_unit(u)] if cfg.per_token_units else []
+    if not_ffn:
+        raise ConfigError(
+            f"per_token_units must name FFN units (intermediate.dense, output.dense), but "
+            f"{not_ffn[:3]} {'is' if len(not_ffn) == 1 else 'are'} not; narrow the pattern, "
+            r"e.g. 're:encoder\.layer\.[0-3]\.(intermediate|output)\.dense'"
+        )
     sens: dict[str, float] = {}
     if cfg.auto_exclude:
         sens = sensitivity_scan(work, scan, cfg.per_channel)
@@ -414,7 +422,6 @@ def quantize_encoder(
         log(f"most sensitive units kept fp32: {excluded}")
     split: list[str] = []
     if cfg.outlier_channels:
-        from slimkit.config import get_module, set_module
         from slimkit.transformers.outlier_split import OutlierSplitLinear, outlier_channels
 
         for unit in [u for u in excluded if _is_ffn_unit(u)]:
@@ -427,18 +434,9 @@ def quantize_encoder(
         log(f"units int8 except their {cfg.outlier_channels} outlier input channels: {split}")
     token_scaled: list[str] = []
     if cfg.per_token:
-        from slimkit.config import get_module, set_module
         from slimkit.transformers.token_scale import TokenScaledLinear
 
-        chosen = _match_units(cfg.per_token_units, units) if cfg.per_token_units else units
-        not_ffn = [u for u in chosen if not _is_ffn_unit(u)] if cfg.per_token_units else []
-        if not_ffn:
-            raise ConfigError(
-                f"per_token_units must name FFN units (intermediate.dense, output.dense), but "
-                f"{not_ffn[:3]} {'is' if len(not_ffn) == 1 else 'are'} not; narrow the pattern, "
-                r"e.g. 're:encoder\.layer\.[0-3]\.(intermediate|output)\.dense'"
-            )
-        for unit in chosen:
+        for unit in per_token_units:
             if _is_ffn_unit(unit) and unit not in excluded and unit not in split:
                 name = _unit_linears(unit)[0]
                 set_module(work, name, TokenScaledLinear(get_module(work, name)))
