@@ -153,19 +153,25 @@ def main() -> None:
     paths["ort_int8_channel"] = tmp / "ort_c.onnx"
 
     int8 = EncoderInt8(auto_exclude=args.auto_exclude)  # optimize=False: plain export
+
+    def slimkit_int8(name: str, model, cfg: EncoderInt8, **kw):
+        """Quantize ``model`` with ``cfg`` (smoothing statistics and the sensitivity scan see
+        only the even half) into the variant ``name``."""
+        paths[name] = tmp / f"{name}.onnx"
+        return quantize_encoder(
+            model,
+            tok,
+            paths[name],
+            cfg,
+            train,
+            num_heads=12,
+            hidden_size=384,
+            max_length=max_len,
+            **kw,
+        )
+
     t0 = time.time()
-    res = quantize_encoder(
-        module,
-        tok,
-        tmp / "sk_int8.onnx",
-        int8,
-        train,  # smoothing statistics and the sensitivity scan see only the even half
-        num_heads=12,
-        hidden_size=384,
-        max_length=max_len,
-        log=print,
-    )
-    paths["slimkit_int8"] = tmp / "sk_int8.onnx"
+    res = slimkit_int8("slimkit_int8", module, int8, log=print)
     notes["slimkit_int8"] = {
         "excluded_units": res.excluded_units,
         "split_units": res.split_units,
@@ -174,17 +180,7 @@ def main() -> None:
     }
 
     # The same with per-token int8 ranges in the FFN (token_scale.py): more fidelity, more ops.
-    res_tok = quantize_encoder(
-        module,
-        tok,
-        tmp / "sk_int8_token.onnx",
-        dataclasses.replace(int8, per_token=True),
-        train,
-        num_heads=12,
-        hidden_size=384,
-        max_length=max_len,
-    )
-    paths["slimkit_int8_token"] = tmp / "sk_int8_token.onnx"
+    res_tok = slimkit_int8("slimkit_int8_token", module, dataclasses.replace(int8, per_token=True))
     notes["slimkit_int8_token"] = {
         "split_units": res_tok.split_units,
         "token_scaled_units": res_tok.token_scaled_units,
@@ -192,31 +188,13 @@ def main() -> None:
 
     # Same recipe on the padded graph (packed=False, the default until the packed export):
     # what skipping the padding tokens is worth at int8.
-    quantize_encoder(
-        module,
-        tok,
-        tmp / "sk_int8_padded.onnx",
-        dataclasses.replace(int8, packed=False),
-        train,
-        num_heads=12,
-        hidden_size=384,
-        max_length=max_len,
-    )
-    paths["slimkit_int8_padded"] = tmp / "sk_int8_padded.onnx"
+    slimkit_int8("slimkit_int8_padded", module, dataclasses.replace(int8, packed=False))
 
     # Same recipe after ORT's offline transformer fusion (fused Attention becomes QAttention),
     # which matches the padded graph only.
-    quantize_encoder(
-        module,
-        tok,
-        tmp / "sk_int8_fused.onnx",
-        dataclasses.replace(int8, optimize=True, packed=False),
-        train,
-        num_heads=12,
-        hidden_size=384,
-        max_length=max_len,
+    slimkit_int8(
+        "slimkit_int8_fused", module, dataclasses.replace(int8, optimize=True, packed=False)
     )
-    paths["slimkit_int8_fused"] = tmp / "sk_int8_fused.onnx"
 
     keep = tuple(int(x) for x in args.keep.split(",")) if args.keep else ()
     # The default struct row, then a lighter one: two points of the speed-fidelity frontier.
@@ -247,18 +225,7 @@ def main() -> None:
         )
         # No fp32 exclusions: the pruning error dwarfs int8's, and a whole fp32 unit costs speed
         # (a run with auto_exclude=1 kept layer 4's Q/K/V fp32: 2.93x instead of ~3.1x).
-        res2 = quantize_encoder(
-            student,
-            tok,
-            tmp / f"{name}.onnx",
-            dataclasses.replace(int8, auto_exclude=0),
-            train,
-            num_heads=12,
-            hidden_size=384,
-            max_length=max_len,
-            log=print,
-        )
-        paths[name] = tmp / f"{name}.onnx"
+        res2 = slimkit_int8(name, student, dataclasses.replace(int8, auto_exclude=0), log=print)
         notes[name] = {
             "ffn_fraction": ffn,
             "kept_layers": sres.kept_layers,
