@@ -245,7 +245,7 @@ def test_per_token_ffn_ranges_raise_int8_fidelity_on_an_outlier_token(
 
     import onnx
 
-    base = EncoderInt8(auto_exclude=0, scan_sentences=8, calib_sentences=8)
+    base = EncoderInt8(auto_exclude=0, scan_sentences=8, calib_sentences=8, per_token_share=1.0)
     ref = embed(sentence_module, encoder.tokenizer, sentences)
     fid = {}
     for per_token in (False, True):
@@ -282,6 +282,7 @@ def test_per_token_skips_split_and_excluded_units(tmp_path, encoder, sentence_mo
         auto_exclude=0,
         outlier_channels=4,
         per_token=True,
+        per_token_share=1.0,
         scan_sentences=8,
         calib_sentences=8,
     )
@@ -299,6 +300,7 @@ def test_per_token_units_choose_which_ffn_units(tmp_path, encoder, sentence_modu
         auto_exclude=0,
         per_token=True,
         per_token_units=(r"re:encoder\.layer\.[0-1]\.(intermediate|output)\.dense",),
+        per_token_share=1.0,
         scan_sentences=8,
         calib_sentences=8,
     )
@@ -320,3 +322,39 @@ def test_per_token_units_choose_which_ffn_units(tmp_path, encoder, sentence_modu
     assert not (tmp_path / "bad.onnx").exists()
     with pytest.raises(ConfigError, match="per_token: true"):
         EncoderInt8(per_token_units=("encoder.layer.0.output.dense",))
+
+
+def test_per_token_share_wraps_the_fewest_units_that_gain_most(
+    tmp_path, encoder, sentence_module, sentences
+):
+    """per_token_share < 1: only the units with the largest emulated per-token gain, until their
+    gains reach that share of the total; on MiniLM those are FFN outputs (the wide input after
+    GELU), and the chosen few keep most of the fidelity per-token ranges give."""
+    ref = embed(sentence_module, encoder.tokenizer, sentences)
+    base = EncoderInt8(auto_exclude=0, scan_sentences=8, calib_sentences=8)
+    assert base.per_token_share == 0.8
+    res = quantize_encoder(
+        sentence_module,
+        encoder.tokenizer,
+        tmp_path / "share.onnx",
+        dataclasses.replace(base, per_token=True),
+        sentences,
+    )
+    gain, chosen = res.per_token_gain, res.token_scaled_units
+    assert len(gain) == 12 and 0 < len(chosen) < 12
+    total = sum(gain.values())
+    assert sum(gain[u] for u in chosen) >= 0.8 * total  # enough of the gain ...
+    assert sum(gain[u] for u in chosen) - min(gain[u] for u in chosen) < 0.8 * total  # ... fewest
+    assert min(gain[u] for u in chosen) >= max(g for u, g in gain.items() if u not in chosen)
+    assert all(u.endswith(".output.dense") and "attention" not in u for u in chosen)
+    # in ONNX Runtime: closer to fp32 than per-tensor ranges everywhere
+    quantize_encoder(sentence_module, encoder.tokenizer, tmp_path / "none.onnx", base, sentences)
+    err = {
+        name: 1
+        - embedding_fidelity(ref, embed(tmp_path / name, encoder.tokenizer, sentences)).cosine_mean
+        for name in ("share.onnx", "none.onnx")
+    }
+    assert err["share.onnx"] < 0.9 * err["none.onnx"], err
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="per_token_share"):
+            EncoderInt8(per_token=True, per_token_share=bad)

@@ -344,10 +344,20 @@ def _what_was_done(enc: dict[str, Any]) -> str:
             items.append(f"int8 except their {n_out} outlier input channels (kept fp32): {names}.")
         token_scaled = q.get("token_scaled_units") or []
         if token_scaled:
-            items.append(
+            text = (
                 f"Per-token int8 ranges for {len(token_scaled)} FFN units: each token is divided "
                 "by its own absolute maximum before its int8 MatMul and multiplied back after."
             )
+            gain = q.get("per_token_gain") or {}  # per_token_share < 1: how they were chosen
+            total = sum(gain.values())
+            if total > 0:
+                got = sum(gain.get(u, 0.0) for u in token_scaled) / total
+                names = ", ".join(f"<code>{esc(str(u))}</code>" for u in token_scaled)
+                text += (
+                    f" They are the {len(token_scaled)} of {len(gain)} candidates with the largest "
+                    f"emulated gain ({got:.0%} of it): {names}."
+                )
+            items.append(text)
         smoothed = q.get("smoothed") or []
         if smoothed:
             items.append(f"Activation smoothing on {len(smoothed)} linear layers.")

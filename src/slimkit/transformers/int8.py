@@ -23,7 +23,7 @@ import enum
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from slimkit.config import SlimConfig, check_int, check_range, get_module, parse
 from slimkit.errors import ConfigError, TargetError
 from slimkit.registry import Registry
 from slimkit.transformers.smooth import SMOOTHABLE, smooth_encoder_
+from slimkit.transformers.token_scale import EPS as TOKEN_EPS
+from slimkit.transformers.token_scale import TokenScaledLinear
 
 REGISTRY = Registry("transformer int8")
 
@@ -110,9 +112,11 @@ class EncoderInt8(SlimConfig):
     # Per-token int8 ranges for the FFN units (token_scale.py): each token is divided by its own
     # absolute maximum before its int8 MatMul and multiplied back after, so MiniLM's [CLS] token
     # (2-4x larger than any other in layers 0-3) no longer sets every token's int8 step. Units
-    # kept fp32 or split are left as they are. On MiniLM: held-out Spearman 0.9955 -> 0.9972,
-    # at ~5 more small ops per unit (batch 1 +20 %, batch 32 +7 % at 2 threads). With static
-    # int8 the calibrated range of x / r is simply [-1, 1]: 0.9245 -> 0.9895 (auto_exclude 0).
+    # kept fp32 or split are left as they are; per_token_share picks which are worth it. On
+    # MiniLM (all 12 FFN units): held-out Spearman 0.9955 -> 0.9972, at ~5 more small ops per
+    # unit (batch 1 +20 %, batch 32 +7 % at 2 threads). With static int8 the calibrated range
+    # of x / r is simply [-1, 1]: 0.9245 -> 0.9895 (auto_exclude 0). The sensitivity scan
+    # (auto_exclude) ranks a per-token unit by its per-token error, as it will run.
     per_token: bool = False
     # With per_token: only these units (names or ``re:`` regex, as ``exclude``); () = every FFN
     # unit. On MiniLM, layers 0-3 (where [CLS] dominates) give the fidelity of all 12 units at
@@ -120,6 +124,14 @@ class EncoderInt8(SlimConfig):
     # 1.23 ms (none 0.99), batch 32 22.3 vs 23.4 ms (none 21.2); on a 30 %-FFN-pruned student
     # 0.9780 for both (none 0.9753).
     per_token_units: tuple[str, ...] = ()
+    # With per_token: < 1 wraps only the fewest of those units that give this share of the
+    # emulated per-token gain (each unit's int8 error, 1 - mean cosine with only it int8, per
+    # tensor minus per token; largest gains first); 1 = all of them. On MiniLM the gain sits in
+    # the FFN outputs of layers 0-4 (shares 39, 19, 18, 9, 6 %; every FFN input < 2 %): at 0.8
+    # the 4 of layers 0-3 gave held-out Spearman 0.9967 (all 12: 0.9969, none 0.9940; no fp32
+    # unit), on a 20 %-FFN-pruned student 0.9839 (all 12: 0.9840, none 0.9818). The wide FFN
+    # output input makes those the dearest units, so the b1 cost falls less than the count.
+    per_token_share: float = 0.8
 
     @property
     def attention_op(self) -> str:
@@ -138,6 +150,7 @@ class EncoderInt8(SlimConfig):
         check_int("outlier_channels", self.outlier_channels, 0, 4096)
         check_int("scan_sentences", self.scan_sentences, 2, 100_000)
         check_int("calib_sentences", self.calib_sentences, 1, 100_000)
+        check_range("per_token_share", self.per_token_share, 0.0, 1.0, low_open=True)
         if self.per_token_units and not self.per_token:
             raise ConfigError(
                 f"per_token_units {list(self.per_token_units)} has no effect with per_token: "
@@ -163,6 +176,8 @@ class Int8Result:
     simplified: dict | None = None  # graph_simplify.SimplifyResult of the fp32 graph
     split_units: list[str] = dataclasses.field(default_factory=list)  # int8 but outlier channels
     token_scaled_units: list[str] = dataclasses.field(default_factory=list)  # per-token ranges
+    # per_token_share < 1: each candidate FFN unit's emulated per-token gain (how units were chosen)
+    per_token_gain: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -187,17 +202,25 @@ def fake_quant_act(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FakeQuantLinear(nn.Module):
-    def __init__(self, lin: Any, per_channel: bool) -> None:
+    """A Linear as ORT's dynamic int8 computes it; ``per_token``: as a TokenScaledLinear does
+    (each row divided by its absmax before the per-tensor int8 input, multiplied back after)."""
+
+    def __init__(self, lin: Any, per_channel: bool, per_token: bool = False) -> None:
         super().__init__()
         inner = lin.linear if hasattr(lin, "linear") else lin  # InputScaledLinear wraps one
         self.pre: torch.Tensor | None = getattr(lin, "inv_scale", None)
         self.weight: torch.Tensor = fake_quant_weight(inner.weight.detach(), per_channel)
         self.bias: torch.Tensor | None = inner.bias
+        self.per_token = per_token
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
             x = x * self.pre
-        return nn.functional.linear(fake_quant_act(x), self.weight, self.bias)
+        if not self.per_token:
+            return nn.functional.linear(fake_quant_act(x), self.weight, self.bias)
+        r = x.abs().amax(-1, keepdim=True) + TOKEN_EPS  # (..., 1)
+        y = nn.functional.linear(fake_quant_act(x / r), self.weight) * r
+        return y if self.bias is None else y + self.bias
 
 
 def unit_names(module: Any) -> list[str]:
@@ -217,8 +240,11 @@ def sensitivity_scan(
     batches: list[dict],
     per_channel: bool = True,
     units: Sequence[str] | None = None,
+    per_token_units: Collection[str] = (),
 ) -> dict[str, float]:
-    """``{unit: 1 - mean cosine}`` of embeddings with only ``unit`` int8-emulated, vs fp32."""
+    """``{unit: 1 - mean cosine}`` of embeddings with only ``unit`` int8-emulated, vs fp32;
+    units in ``per_token_units`` are emulated with per-token ranges (``EncoderInt8.per_token``),
+    as they will be quantized."""
 
     module = module.eval()
     ref = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
@@ -228,7 +254,7 @@ def sensitivity_scan(
         originals = [get_module(module, n) for n in names]
         try:
             for n, m in zip(names, originals):
-                set_module(module, n, _FakeQuantLinear(m, per_channel))
+                set_module(module, n, _FakeQuantLinear(m, per_channel, unit in per_token_units))
             emb = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
         finally:
             for n, m in zip(names, originals):
@@ -236,6 +262,27 @@ def sensitivity_scan(
         cos = nn.functional.cosine_similarity(ref, emb, dim=1)
         out[unit] = float(1.0 - cos.mean())
     return out
+
+
+def select_per_token_units(
+    module: Any, batches: list[dict], units: Sequence[str], per_channel: bool, share: float
+) -> tuple[list[str], dict[str, float]]:
+    """The fewest of ``units`` whose emulated per-token gains add up to ``share`` of their sum.
+
+    A unit's gain is its int8 error (1 - mean cosine, only it int8) with a per-tensor input
+    range minus that with per-token ranges, floored at 0. Returns (chosen units, in the order
+    given; {unit: gain} for all ``units``). No gain at all chooses none.
+    """
+    plain = sensitivity_scan(module, batches, per_channel, units)
+    token = sensitivity_scan(module, batches, per_channel, units, per_token_units=units)
+    gain = {u: max(plain[u] - token[u], 0.0) for u in units}
+    total, acc, chosen = sum(gain.values()), 0.0, set()
+    for u in sorted(units, key=gain.__getitem__, reverse=True):
+        if total <= 0.0 or acc >= share * total:
+            break
+        chosen.add(u)
+        acc += gain[u]
+    return [u for u in units if u in chosen], gain
 
 
 # ---- unit names -> ONNX node names -------------------------------------------------------------
@@ -414,9 +461,22 @@ def quantize_encoder(
             f"{not_ffn[:3]} {'is' if len(not_ffn) == 1 else 'are'} not; narrow the pattern, "
             r"e.g. 're:encoder\.layer\.[0-3]\.(intermediate|output)\.dense'"
         )
+    tok: list[str] = []  # FFN units to get per-token ranges (unless kept fp32 or split below)
+    token_gain: dict[str, float] = {}
+    if cfg.per_token:
+        tok = [u for u in per_token_units if _is_ffn_unit(u) and u not in excluded]
+        if cfg.per_token_share < 1.0 and tok:
+            tok, token_gain = select_per_token_units(
+                work, scan, tok, cfg.per_channel, cfg.per_token_share
+            )
+            log(
+                f"per-token ranges where they gain most ({cfg.per_token_share:.0%} of the "
+                f"emulated gain): {tok}"
+            )
     sens: dict[str, float] = {}
     if cfg.auto_exclude:
-        sens = sensitivity_scan(work, scan, cfg.per_channel)
+        # Ranked as each unit will run: per-token FFN units by their per-token error.
+        sens = sensitivity_scan(work, scan, cfg.per_channel, per_token_units=tok)
         ranked = [u for u in sorted(sens, key=sens.__getitem__, reverse=True) if u not in excluded]
         excluded += ranked[: cfg.auto_exclude]
         log(f"most sensitive units kept fp32: {excluded}")
@@ -434,10 +494,8 @@ def quantize_encoder(
         log(f"units int8 except their {cfg.outlier_channels} outlier input channels: {split}")
     token_scaled: list[str] = []
     if cfg.per_token:
-        from slimkit.transformers.token_scale import TokenScaledLinear
-
-        for unit in per_token_units:
-            if _is_ffn_unit(unit) and unit not in excluded and unit not in split:
+        for unit in tok:
+            if unit not in excluded and unit not in split:
                 name = _unit_linears(unit)[0]
                 set_module(work, name, TokenScaledLinear(get_module(work, name)))
                 token_scaled.append(unit)
@@ -475,4 +533,5 @@ def quantize_encoder(
         exp.simplified,
         split,
         token_scaled,
+        token_gain,
     )

@@ -19,7 +19,9 @@ Measured on MiniLM in ONNX Runtime (held-out Spearman vs fp32; FFN in and out of
 0.9955 -> 0.9972 with the default recipe, 0.9940 -> 0.9969 with no fp32 unit, and 0.9683 ->
 0.9711 on a student with 30 % of FFN neurons pruned (fp32 0.9743). The cost is ~5 more small ops
 per unit: at batch 1 (~15 tokens) 1.19 -> 1.43 ms (+20 %), at batch 32 23.8 -> 25.5 ms (+7 %),
-2 threads, interleaved rounds. Hence off by default (``EncoderInt8.per_token``). With static
+2 threads, interleaved rounds. Hence off by default (``EncoderInt8.per_token``), and when on,
+only the units that gain most are wrapped (``EncoderInt8.per_token_share``, chosen by an
+emulated scan: on MiniLM the FFN outputs of layers 0-3 give nearly all of it). With static
 int8 the calibrated range of ``x / r`` is simply [-1, 1], so static becomes per-token too: held-out
 Spearman 0.9245 -> 0.9895 with no fp32 unit.
 """
