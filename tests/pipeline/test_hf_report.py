@@ -175,12 +175,12 @@ def test_int8_only_run_without_structural_or_reference():
     per_token = {**ENC["int8"], "token_scaled_units": ["a", "b", "c"]}
     page = _report_html("int8", {"slimkit": {"bytes": 1}}, {"int8": per_token})
     assert "Per-token int8 ranges for 3 FFN units" in page
-    assert "candidates with the largest" not in page  # chosen by hand (per_token_share 1)
+    assert "Chosen by emulated gain" not in page  # chosen by hand (per_token_share 1)
     gain = {"a": 0.5, "b": 0.3, "c": 0.1, "d": 0.1}
     page = _report_html(
         "int8", {"slimkit": {"bytes": 1}}, {"int8": {**per_token, "per_token_gain": gain}}
     )
-    assert "the 3 of 4 candidates with the largest emulated gain (90% of it)" in page
+    assert "they give 90% of what per-token ranges gain across all 4 candidate units" in page
 
 
 def test_headline_names_the_deployed_model():

@@ -354,8 +354,8 @@ def _what_was_done(enc: dict[str, Any]) -> str:
                 got = sum(gain.get(u, 0.0) for u in token_scaled) / total
                 names = ", ".join(f"<code>{esc(str(u))}</code>" for u in token_scaled)
                 text += (
-                    f" They are the {len(token_scaled)} of {len(gain)} candidates with the largest "
-                    f"emulated gain ({got:.0%} of it): {names}."
+                    f" Chosen by emulated gain, they give {got:.0%} of what per-token ranges "
+                    f"gain across all {len(gain)} candidate units: {names}."
                 )
             items.append(text)
         smoothed = q.get("smoothed") or []

@@ -124,13 +124,15 @@ class EncoderInt8(SlimConfig):
     # 1.23 ms (none 0.99), batch 32 22.3 vs 23.4 ms (none 21.2); on a 30 %-FFN-pruned student
     # 0.9780 for both (none 0.9753).
     per_token_units: tuple[str, ...] = ()
-    # With per_token: < 1 wraps only the fewest of those units that give this share of the
-    # emulated per-token gain (each unit's int8 error, 1 - mean cosine with only it int8, per
-    # tensor minus per token; largest gains first); 1 = all of them. On MiniLM the gain sits in
-    # the FFN outputs of layers 0-4 (shares 39, 19, 18, 9, 6 %; every FFN input < 2 %): at 0.8
-    # the 4 of layers 0-3 gave held-out Spearman 0.9967 (all 12: 0.9969, none 0.9940; no fp32
-    # unit), on a 20 %-FFN-pruned student 0.9839 (all 12: 0.9840, none 0.9818). The wide FFN
-    # output input makes those the dearest units, so the b1 cost falls less than the count.
+    # With per_token and no per_token_units (named units are all wrapped): < 1 wraps only the
+    # fewest FFN units that give this share of the emulated per-token gain (a unit's int8 error,
+    # 1 - mean cosine with only it int8, per tensor minus per token; largest gains first; chosen
+    # again from the rest if auto_exclude then keeps a chosen unit fp32); 1 = all of them. On
+    # MiniLM the gain sits in the FFN outputs of layers 0-4 (39, 19, 18, 9, 6 % of it; each FFN
+    # input < 2 %): at 0.8 the 4 of layers 0-3 (85 %) gave held-out Spearman 0.9967 (all 12:
+    # 0.9969, none 0.9940; no fp32 unit), on a 20 %-FFN-pruned student 0.9839 (all 12: 0.9840,
+    # none 0.9818). Those wide FFN-output inputs are the dearest units to wrap, so the batch-1
+    # cost falls less than the count.
     per_token_share: float = 0.8
 
     @property
@@ -264,25 +266,26 @@ def sensitivity_scan(
     return out
 
 
-def select_per_token_units(
-    module: Any, batches: list[dict], units: Sequence[str], per_channel: bool, share: float
-) -> tuple[list[str], dict[str, float]]:
-    """The fewest of ``units`` whose emulated per-token gains add up to ``share`` of their sum.
-
-    A unit's gain is its int8 error (1 - mean cosine, only it int8) with a per-tensor input
-    range minus that with per-token ranges, floored at 0. Returns (chosen units, in the order
-    given; {unit: gain} for all ``units``). No gain at all chooses none.
-    """
+def per_token_gains(
+    module: Any, batches: list[dict], units: Sequence[str], per_channel: bool
+) -> dict[str, float]:
+    """``{unit: gain}``: each unit's emulated int8 error (1 - mean cosine, only it int8) with a
+    per-tensor input range minus that with per-token ranges, floored at 0."""
     plain = sensitivity_scan(module, batches, per_channel, units)
     token = sensitivity_scan(module, batches, per_channel, units, per_token_units=units)
-    gain = {u: max(plain[u] - token[u], 0.0) for u in units}
+    return {u: max(plain[u] - token[u], 0.0) for u in units}
+
+
+def fewest_with_share(gain: dict[str, float], share: float) -> list[str]:
+    """The fewest keys of ``gain`` whose values add up to ``share`` of their sum, taken largest
+    first and returned in ``gain``'s order; none when the sum is 0."""
     total, acc, chosen = sum(gain.values()), 0.0, set()
-    for u in sorted(units, key=gain.__getitem__, reverse=True):
+    for u in sorted(gain, key=gain.__getitem__, reverse=True):
         if total <= 0.0 or acc >= share * total:
             break
         chosen.add(u)
         acc += gain[u]
-    return [u for u in units if u in chosen], gain
+    return [u for u in gain if u in chosen]
 
 
 # ---- unit names -> ONNX node names -------------------------------------------------------------
@@ -465,14 +468,9 @@ def quantize_encoder(
     token_gain: dict[str, float] = {}
     if cfg.per_token:
         tok = [u for u in per_token_units if _is_ffn_unit(u) and u not in excluded]
-        if cfg.per_token_share < 1.0 and tok:
-            tok, token_gain = select_per_token_units(
-                work, scan, tok, cfg.per_channel, cfg.per_token_share
-            )
-            log(
-                f"per-token ranges where they gain most ({cfg.per_token_share:.0%} of the "
-                f"emulated gain): {tok}"
-            )
+        if cfg.per_token_share < 1.0 and not cfg.per_token_units and tok:
+            token_gain = per_token_gains(work, scan, tok, cfg.per_channel)
+            tok = fewest_with_share(token_gain, cfg.per_token_share)
     sens: dict[str, float] = {}
     if cfg.auto_exclude:
         # Ranked as each unit will run: per-token FFN units by their per-token error.
@@ -494,6 +492,11 @@ def quantize_encoder(
         log(f"units int8 except their {cfg.outlier_channels} outlier input channels: {split}")
     token_scaled: list[str] = []
     if cfg.per_token:
+        if token_gain:  # a chosen unit now kept fp32 or split: choose again from the rest
+            left = {u: g for u, g in token_gain.items() if u not in excluded and u not in split}
+            tok = fewest_with_share(left, cfg.per_token_share)
+            got = sum(left[u] for u in tok) / max(sum(token_gain.values()), 1e-30)
+            log(f"per-token ranges where they gain most ({got:.0%} of the emulated gain): {tok}")
         for unit in tok:
             if unit not in excluded and unit not in split:
                 name = _unit_linears(unit)[0]
