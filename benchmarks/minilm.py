@@ -31,8 +31,8 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
                    output (folded into V, free) and FFN input only: on the 20 % student the FFN
                    output's explicit Mul per layer gained nothing (held-out 0.9815 both ways)
   slimkit_struct_light_int8  the same with 20 % of FFN neurons pruned (``--ffn-light``): the
-                   other end of the speed-fidelity frontier (at 0.2 one run kept held-out
-                   Spearman 0.9818 after int8, at 0.3 0.9751-0.9758, at 0.6 0.935)
+                   other end of the speed-fidelity frontier (held-out Spearman after int8:
+                   at 0.2 0.9815, at 0.3 0.9751-0.9758 (older recipes), at 0.6 0.936)
 
 Latency: ONNX Runtime / torch at 2 threads, batch 1 (single real sentences) and batch 32
 (consecutive sentences padded to the longest), medians over rounds that take turns between the
