@@ -36,8 +36,7 @@ from slimkit.config import SlimConfig, check_int, check_range, get_module, parse
 from slimkit.errors import ConfigError, TargetError
 from slimkit.registry import Registry
 from slimkit.transformers.smooth import SMOOTHABLE, smooth_encoder_
-from slimkit.transformers.token_scale import EPS as TOKEN_EPS
-from slimkit.transformers.token_scale import TokenScaledLinear
+from slimkit.transformers.token_scale import TokenScaledLinear, row_scaled_linear
 
 REGISTRY = Registry("transformer int8")
 
@@ -220,9 +219,7 @@ class _FakeQuantLinear(nn.Module):
             x = x * self.pre
         if not self.per_token:
             return nn.functional.linear(fake_quant_act(x), self.weight, self.bias)
-        r = x.abs().amax(-1, keepdim=True) + TOKEN_EPS  # (..., 1)
-        y = nn.functional.linear(fake_quant_act(x / r), self.weight) * r
-        return y if self.bias is None else y + self.bias
+        return row_scaled_linear(x, self.weight, self.bias, fake_quant_act)
 
 
 def unit_names(module: Any) -> list[str]:

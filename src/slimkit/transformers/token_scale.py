@@ -28,6 +28,7 @@ Spearman 0.9245 -> 0.9895 with no fp32 unit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +38,22 @@ from torch import nn
 # Added to each row's absolute maximum: an all-zero row divides by this instead of by zero
 # (and stays zero). Far below any real activation scale.
 EPS = 1e-12
+
+
+def row_scaled_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    quantize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``(quantize(x / r) @ W^T) * r + bias`` with r the per-row absmax + EPS: (..., in) ->
+    (..., out). The one definition of the arithmetic, shared by :class:`TokenScaledLinear`
+    (``quantize`` None, exact) and the int8 sensitivity scan's emulation (ORT's per-tensor
+    int8 of ``x / r``), so the scan measures what the export computes."""
+    r = x.abs().amax(-1, keepdim=True) + EPS  # (..., 1)
+    a = x / r
+    y = F.linear(a if quantize is None else quantize(a), weight) * r
+    return y if bias is None else y + bias
 
 
 class TokenScaledLinear(nn.Module):
@@ -59,6 +76,4 @@ class TokenScaledLinear(nn.Module):
         # x (..., in) -> (..., out)
         if self.inv_scale is not None:
             x = x * self.inv_scale
-        r = x.abs().amax(-1, keepdim=True) + EPS  # (..., 1)
-        y = F.linear(x / r, self.linear.weight) * r
-        return y if self.linear.bias is None else y + self.linear.bias
+        return row_scaled_linear(x, self.linear.weight, self.linear.bias)
