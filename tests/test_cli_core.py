@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from slimkit.cli import main
 
 
@@ -19,3 +21,32 @@ def test_train_export_bench_roundtrip(capsys, tmp_path):
     assert main(["bench", str(path), "--runs", "3"]) == 0
     out = capsys.readouterr().out
     assert "ort" in out and "torch" in out
+
+
+def test_usage_errors_are_a_message_and_exit_2_not_a_traceback(capsys):
+    # typer >= 0.2x raises its vendored click's errors (typer._click), which are not click's
+    # classes; main() must still show them as usage messages.
+    assert main([]) == 2  # no command: the help
+    assert "COMMAND" in capsys.readouterr().out
+    for argv, message in [
+        (["nosuchcmd"], "No such command 'nosuchcmd'"),
+        (["inspect", "--nosuch"], "No such option: --nosuch"),
+        (["inspect"], "Missing argument 'model'"),
+        (["hf", "embed"], "Missing option '--text'"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_commands_exit_code_is_returned(monkeypatch, capsys, tmp_path):
+    # compress turns Ctrl-C into typer.Exit(130); not standalone, typer returns that code
+    import slimkit.pipeline
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slimkit.pipeline, "compress", interrupted)
+    recipe = Path(__file__).parents[1] / "examples" / "quick_digits.yaml"
+    assert main(["compress", str(recipe), "--out", str(tmp_path / "run")]) == 130
+    assert "--resume" in capsys.readouterr().out

@@ -37,12 +37,20 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _is_click_error(exc: BaseException) -> bool:
+    """A click usage error (unknown option, missing argument, no command): click's own, or the
+    copy typer >= 0.2x vendors as ``typer._click``, whose classes are not click's."""
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "show")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning slimkit's own errors into exit code 2."""
     from slimkit.errors import AccuracyGateError, SlimkitError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # Not standalone, so errors reach the handlers below; a command's ``typer.Exit(code)``
+        # comes back as the return value.
+        rv = app(args=argv, standalone_mode=False)
     except AccuracyGateError as exc:
         typer.echo(f"slimkit: {exc}", err=True)
         return 1
@@ -52,16 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        raise
-    return 0
+    except Exception as exc:
+        if not _is_click_error(exc):
+            raise
+        exc.show()  # type: ignore[attr-defined]  # usage and the message, no traceback
+        return int(getattr(exc, "exit_code", 2))
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
