@@ -22,3 +22,11 @@ def test_hf_quantize_bad_ffn_fraction_and_text_source(tmp_path, capsys):
     )
     assert "unlabelled_text must be" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hf_embed_truncates_with_a_one_line_warning(capsys):
+    assert main(["hf", "embed", "--text", "word " * 300, "--text", "short"]) == 0
+    captured = capsys.readouterr()
+    assert "slimkit: warning: 1 sentence(s) exceed the model's max length of 256" in captured.err
+    assert "_contextlib.py" not in captured.err  # no source line from torch's no_grad wrapper
+    assert "cosine similarity" in captured.out

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
+from typing import Any
 
 import typer
 
@@ -44,7 +46,22 @@ def _is_click_error(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning slimkit's own errors into exit code 2."""
+    """Entry point: run the app, turning slimkit's own errors into exit code 2 and its own
+    warnings (e.g. TruncationWarning) into one line each; other warnings show as usual."""
+    with warnings.catch_warnings():  # restores showwarning on the way out
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if category.__module__.startswith("slimkit."):  # its source line is torch's wrapper
+                typer.echo(f"slimkit: warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from slimkit.errors import AccuracyGateError, SlimkitError
 
     try:
