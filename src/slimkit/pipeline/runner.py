@@ -16,6 +16,7 @@ that produced NaN/inf), writes the checkpoint and the measured row, then ``state
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -23,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +87,26 @@ def load_model(recipe: Recipe) -> nn.Module:
     return build_model(str(m.zoo), image_size=size, **m.kwargs)
 
 
-def _world() -> tuple[int, int]:
-    """Join the torchrun process group (gloo on CPU) when launched by torchrun."""
+@contextlib.contextmanager
+def _process_group() -> Iterator[tuple[int, int]]:
+    """(rank, world size): joins torchrun's process group (gloo on CPU) when launched by
+    torchrun, and leaves it when the run ends. A group left to interpreter exit can abort the
+    process: gloo's threads still hold tensors when Python tears down, and rank 0 died with
+    SIGABRT ('terminate called without an active exception') in one CI run (pytorch#190489)."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available() and not dist.is_initialized():
+    joined = world > 1 and dist.is_available() and not dist.is_initialized()
+    if joined:
         dist.init_process_group("gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    try:
+        if dist.is_available() and dist.is_initialized():
+            yield dist.get_rank(), dist.get_world_size()
+        else:
+            yield 0, 1
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _sync(model: nn.Module) -> None:
@@ -271,8 +282,20 @@ def compress(
 
     if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
         return run_hf_recipe(recipe, plans, out, log)
-    out = Path(out)
-    rank, world = _world()
+    with _process_group() as (rank, world):
+        return _compress(recipe, plans, Path(out), rank, world, resume, log, stop_after)
+
+
+def _compress(
+    recipe: Recipe,
+    plans: list[StagePlan],
+    out: Path,
+    rank: int,
+    world: int,
+    resume: bool,
+    log: Callable[[str], None],
+    stop_after: int | None,
+) -> RunResult:
     is_main = rank == 0
     state = _read_state(out, recipe) if resume else None
     # Load inputs before touching the folder: a bad model path or dataset writes nothing.
