@@ -67,3 +67,12 @@ def test_bad_input_exit_code_2(capsys):
 def test_methods_map():
     assert {"linear", "log2", "kmeans", "fp16", "bf16", "mixed"} <= set(METHODS)
     assert method_config("kmeans", {"bits": 2}).bits == 2
+
+
+def test_int8_dynamic_command_stores_codes(tmp_path, capsys):
+    # Weights that round to a negative zero used to fail the bit-exact code check ("0 value(s)
+    # off its linear 8-bit grid") on every model.
+    out = tmp_path / "q8.safetensors"
+    assert main(["quantize", "lenet300", "--method", "int8-dynamic", "--out", str(out)]) == 0
+    layers = quantized_layers(sk.load(out))
+    assert layers and {weight_codes(m).bits for m in layers.values()} == {8}

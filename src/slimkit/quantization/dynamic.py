@@ -55,7 +55,10 @@ def _dynamic_int8(model: nn.Module, config: DynamicInt8, **_: Any) -> nn.Module:
             if isinstance(m, nn.Linear):  # (out, in): one scale per output row
                 scale = weight_qparams(m.weight, config.per_channel)[0]
                 s = scale.reshape(-1, 1).expand(m.weight.shape[0], 1).clone()  # (out, 1)
-                m.weight.copy_(torch.clamp(torch.round(m.weight / s), -127, 127) * s)
+                # + 0.0 turns a -0.0 code (a small negative weight) into +0.0, so the weight's
+                # bits are what its stored code decodes to (weight_codes checks bit-exactly).
+                q = torch.clamp(torch.round(m.weight / s), -127, 127) + 0.0
+                m.weight.copy_(q * s)
                 # The shared "linear" convention: w = (code - 128) * scale, code in 1..255.
                 m.register_buffer("weight_scale", s)
                 m.register_buffer("weight_zero_point", torch.full_like(s, 128, dtype=torch.int32))
