@@ -50,3 +50,41 @@ def test_a_commands_exit_code_is_returned(monkeypatch, capsys, tmp_path):
     recipe = Path(__file__).parents[1] / "examples" / "quick_digits.yaml"
     assert main(["compress", str(recipe), "--out", str(tmp_path / "run")]) == 130
     assert "--resume" in capsys.readouterr().out
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(capsys, tmp_path):
+    model = tmp_path / "m.safetensors"
+    assert (
+        main(["train", "lenet300", "--dataset", "digits", "--epochs", "1", "--out", str(model)])
+        == 0
+    )
+    before = model.read_bytes()
+    capsys.readouterr()
+    cases = [
+        (
+            ["distill", "--teacher", str(model), "--student", "lenet300", "--out", str(model)],
+            "--out '%s' is the same file as --teacher",
+        ),
+        (
+            ["quantize", str(model), "--method", "linear", "--out", str(model)],
+            "--out '%s' is the same file as the model",
+        ),
+        (
+            [
+                "prune",
+                str(model),
+                "--dataset",
+                "digits",
+                "--out",
+                str(tmp_path / "p.safetensors"),
+                "--sparse-out",
+                str(tmp_path / "p.safetensors"),
+            ],
+            "is the same file as --out",
+        ),
+        (["export", str(model), "--out", str(model)], "--out must name an .onnx file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert (message % model if "%s" in message else message) in capsys.readouterr().err
+    assert model.read_bytes() == before and not (tmp_path / "p.safetensors").exists()

@@ -28,6 +28,26 @@ def load_model(spec: str, image_size: int | None = None):
     return slim_io.load(path)
 
 
+def refuse_overwrite(inputs: dict[str, str | None], outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an output path that is an input file or another output: the run
+    would replace the user's model (``distill --out`` = the teacher) or its own first file
+    (``prune --sparse-out`` = ``--out``). Keys are how the user named each path ("--teacher",
+    "the model"); zoo names and paths that do not exist yet are not inputs to protect."""
+    from slimkit.errors import ConfigError
+
+    seen: dict[Path, str] = {}
+    named = [(k, Path(v)) for k, v in inputs.items() if v is not None and Path(v).is_file()]
+    named += [(k, v) for k, v in outputs.items() if v is not None]
+    for label, path in named:
+        key = path.resolve()
+        if key in seen:
+            raise ConfigError(
+                f"{label} {str(path)!r} is the same file as {seen[key]}, which the run would "
+                f"overwrite; choose another {label} path"
+            )
+        seen[key] = label
+
+
 def load_data(name: str, batch_size: int = 64):
     from slimkit.data import load_dataset
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli.common import console, image_size_of, load_data, load_model, print_table
+from slimkit.cli.common import (
+    console,
+    image_size_of,
+    load_data,
+    load_model,
+    print_table,
+    refuse_overwrite,
+)
 
 
 def inspect_rows(model, example):
@@ -102,6 +109,11 @@ def register(app: typer.Typer) -> None:
 
         from slimkit.export.onnx import to_onnx
 
+        if out.suffix != ".onnx":
+            from slimkit.errors import ConfigError
+
+            raise ConfigError(f"--out must name an .onnx file, but got {str(out)!r}")
+        refuse_overwrite({"the model": model}, {"--out": out})
         m = load_model(model, image_size)
         size = getattr(m, "slimkit_arch", {}).get("kwargs", {}).get("image_size", image_size)
         res = to_onnx(m, out, torch.randn(1, 1, size, size), atol=atol)

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli.common import console, image_size_of, load_data, load_model, print_table
+from slimkit.cli.common import (
+    console,
+    image_size_of,
+    load_data,
+    load_model,
+    print_table,
+    refuse_overwrite,
+)
 
 
 def parse_sets(items: list[str]) -> dict[str, object]:
@@ -61,6 +68,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.decomposition.report import before_after
 
         cfg = make_config(method, parse_sets(set_))
+        refuse_overwrite({"the model": model}, {"--out": out})
         data = load_data(dataset) if use_data else None
         m = load_model(model, image_size_of(dataset))
         original = copy.deepcopy(m).eval()

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli.common import console, image_size_of, load_data, load_model, print_table
+from slimkit.cli.common import (
+    console,
+    image_size_of,
+    load_data,
+    load_model,
+    print_table,
+    refuse_overwrite,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +58,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.metrics.accuracy import ort_accuracy
         from slimkit.training import TrainConfig, evaluate_accuracy
 
+        refuse_overwrite({"--teacher": teacher, "--student": student}, {"--out": out})
         data = load_data(dataset)
         t = as_teacher(teacher if teacher.lower().endswith(".onnx") else load_model(teacher))
         s = load_model(student, image_size_of(dataset))

@@ -14,7 +14,14 @@ from typing import Any
 
 import typer
 
-from slimkit.cli.common import console, image_size_of, load_data, load_model, print_table
+from slimkit.cli.common import (
+    console,
+    image_size_of,
+    load_data,
+    load_model,
+    print_table,
+    refuse_overwrite,
+)
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -108,6 +115,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.pruning.sparse_storage import save_sparse
 
         cfg = make_config(method, parse_sets(set_))
+        refuse_overwrite({"the model": model}, {"--out": out, "--sparse-out": sparse_out})
         data = load_data(dataset)
         net = load_model(model, image_size_of(dataset))
         before = measure_row("before", copy.deepcopy(net), data)

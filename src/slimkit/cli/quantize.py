@@ -16,7 +16,14 @@ from typing import Any
 
 import typer
 
-from slimkit.cli.common import console, image_size_of, load_data, load_model, print_table
+from slimkit.cli.common import (
+    console,
+    image_size_of,
+    load_data,
+    load_model,
+    print_table,
+    refuse_overwrite,
+)
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -70,6 +77,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.training import TrainConfig, evaluate_accuracy
 
         config = method_config(method, parse_sets(set_))
+        refuse_overwrite({"the model": model}, {"--out": out})
         bundle = load_data(data) if data else None
         m = load_model(model, image_size_of(data) if data else 28)
         original = copy.deepcopy(m).eval()
