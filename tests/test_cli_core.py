@@ -88,3 +88,24 @@ def test_an_output_that_would_overwrite_an_input_is_refused(capsys, tmp_path):
         assert main(argv) == 2, argv
         assert (message % model if "%s" in message else message) in capsys.readouterr().err
     assert model.read_bytes() == before and not (tmp_path / "p.safetensors").exists()
+
+
+def test_an_output_path_blocked_by_a_file_or_folder_is_a_message(capsys, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    folder = tmp_path / "adir.safetensors"
+    folder.mkdir()
+    recipe = Path(__file__).parents[1] / "examples" / "quick_digits.yaml"
+    cases = [
+        (["export", "lenet5", "--out", str(blocker / "m.onnx")], "afile' is a file, not a folder"),
+        (["export", "lenet5", "--out", str(tmp_path / "adir.onnx")], None),
+        (["compress", str(recipe), "--out", str(blocker / "run")], "is a file, not a folder"),
+        (["split", "lenet5", "--at", "conv1", "--out", str(blocker)], "is a file, not a folder"),
+    ]
+    (tmp_path / "adir.onnx").mkdir()
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "cannot write" in err and (message or "it is a folder") in err, (argv, err)
+    assert blocker.read_text() == "not a folder" and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.onnx", "adir.safetensors", "afile"]

@@ -11,13 +11,45 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from slimkit.errors import ConfigError
+
+
+def output_dir(
+    path: str | os.PathLike[str], target: Path | None = None, *, create: bool = True
+) -> Path:
+    """Create folder ``path`` (and its parents) for output; a ConfigError naming the file in the
+    way, or the OS's reason, instead of FileExistsError / NotADirectoryError. ``target``: the
+    file being written there, for the message; ``create=False`` only checks (writes nothing)."""
+    folder = Path(path)
+    try:
+        if not create:
+            blocked = [p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()]
+            if blocked:
+                raise NotADirectoryError(20, "Not a directory", str(blocked[0]))
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent (or the folder itself) is a file, no permission, ...
+        chain = [folder, *folder.parents]
+        blocker = next((p for p in chain if p.exists() and not p.is_dir()), None)
+        why = f"{str(blocker)!r} is a file, not a folder" if blocker else exc.strerror
+        what = str(target if target is not None else folder)
+        raise ConfigError(f"cannot write {what!r}: {why}; choose another path") from exc
+    return folder
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    if final.is_dir():
+        raise ConfigError(f"cannot write {str(final)!r}: it is a folder; name a file inside it")
+    output_dir(final.parent, final)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:  # no permission, read-only disk, ...
+        raise ConfigError(
+            f"cannot write {str(final)!r}: {exc.strerror}; choose another path"
+        ) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:

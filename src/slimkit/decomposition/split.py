@@ -283,8 +283,7 @@ def export_split(
     cfg = cfg or SplitConfig()
     plan = plan_split(model, example, cfg)
     head, tail = split_model(model, example, plan.best.cut.name)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = atomic.output_dir(out_dir)
     head_path, tail_path = out / "head.onnx", out / "tail.onnx"
     to_onnx(head, head_path, example, atol=cfg.atol)
     to_onnx(tail, tail_path, head(example), atol=cfg.atol)

@@ -24,7 +24,6 @@ import dataclasses
 import html
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit import atomic
@@ -119,8 +118,7 @@ def run_hf_recipe(
         check_folder(folder)  # before writing anything: names the missing file
     assert recipe.data is not None  # build_hf_stage checked it
     sentences = load_corpus(recipe.data.train_samples)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = atomic.output_dir(out)
     log(f"[1/1] {HF_STAGE} ({len(sentences)} sentences)")
     enc_metrics = compress_encoder(
         folder,

@@ -283,7 +283,16 @@ def compress(
     if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
         return run_hf_recipe(recipe, plans, out, log)
     with _process_group() as (rank, world):
-        return _compress(recipe, plans, Path(out), rank, world, resume, log, stop_after)
+        return _compress(
+            recipe,
+            plans,
+            atomic.output_dir(out, create=False),
+            rank,
+            world,
+            resume,
+            log,
+            stop_after,
+        )
 
 
 def _compress(

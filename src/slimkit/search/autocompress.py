@@ -159,7 +159,7 @@ def auto_compress(
     from slimkit.training import evaluate_accuracy
 
     out = Path(out_dir)
-    (out / "trials").mkdir(parents=True, exist_ok=True)
+    atomic.output_dir(out / "trials")
     dense_acc = evaluate_accuracy(model.eval(), data.test)
     layers = select_modules(model, cfg.targets, cfg.ignore, types=(nn.Linear, nn.Conv2d))
     plan = plan_budget(model, layers, cfg)

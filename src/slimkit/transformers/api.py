@@ -12,7 +12,6 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from slimkit import atomic
@@ -88,8 +87,7 @@ def compress_encoder(
     from slimkit.transformers.onnx_export import export_encoder
     from slimkit.transformers.structural import compress_structure
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = atomic.output_dir(out_dir)
     enc = load_encoder(folder)
     sentences = list(sentences) if sentences is not None else load_corpus()
     module = sentence_encoder(enc)
