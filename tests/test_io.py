@@ -62,3 +62,21 @@ def test_garbage_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(UnsafeFileError, match="not a valid safetensors"):
         slim_io.load(path)
+
+
+def test_a_folder_or_a_broken_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "m.safetensors").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a model file"):
+        slim_io.load(tmp_path / "m.safetensors")
+    from safetensors.torch import save_file
+
+    model = build_model("lenet300", image_size=8)
+    for spec in (
+        '{"format": "%s", "version": "%s"}',
+        '{"format": "%s", "version": "%s", "spec": "x"}',
+    ):
+        path = tmp_path / "bad.safetensors"
+        manifest = spec % (slim_io.FORMAT, slim_io.FORMAT_VERSION)
+        save_file(slim_io.state_tensors(model), str(path), metadata={"slimkit": manifest})
+        with pytest.raises(ConfigError, match="manifest does not describe a model"):
+            slim_io.load(path)

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from slimkit import atomic
-from slimkit.errors import ConfigError, NumericsError, UnsafeFileError
+from slimkit.errors import ConfigError, NumericsError, SlimkitError, UnsafeFileError
 from slimkit.models import spec as model_spec
 
 FORMAT = "slimkit-weights"
@@ -79,6 +79,8 @@ def load(
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"no such file: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{path} is a folder, not a model file; name the file inside it")
     with open(path, "rb") as fh:
         magic = fh.read(8)
     from slimkit.export import slimformat
@@ -100,7 +102,15 @@ def load(
         manifest = read_manifest(header)
         if manifest is None:
             raise ConfigError(f"{path} has no slimkit manifest; pass model=... to load its weights")
-        model = model_spec.build(manifest["spec"])
+        try:
+            model = model_spec.build(manifest["spec"])
+        except SlimkitError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited manifest
+            raise ConfigError(
+                f"{path}: its slimkit manifest does not describe a model slimkit can build "
+                f"({type(exc).__name__}: {exc}); re-save the model with slimkit.save"
+            ) from exc
     model.load_state_dict(tensors, strict=True)
     return model.eval()
 
