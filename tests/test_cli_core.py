@@ -109,3 +109,8 @@ def test_an_output_path_blocked_by_a_file_or_folder_is_a_message(capsys, tmp_pat
         assert "cannot write" in err and (message or "it is a folder") in err, (argv, err)
     assert blocker.read_text() == "not a folder" and not any(folder.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.onnx", "adir.safetensors", "afile"]
+
+
+def test_bench_refuses_zero_runs(capsys):
+    assert main(["bench", "lenet5", "--runs", "0"]) == 2
+    assert "runs must be at least 1, but got 0" in capsys.readouterr().err

@@ -30,3 +30,13 @@ def test_hf_embed_truncates_with_a_one_line_warning(capsys):
     assert "slimkit: warning: 1 sentence(s) exceed the model's max length of 256" in captured.err
     assert "_contextlib.py" not in captured.err  # no source line from torch's no_grad wrapper
     assert "cosine similarity" in captured.out
+
+
+def test_hf_quantize_refuses_a_negative_fraction_or_step_count(tmp_path, capsys):
+    # these used to mean "nothing to prune" and ran int8 alone (exit 0)
+    out = tmp_path / "never"
+    assert main(["hf", "quantize", "--out", str(out), "--ffn-fraction", "-0.1"]) == 2
+    assert "ffn_fraction must be in" in capsys.readouterr().err
+    assert main(["hf", "quantize", "--out", str(out), "--distill-steps", "-5"]) == 2
+    assert "distill.steps must be in" in capsys.readouterr().err
+    assert not out.exists()

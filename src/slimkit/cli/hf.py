@@ -106,15 +106,16 @@ def _compress(
         mode=mode, auto_exclude=auto_exclude, smooth={"enabled": smooth, "alpha": alpha}
     )
     layers = _layers(keep_layers)
+    distill = DistillConfig(steps=distill_steps)  # checked even when nothing is pruned
     structural = (
         EncoderStructural(
             keep_layers=layers,
             head_fraction=head_fraction,
             ffn_fraction=ffn_fraction,
             unlabelled_text=unlabelled,
-            distill=DistillConfig(steps=distill_steps),
+            distill=distill,
         )
-        if layers or head_fraction > 0 or ffn_fraction > 0
+        if layers or head_fraction != 0 or ffn_fraction != 0  # != 0: a negative one is refused
         else None
     )
     return compress_encoder(

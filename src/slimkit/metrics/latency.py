@@ -31,6 +31,10 @@ class Latency:
 
 
 def _time(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    if runs < 1:
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(f"runs must be at least 1, but got {runs}; pass --runs 1 or more")
     for _ in range(warmup):
         fn()
     times = []
