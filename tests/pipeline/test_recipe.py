@@ -121,3 +121,24 @@ def test_missing_model_file_exits_2_and_writes_nothing(tiny, tmp_path):
     out = tmp_path / "out"
     assert main(["compress", str(recipe), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_bad_overrides_binary_recipes_and_corrupt_state_are_errors(tiny, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="below the value 0, not a mapping"):
+        apply_overrides(tiny(seed=0), ["seed.x=1"])
+    with pytest.raises(ConfigError, match="below the value 0, not a mapping"):
+        apply_overrides(tiny(seed=0), ["seed.x.y=1"])
+    with pytest.raises(ConfigError, match="is not a YAML value"):
+        apply_overrides(tiny(), ["stages=[{train"])
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    out = tmp_path / "out"
+    assert main(["compress", str(binary), "--out", str(out)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err and not out.exists()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny()))
+    out.mkdir()
+    for state in ("{bad", "[1, 2]"):
+        (out / "state.json").write_text(state)
+        assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 2
+        assert "is not a run state slimkit wrote" in capsys.readouterr().err

@@ -183,10 +183,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"--set expects KEY.PATH=VALUE, but got {item!r}")
         path, _, text = item.partition("=")
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {path}: {text!r} is not a YAML value ({exc})") from None
         keys = path.split(".")
         node: Any = raw
         for k in keys[:-1]:
+            if not isinstance(node, dict | list):  # e.g. seed.x=1 where seed is a number
+                raise ConfigError(f"--set {path}: {k!r} is below the value {node!r}, not a mapping")
             if isinstance(node, list):
                 if not k.isdigit() or int(k) >= len(node):
                     raise ConfigError(
@@ -198,6 +203,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                     node[k] = {}
                 node = node[k]
         last = keys[-1]
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"--set {path}: {last!r} is below the value {node!r}, not a mapping")
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise ConfigError(
@@ -231,7 +238,11 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None
     if not p.is_file():
         raise ConfigError(f"recipe file {str(p)!r} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"recipe {p} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {p} is not valid YAML: {exc}") from None
     return parse_recipe(raw, str(p), overrides)

@@ -256,7 +256,15 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
     path = out / STATE
     if not path.exists():
         return None
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        state = exc
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"{path} is not a run state slimkit wrote (unreadable JSON mapping); drop --resume to "
+            "start the run over"
+        )
     if state.get("digest") != recipe.digest():
         raise ConfigError(
             f"{out} was produced by a different recipe (digest {state.get('digest')} vs "
