@@ -21,19 +21,19 @@ def output_dir(
     way, or the OS's reason, instead of FileExistsError / NotADirectoryError. ``target``: the
     file being written there, for the message; ``create=False`` only checks (writes nothing)."""
     folder = Path(path)
-    try:
-        if not create:
-            blocked = [p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()]
-            if blocked:
-                raise NotADirectoryError(20, "Not a directory", str(blocked[0]))
-            return folder
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a parent (or the folder itself) is a file, no permission, ...
-        chain = [folder, *folder.parents]
-        blocker = next((p for p in chain if p.exists() and not p.is_dir()), None)
-        why = f"{str(blocker)!r} is a file, not a folder" if blocker else exc.strerror
-        what = str(target if target is not None else folder)
-        raise ConfigError(f"cannot write {what!r}: {why}; choose another path") from exc
+    what = str(target if target is not None else folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(
+            f"cannot write {what!r}: {str(blocker)!r} is a file, not a folder; choose another path"
+        )
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # no permission, read-only disk, ...
+            raise ConfigError(
+                f"cannot write {what!r}: {exc.strerror}; choose another path"
+            ) from exc
     return folder
 
 
