@@ -258,8 +258,8 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
         return None
     try:
         state = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        state = exc
+    except ValueError:  # also UnicodeDecodeError
+        state = None
     if not isinstance(state, dict):
         raise ConfigError(
             f"{path} is not a run state slimkit wrote (unreadable JSON mapping); drop --resume to "
