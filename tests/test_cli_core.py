@@ -114,3 +114,64 @@ def test_an_output_path_blocked_by_a_file_or_folder_is_a_message(capsys, tmp_pat
 def test_bench_refuses_zero_runs(capsys):
     assert main(["bench", "lenet5", "--runs", "0"]) == 2
     assert "runs must be at least 1, but got 0" in capsys.readouterr().err
+
+
+def test_a_model_file_for_another_image_size_is_refused_before_any_work(capsys, tmp_path):
+    # an 8x8 digits model fed MNIST (28x28) failed in torch's first matmul
+    path = tmp_path / "digits.safetensors"
+    assert (
+        main(["train", "lenet300", "--dataset", "digits", "--epochs", "1", "--out", str(path)]) == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "student.safetensors"
+    for argv in [
+        ["eval", str(path), "--dataset", "mnist5k"],
+        ["prune", str(path), "--out", str(out)],
+        ["distill", "--teacher", str(path), "--student", "lenet300", "--out", str(out)],
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "takes 8x8 images, but --dataset mnist5k gives 28x28" in err, err
+        assert "--dataset digits" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_image_size_threads_and_onnx_teacher_are_checked(capsys, tmp_path):
+    for argv, message in [
+        (["inspect", "lenet5", "--image-size", "0"], "--image-size must be in 4..256"),
+        (
+            ["export", "lenet300", "--image-size", "100000", "--out", str(tmp_path / "m.onnx")],
+            "--image-size must be in 4..256",
+        ),
+        (["bench", "lenet5", "--threads", "0"], "threads must be 1..256, but got 0"),
+        (["bench", "lenet5", "--threads", "100000"], "threads must be 1..256"),
+    ]:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    garbage = tmp_path / "t.onnx"
+    garbage.write_bytes(b"\x08\xff\xff\xff garbage")
+    folder = tmp_path / "d.onnx"
+    folder.mkdir()
+    for teacher, message in [(garbage, "is not a readable ONNX model"), (folder, "is a folder")]:
+        argv = ["distill", "--teacher", str(teacher), "--student", "lenet300"]
+        assert main([*argv, "--out", str(tmp_path / "s.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_a_blocked_out_is_refused_before_training_and_files_get_the_umask_mode(capsys, tmp_path):
+    import os
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("user data")
+    argv = ["train", "lenet300", "--dataset", "digits", "--epochs", "1"]
+    assert main([*argv, "--out", str(blocker / "m.safetensors")]) == 2
+    assert "'afile' is a file, not a folder" in capsys.readouterr().err.replace(
+        str(tmp_path) + "/", ""
+    )
+    assert blocker.read_text() == "user data"
+    assert main([*argv, "--out", str(tmp_path / "m.safetensors")]) == 0
+    # mkstemp made artifacts 0600 whatever the umask; now the mode a plain open() gives
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

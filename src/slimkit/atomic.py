@@ -13,6 +13,12 @@ from typing import Any
 
 from slimkit.errors import ConfigError
 
+# mkstemp creates files 0600 whatever the umask; artifacts get the mode a plain open() would
+# give them (0644 under the usual umask 022). Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def output_dir(
     path: str | os.PathLike[str], target: Path | None = None, *, create: bool = True
@@ -37,12 +43,20 @@ def output_dir(
     return folder
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``."""
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, a file path that :func:`atomic_path` could not write (a folder,
+    or a file in the way of its folder); writes nothing. Long commands call this up front."""
     final = Path(path)
     if final.is_dir():
         raise ConfigError(f"cannot write {str(final)!r}: it is a folder; name a file inside it")
+    output_dir(final.parent, final, create=False)
+    return final
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``."""
+    final = check_writable(path)
     output_dir(final.parent, final)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
@@ -50,7 +64,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise ConfigError(
             f"cannot write {str(final)!r}: {exc.strerror}; choose another path"
         ) from exc
-    os.close(fd)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -8,9 +8,9 @@ import typer
 
 from slimkit.cli.common import (
     console,
-    image_size_of,
     load_data,
     load_model,
+    load_model_for,
     print_table,
     refuse_overwrite,
 )
@@ -57,8 +57,9 @@ def register(app: typer.Typer) -> None:
         from slimkit.training import TrainConfig, evaluate_accuracy
         from slimkit.training import train as run_train
 
+        refuse_overwrite({"the model": model}, {"--out": out})
         data = load_data(dataset)
-        m = load_model(model, image_size_of(dataset))
+        m = load_model_for(model, dataset)
         run_train(m, data, TrainConfig(epochs=epochs, lr=lr, seed=seed))
         acc = evaluate_accuracy(m, data.test)
         n = slim_io.save(m, out)
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.training import evaluate_accuracy
 
         data = load_data(dataset)
-        m = load_model(model, image_size_of(dataset))
+        m = load_model_for(model, dataset)
         console.print(f"accuracy {evaluate_accuracy(m, data.test):.4f}")
 
     @app.command()

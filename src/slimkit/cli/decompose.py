@@ -16,6 +16,7 @@ from slimkit.cli.common import (
     image_size_of,
     load_data,
     load_model,
+    load_model_for,
     print_table,
     refuse_overwrite,
 )
@@ -70,7 +71,11 @@ def register(app: typer.Typer) -> None:
         cfg = make_config(method, parse_sets(set_))
         refuse_overwrite({"the model": model}, {"--out": out})
         data = load_data(dataset) if use_data else None
-        m = load_model(model, image_size_of(dataset))
+        m = (
+            load_model_for(model, dataset)
+            if use_data
+            else load_model(model, image_size_of(dataset))
+        )
         original = copy.deepcopy(m).eval()
         decompose_(m, cfg, data=data)
         m.eval()

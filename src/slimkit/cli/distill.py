@@ -8,9 +8,8 @@ import typer
 
 from slimkit.cli.common import (
     console,
-    image_size_of,
     load_data,
-    load_model,
+    load_model_for,
     print_table,
     refuse_overwrite,
 )
@@ -60,8 +59,12 @@ def register(app: typer.Typer) -> None:
 
         refuse_overwrite({"--teacher": teacher, "--student": student}, {"--out": out})
         data = load_data(dataset)
-        t = as_teacher(teacher if teacher.lower().endswith(".onnx") else load_model(teacher))
-        s = load_model(student, image_size_of(dataset))
+        t = as_teacher(
+            teacher
+            if teacher.lower().endswith(".onnx")
+            else load_model_for(teacher, dataset, "--teacher")
+        )
+        s = load_model_for(student, dataset, "--student")
         losses: list = []
         for name in dict.fromkeys(kd):
             kind = parse_enum(KDKind, name, "--kd")

@@ -16,9 +16,8 @@ import typer
 
 from slimkit.cli.common import (
     console,
-    image_size_of,
     load_data,
-    load_model,
+    load_model_for,
     print_table,
     refuse_overwrite,
 )
@@ -117,7 +116,7 @@ def register(app: typer.Typer) -> None:
         cfg = make_config(method, parse_sets(set_))
         refuse_overwrite({"the model": model}, {"--out": out, "--sparse-out": sparse_out})
         data = load_data(dataset)
-        net = load_model(model, image_size_of(dataset))
+        net = load_model_for(model, dataset)
         before = measure_row("before", copy.deepcopy(net), data)
         prune_(net, cfg, data=data)
         finalize_(net)
@@ -153,7 +152,7 @@ def register(app: typer.Typer) -> None:
                 f"--sparsities must be comma-separated numbers, but got {sparsities!r}"
             ) from None
         data = load_data(dataset)
-        net = load_model(model, image_size_of(dataset))
+        net = load_model_for(model, dataset)
         table = sensitivity_scan(net, data, levels, max_batches=max_batches, plot=plot)
         rows = [[name, *accs] for name, accs in table.accuracy.items()]
         print_table(

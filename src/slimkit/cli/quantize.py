@@ -18,9 +18,9 @@ import typer
 
 from slimkit.cli.common import (
     console,
-    image_size_of,
     load_data,
     load_model,
+    load_model_for,
     print_table,
     refuse_overwrite,
 )
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         config = method_config(method, parse_sets(set_))
         refuse_overwrite({"the model": model}, {"--out": out})
         bundle = load_data(data) if data else None
-        m = load_model(model, image_size_of(data) if data else 28)
+        m = load_model_for(model, data) if data else load_model(model, 28)
         original = copy.deepcopy(m).eval()
         kwargs: dict[str, Any] = {}
         if bundle is not None and _accepts(QUANTIZERS.lookup(config), "data"):

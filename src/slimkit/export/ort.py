@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from slimkit.errors import SlimkitError, UnsafeFileError
+from slimkit.errors import ConfigError, SlimkitError, UnsafeFileError
 
 
 def check_external_data(model: onnx.ModelProto, folder: Path) -> None:
@@ -31,14 +31,32 @@ def check_external_data(model: onnx.ModelProto, folder: Path) -> None:
             )
 
 
+def _parse(load, what: str) -> onnx.ModelProto:
+    """Run ``load``; a file that is not an ONNX protobuf is a ConfigError naming it, not
+    protobuf's DecodeError."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return load()
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(
+            f"{what} is not a readable ONNX model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); pass a file written by "
+            "`slimkit export` or another ONNX exporter"
+        ) from None
+
+
 def load_checked(source: bytes | str | os.PathLike[str]) -> onnx.ModelProto:
     """Load an ONNX model without external data, check paths, then run the ONNX checker."""
     if isinstance(source, bytes):
-        model = onnx.load_from_string(source)
+        model = _parse(lambda: onnx.load_from_string(source), "the ONNX bytes given")
         folder = Path.cwd()
     else:
         path = Path(source)
-        model = onnx.load(str(path), load_external_data=False)
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "not an existing file"
+            raise ConfigError(f"ONNX model {str(path)!r} is {what}; pass the path of an .onnx file")
+        model = _parse(lambda: onnx.load(str(path), load_external_data=False), repr(str(path)))
         folder = path.parent
         check_external_data(model, folder)
         onnx.load_external_data_for_model(model, str(folder))

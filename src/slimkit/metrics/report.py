@@ -56,6 +56,13 @@ def evaluate(
     from slimkit.export.onnx import to_onnx
     from slimkit.training import evaluate_accuracy
 
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            f"threads must be 1..256, but got {threads!r}; pass --threads N, e.g. the machine's "
+            f"{os.cpu_count()} cores"
+        )
     if example_input is None:
         if data is None:
             raise ValueError("evaluate needs data or example_input")

@@ -73,7 +73,7 @@ class MeasureSection(_Strict):
     """How each stage is measured (ORT latency: median of ``latency_runs`` after warm-up)."""
 
     latency_runs: int = Field(20, ge=1)
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1, le=256)
     onnx: bool = True  # export each stage to ONNX and time it in ONNX Runtime
 
 
