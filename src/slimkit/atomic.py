@@ -43,6 +43,26 @@ def output_dir(
     return folder
 
 
+RUN_MARKERS = ("state.json", "checkpoints", "metrics.json", "model_fp32.onnx")
+
+
+def refuse_foreign_folder(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """A run writes fixed names (model.onnx, report.html, ...) into its folder. A folder that
+    holds files but nothing a slimkit run leaves (``RUN_MARKERS``) is the user's: refused, so
+    their own model.onnx is not replaced. New, empty and earlier-run folders pass."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if names and not any(m in names for m in RUN_MARKERS):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ConfigError(
+            f"{flag} {str(folder)!r} already holds files slimkit did not write ({shown}); a run "
+            "writes model.onnx, metrics.json and more there and would replace them. Choose a "
+            "new or empty folder"
+        )
+
+
 def check_writable(path: str | os.PathLike[str]) -> Path:
     """Refuse, before any work, a file path that :func:`atomic_path` could not write (a folder,
     or a file in the way of its folder); writes nothing. Long commands call this up front."""

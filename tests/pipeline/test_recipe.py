@@ -142,3 +142,34 @@ def test_bad_overrides_binary_recipes_and_corrupt_state_are_errors(tiny, tmp_pat
         (out / "state.json").write_text(state)
         assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 2
         assert "is not a run state slimkit wrote" in capsys.readouterr().err
+
+
+def test_resume_accepts_a_fix_to_the_failed_stage_but_not_to_a_finished_one(tiny, tmp_path, capsys):
+    # a decompose rank past a layer's full rank fails at that stage, after training; fixing it
+    # used to be refused on --resume ("different recipe"), so the training was lost
+    stages = [
+        {"train": {"epochs": 1, "lr": 0.003}},
+        {"decompose": {"method": "svd", "rank": 100000}},
+    ]
+    recipe, out = tmp_path / "r.yaml", tmp_path / "out"
+    recipe.write_text(yaml.safe_dump(tiny(stages=stages)))
+    assert main(["compress", str(recipe), "--out", str(out)]) == 2
+    assert "must be in 1..64 (its full rank), but got 100000" in capsys.readouterr().err
+    stages[1] = {"decompose": {"method": "svd", "rank": 8}}
+    changed_train = [{"train": {"epochs": 2, "lr": 0.003}}, stages[1]]
+    recipe.write_text(yaml.safe_dump(tiny(stages=changed_train)))
+    assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 2
+    assert "differs before its first unfinished stage (stages[1])" in capsys.readouterr().err
+    recipe.write_text(yaml.safe_dump(tiny(stages=stages)))
+    assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_compress_refuses_a_folder_of_the_users_files(tiny, tmp_path, capsys):
+    recipe, out = tmp_path / "r.yaml", tmp_path / "mine"
+    recipe.write_text(yaml.safe_dump(tiny()))
+    out.mkdir()
+    (out / "model.onnx").write_text("the user's own model")
+    assert main(["compress", str(recipe), "--out", str(out)]) == 2
+    assert "already holds files slimkit did not write (model.onnx)" in capsys.readouterr().err
+    assert (out / "model.onnx").read_text() == "the user's own model"

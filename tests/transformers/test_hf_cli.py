@@ -40,3 +40,38 @@ def test_hf_quantize_refuses_a_negative_fraction_or_step_count(tmp_path, capsys)
     assert main(["hf", "quantize", "--out", str(out), "--distill-steps", "-5"]) == 2
     assert "distill.steps must be in" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hf_quantize_checks_keep_layers_and_the_out_folder_before_writing(tmp_path, capsys):
+    # '--keep-layers 0,99' used to fail after the 90 MB fp32 export, which stayed behind
+    out = tmp_path / "never"
+    assert main(["hf", "quantize", "--out", str(out), "--keep-layers", "0,99"]) == 2
+    assert "non-empty subset of 0..5 (the model has 6 encoder layers)" in capsys.readouterr().err
+    assert not out.exists()
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "model.onnx").write_text("the user's own model")
+    assert main(["hf", "quantize", "--out", str(user)]) == 2
+    assert "already holds files slimkit did not write (model.onnx)" in capsys.readouterr().err
+    assert (user / "model.onnx").read_text() == "the user's own model"
+
+
+def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
+    import pytest
+
+    from slimkit.transformers import api
+
+    def fail(*_a, **_k):
+        raise RuntimeError("boom after the fp32 export")
+
+    monkeypatch.setattr("slimkit.transformers.int8.quantize_encoder", fail)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
+    assert not out.exists()  # the folder was new: removed with the fp32 ONNX inside
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    (out / "metrics.json").write_text("{}")  # an earlier run's folder
+    with pytest.raises(RuntimeError, match="boom"):
+        api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt"]

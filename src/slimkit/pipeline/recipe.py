@@ -132,9 +132,14 @@ class Recipe(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def digest(self) -> str:
-        """Stable hash of the recipe (resume refuses a run dir made by another recipe)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    def digest(self, stages: int | None = None) -> str:
+        """Stable hash of the recipe; with ``stages``, of everything but the stages from index
+        ``stages`` on. Resume needs the same digest up to the last finished stage: a run that
+        failed at stage 3 resumes after the user fixes stage 3, not after a change before it."""
+        d = self.to_dict()
+        if stages is not None:
+            d["stages"] = d["stages"][:stages]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate_stages(self) -> list[Any]:
         """Build every stage's config now; returns them (ConfigError names the bad stage)."""

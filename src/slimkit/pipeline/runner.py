@@ -11,7 +11,8 @@ Output folder layout::
 After every stage the runner checks that the model's outputs are finite (naming the first layer
 that produced NaN/inf), writes the checkpoint and the measured row, then ``state.json``. With
 ``resume=True`` it reloads the last finished checkpoint and continues; each stage reseeds from
-``recipe.seed + index`` so a resumed run gives the same bytes as an uninterrupted one.
+``recipe.seed + index`` so a resumed run gives the same bytes as an uninterrupted one. A recipe
+changed only from the first unfinished stage on also resumes (the stage that failed, fixed).
 """
 
 from __future__ import annotations
@@ -265,11 +266,20 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
             f"{path} is not a run state slimkit wrote (unreadable JSON mapping); drop --resume to "
             "start the run over"
         )
-    if state.get("digest") != recipe.digest():
+    if state.get("digest") == recipe.digest():
+        return state
+    finished = state.get("finished")
+    done = finished + 1 if isinstance(finished, int) and finished >= -1 else None
+    if done is None or state.get("prefix_digest") != recipe.digest(done):
         raise ConfigError(
             f"{out} was produced by a different recipe (digest {state.get('digest')} vs "
-            f"{recipe.digest()}); resume needs the same recipe, or drop --resume to start over"
+            f"{recipe.digest()}), which differs before its first unfinished stage "
+            f"(stages[{done}]); resume only allows changes from that stage on. Restore the "
+            "recipe, or drop --resume to start over"
         )
+    # Only unfinished stages changed (e.g. the stage that failed was fixed): keep the
+    # finished ones, run the new rest.
+    state["digest"] = recipe.digest()
     return state
 
 
@@ -287,6 +297,8 @@ def compress(
     """
     plans: list[StagePlan] = recipe.validate_stages()
     from slimkit.pipeline.hf_stage import is_hf_recipe, run_hf_recipe
+
+    atomic.refuse_foreign_folder(out)
 
     if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
         return run_hf_recipe(recipe, plans, out, log)
@@ -329,6 +341,7 @@ def _compress(
         start = 0
         state = {
             "digest": recipe.digest(),
+            "prefix_digest": recipe.digest(0),
             "finished": -1,
             "rows": rows,
             "reference_stage": None,
@@ -386,7 +399,13 @@ def _compress(
                     **row,
                 }
             )
-            state.update(finished=plan.index, rows=rows, artifacts=ctx.artifacts, notes=ctx.notes)
+            state.update(
+                finished=plan.index,
+                prefix_digest=recipe.digest(plan.index + 1),
+                rows=rows,
+                artifacts=ctx.artifacts,
+                notes=ctx.notes,
+            )
             atomic.write_json(out / STATE, state)
         if stop_after is not None and plan.index >= stop_after:
             raise KeyboardInterrupt(f"stopped after stage {plan.index} (stop_after)")

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from slimkit import atomic
@@ -79,16 +80,44 @@ def compress_encoder(
     """Compress a local BERT-family sentence encoder and measure it; return metrics.json content.
 
     ``folder=None`` uses the bundled all-MiniLM-L6-v2; ``sentences=None`` the packaged corpus.
+    ``out_dir`` must be new, empty or an earlier run's folder; if the run fails, what it wrote
+    there is removed again (no 90 MB ``model_fp32.onnx`` left from a run that never finished).
     """
+    atomic.refuse_foreign_folder(out_dir)
+    existed = os.path.isdir(out_dir)
+    out = atomic.output_dir(out_dir)
+    before = {p.name for p in out.iterdir()}
+    try:
+        return _compress_encoder(folder, out, int8, structural, sentences, measure, log)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for p in out.iterdir():
+                if p.name not in before:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        raise
+
+
+def _compress_encoder(
+    folder: str | os.PathLike[str] | None,
+    out: Path,
+    int8: EncoderInt8 | None,
+    structural: EncoderStructural | None,
+    sentences: Sequence[str] | None,
+    measure: MeasureConfig | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from slimkit.data import load_corpus
     from slimkit.transformers.embed import embed, sentence_encoder
     from slimkit.transformers.int8 import quantize_encoder
     from slimkit.transformers.loader import load_encoder
     from slimkit.transformers.onnx_export import export_encoder
-    from slimkit.transformers.structural import compress_structure
+    from slimkit.transformers.structural import check_keep_layers, compress_structure
 
-    out = atomic.output_dir(out_dir)
     enc = load_encoder(folder)
+    if structural is not None and structural.keep_layers:  # before the fp32 export, not after
+        check_keep_layers(structural.keep_layers, enc.num_layers)
     sentences = list(sentences) if sentences is not None else load_corpus()
     module = sentence_encoder(enc)
     tok, max_len = enc.tokenizer, enc.max_length

@@ -168,15 +168,20 @@ class StructuralResult:
 # ---- layer dropping ---------------------------------------------------------------------------
 
 
-def drop_layers_(module: Any, keep: Sequence[int]) -> None:
-    """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
-    layers = module.model.encoder.layer
-    n = len(layers)
+def check_keep_layers(keep: Sequence[int], n: int) -> None:
+    """``keep`` must be a non-empty subset of the model's ``n`` encoder layers 0..n-1."""
     bad = [i for i in keep if not 0 <= i < n]
     if bad or not keep:
         raise ConfigError(
-            f"keep_layers must be a non-empty subset of 0..{n - 1}, but got {list(keep)}"
+            f"keep_layers must be a non-empty subset of 0..{n - 1} (the model has {n} encoder "
+            f"layers), but got {list(keep)}; drop {bad} or pass layers from 0..{n - 1}"
         )
+
+
+def drop_layers_(module: Any, keep: Sequence[int]) -> None:
+    """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
+    layers = module.model.encoder.layer
+    check_keep_layers(keep, len(layers))
     module.model.encoder.layer = nn.ModuleList([layers[i] for i in sorted(keep)])
     module.model.config.num_hidden_layers = len(keep)
 
