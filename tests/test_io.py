@@ -80,3 +80,32 @@ def test_a_folder_or_a_broken_manifest_is_a_clear_error(tmp_path):
         save_file(slim_io.state_tensors(model), str(path), metadata={"slimkit": manifest})
         with pytest.raises(ConfigError, match="manifest does not describe a model"):
             slim_io.load(path)
+
+
+@pytest.mark.parametrize("kind", ["zip", "pickle"])
+def test_torch_file_named_safetensors_is_refused_without_unpickling(tmp_path, kind):
+    # torch.load hands any path ending in .safetensors to safetensors (SafetensorError traceback);
+    # slimkit must refuse it by its bytes, naming the file, and never unpickle it.
+    path = tmp_path / "weights.safetensors"
+    if kind == "zip":
+        torch.save({"weight": Payload()}, path)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump({"weight": Payload()}, fh, protocol=2)
+    with pytest.raises(UnsafeFileError, match=r"weights\.safetensors is not a safetensors file"):
+        slim_io.load(path)
+    with pytest.raises(UnsafeFileError, match="re-save the weights with slimkit.save"):
+        slim_io.load(path, model=build_model("lenet300"))
+    assert EXECUTED == []
+
+
+def test_truncated_torch_file_is_a_clear_error(tmp_path):
+    model = build_model("lenet300", image_size=8)
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UnsafeFileError, match=r"w\.pt is not a readable torch.save file"):
+        slim_io.load(path, model=model)
+    path.write_bytes(b"\x80\x02")  # a pickle that ends at once: EOFError inside torch
+    with pytest.raises(UnsafeFileError, match="ends early"):
+        slim_io.load(path, model=model)

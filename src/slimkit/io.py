@@ -69,6 +69,18 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
             )
 
 
+TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt"})
+
+
+def _pickle_kind(magic: bytes) -> str | None:
+    """What a file's first bytes say it is, if torch.save / pickle wrote it; else None."""
+    if magic[:2] == b"PK":
+        return "zip archive (torch.save)"
+    if magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return f"pickle (protocol {magic[1]}, legacy torch.save)"
+    return None
+
+
 def load(
     path: str | os.PathLike[str], model: nn.Module | None = None, *, allow_nonfinite: bool = False
 ) -> nn.Module:
@@ -87,7 +99,16 @@ def load(
 
     if magic.startswith(slimformat.MAGIC):
         return slimformat.load(path, allow_nonfinite=allow_nonfinite)
-    if path.suffix in {".pt", ".pth", ".bin", ".ckpt"} or magic[:2] in (b"PK", b"\x80\x02"):
+    pickled = _pickle_kind(magic)
+    if path.suffix.lower() == ".safetensors" and pickled is not None:
+        # torch.load itself hands any path ending in .safetensors to safetensors, and the name
+        # promises no pickle: refuse it here rather than guess.
+        raise UnsafeFileError(
+            f"{path} is not a safetensors file: its bytes are a {pickled}, which slimkit never "
+            "unpickles under a .safetensors name; re-save the weights with slimkit.save(model, "
+            "path) or safetensors.torch.save_file(model.state_dict(), path)"
+        )
+    if path.suffix in TORCH_SUFFIXES or magic[:2] in (b"PK", b"\x80\x02"):
         state = load_torch_state(path)
         if model is None:
             raise ConfigError(f"{path} holds weights only; pass model=... to load them into")
@@ -131,15 +152,36 @@ def read_manifest(header: dict[str, str]) -> dict[str, Any] | None:
     return manifest
 
 
+def _torch_reason(exc: BaseException) -> str:
+    """The line of a torch.load error that says what was refused (not torch's advice)."""
+    if isinstance(exc, EOFError):
+        return "the file ends early"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), None)
+    if line is None:
+        line = lines[0] if lines else "no message"
+    line = line.removeprefix("WeightsUnpickler error: ").split(". ")[0].rstrip(".")
+    return line[:200]
+
+
 def load_torch_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a user ``.pt`` state dict with ``torch.load(weights_only=True)``; no fallback."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        # A file object, not the path: torch.load hands a path ending in .safetensors to
+        # safetensors, and this function only reads torch.save files.
+        with open(path, "rb") as fh:
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
         raise UnsafeFileError(
             f"{path} cannot be loaded safely: it needs full unpickling, which can run arbitrary "
-            f"code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). slimkit only loads "
-            "plain tensor state dicts (torch.load(weights_only=True)); re-save the weights with "
+            f"code ({_torch_reason(exc)}). slimkit only loads plain tensor state dicts "
+            "(torch.load(weights_only=True)); re-save the weights with safetensors or "
+            "torch.save(model.state_dict())"
+        ) from None
+    except Exception as exc:  # a truncated or corrupt file: EOFError, zip or decode errors
+        raise UnsafeFileError(
+            f"{path} is not a readable torch.save file ({type(exc).__name__}: "
+            f"{_torch_reason(exc)}); it may be truncated or corrupt. Re-save the weights with "
             "safetensors or torch.save(model.state_dict())"
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
