@@ -175,3 +175,9 @@ def test_a_blocked_out_is_refused_before_training_and_files_get_the_umask_mode(c
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_negative_export_tolerance_is_an_option_error_not_a_parity_failure(capsys, tmp_path):
+    assert main(["export", "lenet5", "--atol", "-1", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "atol (the parity tolerance) must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

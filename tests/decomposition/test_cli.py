@@ -82,3 +82,16 @@ def test_bad_input_exits_2(tmp_path, capsys):
         == 2
     )
     assert "Valid cut points" in capsys.readouterr().err
+
+
+def test_a_method_with_nothing_to_decompose_and_a_last_layer_split_are_clear(capsys, tmp_path):
+    # tucker on an all-Linear model printed an empty table and wrote an unchanged copy (exit 0)
+    out = tmp_path / "d.safetensors"
+    argv = ["decompose", "lenet300", "--method", "tucker", "--out", str(out), "--runs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "found no layer to decompose in 'lenet300'" in err and "--method svd" in err
+    assert not out.exists()
+    # splitting after the last layer was blamed on a residual block
+    assert main(["split", "lenet5", "--at", "fc2", "--out", str(tmp_path / "s")]) == 2
+    assert "it is the model's last layer" in capsys.readouterr().err

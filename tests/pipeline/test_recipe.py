@@ -173,3 +173,8 @@ def test_compress_refuses_a_folder_of_the_users_files(tiny, tmp_path, capsys):
     assert main(["compress", str(recipe), "--out", str(out)]) == 2
     assert "already holds files slimkit did not write (model.onnx)" in capsys.readouterr().err
     assert (out / "model.onnx").read_text() == "the user's own model"
+
+
+def test_a_folder_given_as_the_recipe_is_named_a_folder(tmp_path, capsys):
+    assert main(["compress", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "is a folder; pass the path of a YAML recipe" in capsys.readouterr().err

@@ -75,3 +75,8 @@ def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt"]
+
+
+def test_hf_embed_refuses_a_blank_sentence(capsys):
+    assert main(["hf", "embed", "-t", "A cat.", "-t", "  "]) == 2
+    assert "--text must be a sentence, but text 1 is '  '" in capsys.readouterr().err

@@ -44,6 +44,14 @@ def embed_cmd(
     """Embed sentences and print their cosine-similarity matrix."""
     from slimkit.transformers import embed, load_encoder, sentence_encoder
 
+    blank = [i for i, t in enumerate(text) if not t.strip()]
+    if blank:
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            f"--text must be a sentence, but text {blank[0]} is {text[blank[0]]!r}; "
+            "pass some words, e.g. -t 'A cat sits on the mat.'"
+        )
     enc = load_encoder(folder)
     emb = embed(sentence_encoder(enc), enc.tokenizer, text, max_length=enc.max_length)
     sim = (emb @ emb.T).tolist()

@@ -165,12 +165,13 @@ def find_cut(model: nn.Module, example: torch.Tensor, at: str) -> CutPoint:
         if c.name == at:
             return c
     gm = trace(model)
-    known = {_cut_name(n) for n in _compute_nodes(gm)}
-    why = (
-        "it is inside a residual block or a branch (more than one tensor is live there)"
-        if at in known
-        else "no layer or graph node has that name"
-    )
+    node = next((n for n in _compute_nodes(gm) if _cut_name(n) == at), None)
+    if node is None:
+        why = "no layer or graph node has that name"
+    elif any(u.op == "output" for u in node.users):
+        why = "it is the model's last layer, so the server part would be empty"
+    else:
+        why = "it is inside a residual block or a branch (more than one tensor is live there)"
     raise ConfigError(
         f"{at!r} is not a valid split point: {why}. Valid cut points are: {[c.name for c in cuts]}"
     )

@@ -74,6 +74,13 @@ def to_onnx(
     Raises ParityError when the max |ORT - torch| over the example (and a batch of 3 copies,
     to exercise the dynamic batch) exceeds ``atol``.
     """
+    if check and not (isinstance(atol, (int, float)) and 0 < atol < float("inf")):
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            f"atol (the parity tolerance) must be a positive number, but got {atol!r}; "
+            "pass e.g. --atol 1e-4 (float32 graphs) or 1e-2 (quantized graphs)"
+        )
     data = export_bytes(model, example_inputs, opset=opset, dynamo=dynamo)
     diff = parity(model, data, example_inputs) if check else float("nan")
     if check and not diff <= atol:

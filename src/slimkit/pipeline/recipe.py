@@ -241,7 +241,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None
     """Read a YAML recipe with ``yaml.safe_load`` and validate it."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"recipe file {str(p)!r} does not exist")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise ConfigError(f"recipe file {str(p)!r} {what}; pass the path of a YAML recipe")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

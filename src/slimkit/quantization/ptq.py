@@ -268,7 +268,10 @@ def finalize(model: nn.Module) -> None:
 @QUANTIZERS.register(StaticInt8)
 def _static_int8(model: nn.Module, config: StaticInt8, *, data: Any = None, **_: Any) -> nn.Module:
     if data is None:
-        raise ConfigError("StaticInt8 needs calibration data: quantize_(model, cfg, data=bundle)")
+        raise ConfigError(
+            "StaticInt8 needs calibration data: pass --data digits|mnist5k on the CLI, or "
+            "quantize_(model, cfg, data=bundle) in Python"
+        )
     prepare_and_calibrate(model, config, data, config.percentile)
     return model
 
