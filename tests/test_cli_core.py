@@ -181,3 +181,11 @@ def test_a_negative_export_tolerance_is_an_option_error_not_a_parity_failure(cap
     assert main(["export", "lenet5", "--atol", "-1", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "atol (the parity tolerance) must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_untrained_zoo_teacher_is_refused(capsys, tmp_path):
+    out = tmp_path / "s.safetensors"
+    argv = ["distill", "--teacher", "lenet5", "--student", "lenet300", "--dataset", "digits"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "is a zoo name, which builds an untrained model" in capsys.readouterr().err
+    assert not out.exists()

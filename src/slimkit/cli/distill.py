@@ -55,8 +55,15 @@ def register(app: typer.Typer) -> None:
         from slimkit.distillation import distill as run_distill
         from slimkit.errors import ConfigError
         from slimkit.metrics.accuracy import ort_accuracy
+        from slimkit.models import ZOO
         from slimkit.training import TrainConfig, evaluate_accuracy
 
+        if teacher in ZOO and not Path(teacher).exists():
+            raise ConfigError(
+                f"--teacher {teacher!r} is a zoo name, which builds an untrained model: there is "
+                f"nothing to distill. Train it first (slimkit train {teacher} --dataset {dataset} "
+                f"--out teacher.safetensors) and pass --teacher teacher.safetensors"
+            )
         refuse_overwrite({"--teacher": teacher, "--student": student}, {"--out": out})
         data = load_data(dataset)
         t = as_teacher(
