@@ -5,7 +5,7 @@ import torch
 
 from slimkit import io as slim_io
 from slimkit.errors import ConfigError, NumericsError, UnsafeFileError
-from slimkit.models import build_model
+from slimkit.models import build_model, describe
 
 EXECUTED = []
 
@@ -109,3 +109,84 @@ def test_truncated_torch_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x80\x02")  # a pickle that ends at once: EOFError inside torch
     with pytest.raises(UnsafeFileError, match="ends early"):
         slim_io.load(path, model=model)
+
+
+def _edited_copy(tmp_path, edit, name="edited.safetensors"):
+    """A lenet5 (8x8) file whose manifest was changed by ``edit(manifest)``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = build_model("lenet5", image_size=8)
+    manifest = {
+        "format": slim_io.FORMAT,
+        "version": slim_io.FORMAT_VERSION,
+        "spec": describe(model),
+        "meta": {},
+    }
+    edit(manifest)
+    path = tmp_path / name
+    save_file(slim_io.state_tensors(model), str(path), metadata={"slimkit": json.dumps(manifest)})
+    return path
+
+
+def _set_conv1(key, value):
+    def edit(manifest):
+        manifest["spec"]["tree"]["children"]["conv1"]["args"][key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("out_channels", -5, "out_channels must be an integer >= 1, but got -5"),
+        ("out_channels", 0, "out_channels must be an integer >= 1, but got 0"),
+        ("out_channels", "20", "out_channels must be an integer >= 1, but got '20'"),
+        ("out_channels", 2.5, "out_channels must be an integer >= 1, but got 2.5"),
+        ("in_channels", True, "in_channels must be an integer >= 1, but got True"),
+        ("kernel_size", "big", "kernel_size must be an integer >= 1 or a list of them"),
+        ("groups", 3, "Conv2d rejects the arguments"),  # in_channels=1 not divisible by 3
+        ("padding", [-3, -3], "padding must be an integer >= 0 or a list of them"),
+        ("stride", 0, "stride must be an integer >= 1 or a list of them, but got 0"),
+        ("eps", -1, "eps must be a number > 0"),
+        ("bogus", 1, "unexpected keyword argument 'bogus'"),
+    ],
+)
+def test_manifest_layer_args_torch_rejects_are_config_errors(tmp_path, key, value, message):
+    # These raised torch's RuntimeError/TypeError from deep inside nn.Conv2d.
+    path = _edited_copy(tmp_path, _set_conv1(key, value))
+    with pytest.raises(ConfigError, match=r"edited\.safetensors: .*layer 'conv1'") as err:
+        slim_io.load(path)
+    assert message in str(err.value)
+    assert "re-save the model with slimkit" in str(err.value)
+
+
+def test_huge_channel_count_is_refused_before_allocating(tmp_path):
+    # 10**12 output channels made slimkit try a 100 TB allocation. The spec is now built on the
+    # meta device and its shapes compared with the file's header before anything is allocated.
+    path = _edited_copy(tmp_path, _set_conv1("out_channels", 10**12))
+    with pytest.raises(ConfigError, match=r"edited\.safetensors: ") as err:
+        slim_io.load(path)
+    assert "'conv1.weight' has shape [1000000000000, 1, 5, 5] in the spec but [20, 1, 5, 5]" in (
+        str(err.value)
+    )
+
+
+def test_zoo_kwargs_torch_rejects_are_config_errors(tmp_path):
+    def edit(manifest):
+        manifest["spec"]["arch"]["kwargs"]["in_channels"] = -1
+
+    with pytest.raises(ConfigError, match=r"edited\.safetensors: .*zoo model 'lenet5' cannot"):
+        slim_io.load(_edited_copy(tmp_path, edit))
+
+
+def test_weights_that_do_not_fit_the_given_model_are_a_config_error(tmp_path):
+    path = tmp_path / "w.safetensors"
+    slim_io.save(build_model("lenet300", image_size=8), path)
+    with pytest.raises(ConfigError, match=r"w\.safetensors: its tensors must match.*fc1.weight"):
+        slim_io.load(path, model=build_model("lenet300", image_size=28))
+    pt = tmp_path / "w.pt"
+    torch.save(build_model("lenet300", image_size=8).state_dict(), pt)
+    with pytest.raises(ConfigError, match=r"w\.pt: its tensors must match"):
+        slim_io.load(pt, model=build_model("lenet5"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -114,33 +115,68 @@ def load(
             raise ConfigError(f"{path} holds weights only; pass model=... to load them into")
         if not allow_nonfinite:
             check_finite(state, str(path))
-        model.load_state_dict(state)
+        _load_state(model, state, path)
         return model
-    tensors, header = read_safetensors(path)
+    shapes, header = read_safetensors_header(path)
+    if model is None:
+        model = _build_from_header(path, header, shapes)  # checked before any tensor is read
+    tensors, _ = read_safetensors(path)
     if not allow_nonfinite:
         check_finite(tensors, str(path))
-    if model is None:
-        manifest = read_manifest(header)
-        if manifest is None:
-            raise ConfigError(f"{path} has no slimkit manifest; pass model=... to load its weights")
-        try:
-            model = model_spec.build(manifest["spec"])
-        except SlimkitError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited manifest
-            raise ConfigError(
-                f"{path}: its slimkit manifest does not describe a model slimkit can build "
-                f"({type(exc).__name__}: {exc}); re-save the model with slimkit.save"
-            ) from exc
-    model.load_state_dict(tensors, strict=True)
+    _load_state(model, tensors, path)
     return model.eval()
+
+
+def _build_from_header(
+    path: Path, header: dict[str, str], shapes: dict[str, list[int]]
+) -> nn.Module:
+    """Build the manifest's model, its spec checked on the meta device against ``shapes``."""
+    try:
+        manifest = read_manifest(header)
+    except SlimkitError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    if manifest is None:
+        raise ConfigError(f"{path} has no slimkit manifest; pass model=... to load its weights")
+    try:
+        return model_spec.build(manifest["spec"], shapes=shapes)
+    except Exception as exc:  # a hand-edited manifest; spec's ConfigErrors name the layer
+        reason = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(
+            f"{path}: its slimkit manifest does not describe a model slimkit can build: {reason}"
+            + ("" if isinstance(exc, SlimkitError) else "; re-save the model with slimkit.save")
+        ) from None
+
+
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:4]) or str(exc)[:300]
+        raise ConfigError(
+            f"{path}: its tensors must match the model's state dict, but they do not ({detail}); "
+            "pass the model the weights were saved from"
+        ) from None
+
+
+def read_safetensors_header(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Tensor shapes and header metadata of a safetensors file, without reading the tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            metadata = f.metadata() or {}
+    except Exception as exc:  # SafetensorError, OSError: not a safetensors file
+        raise UnsafeFileError(f"{path} is not a valid safetensors file: {exc}") from None
+    return shapes, metadata
 
 
 def read_manifest(header: dict[str, str]) -> dict[str, Any] | None:
     """The slimkit manifest stored in a safetensors header, or None."""
     try:
         manifest = json.loads(header["slimkit"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None

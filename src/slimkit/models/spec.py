@@ -18,7 +18,9 @@ Node shape::
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -156,21 +158,115 @@ def describe(model: nn.Module) -> dict[str, Any]:
     return {"arch": copy.deepcopy(arch), "tree": describe_module(model)}
 
 
-def _build_node(node: dict[str, Any], fresh: nn.Module | None, path: str) -> nn.Module:
+# Leaf arguments that count channels / features: torch accepts 0 (and, for some, negative or
+# huge values until it allocates), slimkit never writes less than 1.
+_COUNT_ARGS = frozenset(
+    {"in_channels", "out_channels", "in_features", "out_features", "num_features", "groups"}
+    | {"channels", "hidden"}
+)
+_GEOMETRY_ARGS = {"kernel_size": 1, "stride": 1, "dilation": 1, "padding": 0}
+_FIX = "the manifest was edited or is corrupt; re-save the model with slimkit"
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(path: str) -> str:
+    return repr(path or "<root>")
+
+
+def _check_leaf_args(kind: str, args: Any, path: str) -> None:
+    if not isinstance(args, dict):
+        raise ConfigError(
+            f"layer {_where(path)}: {kind} 'args' must be a JSON object, but got {_short(args)}; "
+            f"{_FIX}"
+        )
+    for key in sorted(_COUNT_ARGS & set(args)):
+        v = args[key]
+        if not _is_int(v, 1):
+            raise ConfigError(
+                f"layer {_where(path)}: {kind} {key} must be an integer >= 1, but got {_short(v)}; "
+                f"{_FIX}"
+            )
+    # Geometry torch accepts when the layer is built but fails on (a stride of 0, a negative
+    # padding) only at the first forward pass.
+    for key, low in _GEOMETRY_ARGS.items():
+        if key not in args or (key == "padding" and isinstance(args[key], str)):
+            continue  # padding="same" / "valid": torch checks the string itself
+        v = args[key]
+        items = v if isinstance(v, list) else [v]
+        if not items or not all(_is_int(i, low) for i in items):
+            raise ConfigError(
+                f"layer {_where(path)}: {kind} {key} must be an integer >= {low} or a list of them, "
+                f"but got {_short(v)}; {_FIX}"
+            )
+    eps = args.get("eps", 1.0)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ConfigError(
+            f"layer {_where(path)}: {kind} eps must be a number > 0, but got {_short(eps)}; {_FIX}"
+        )
+
+
+def _make_leaf(kind: str, node: dict[str, Any], path: str) -> nn.Module:
+    raw = node.get("args", {})
+    _check_leaf_args(kind, raw, path)
+    cls, _ = LEAVES[kind]
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        return cls(**args)
+    except Exception as exc:  # torch's own argument checks: TypeError, ValueError, RuntimeError
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"layer {_where(path)}: {kind} rejects the arguments {_short(raw, 200)} "
+            f"({type(exc).__name__}: {reason}); {_FIX}"
+        ) from None
+
+
+def _buffer(path: str, name: str, entry: Any) -> tuple[list[int], torch.dtype]:
+    shape, dtype = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+    dt = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or not isinstance(dt, torch.dtype)
+    ):
+        raise ConfigError(
+            f"layer {_where(path)}: buffer {name!r} must be [shape (list of ints >= 0), dtype name], "
+            f"but got {_short(entry)}; {_FIX}"
+        )
+    return shape, dt
+
+
+def _build_node(node: Any, fresh: nn.Module | None, path: str) -> nn.Module:
+    if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+        raise ConfigError(
+            f"layer {_where(path)}: a spec node must be a JSON object with a string 'type', but got "
+            f"{_short(node)}; {_FIX}"
+        )
     kind = node["type"]
+    children = node.get("children", {})
+    if not isinstance(children, dict):
+        raise ConfigError(
+            f"layer {_where(path)}: 'children' must be a JSON object, but got {_short(children)}; "
+            f"{_FIX}"
+        )
     if kind in LEAVES:
-        cls, _ = LEAVES[kind]
-        args = {k: tuple(v) if isinstance(v, list) else v for k, v in node["args"].items()}
-        module = cls(**args)
+        module = _make_leaf(kind, node, path)
     elif kind in CONTAINERS:
-        children = node.get("children", {})
         fresh_children = (
             dict(fresh.named_children())
             if fresh is not None and type(fresh) is CONTAINERS[kind]
             else {}
         )
         built = {
-            n: _build_node(c, fresh_children.get(n), f"{path}.{n}") for n, c in children.items()
+            n: _build_node(c, fresh_children.get(n), f"{path}.{n}" if path else n)
+            for n, c in children.items()
         }
         module = CONTAINERS[kind]()
         for n, c in built.items():
@@ -184,25 +280,128 @@ def _build_node(node: dict[str, Any], fresh: nn.Module | None, path: str) -> nn.
             )
         module = fresh
         current = dict(fresh.named_children())
-        for n, c in node.get("children", {}).items():
+        for n, c in children.items():
             setattr(module, n, _build_node(c, current.get(n), f"{path}.{n}" if path else n))
-        for n in set(current) - set(node.get("children", {})):
+        for n in set(current) - set(children):
             delattr(module, n)
-    for name, (shape, dtype) in node.get("buffers", {}).items():
+    buffers = node.get("buffers", {})
+    attrs = node.get("attrs", {})
+    if not isinstance(buffers, dict) or not isinstance(attrs, dict):
+        raise ConfigError(
+            f"layer {_where(path)}: 'buffers' and 'attrs' must be JSON objects, but got "
+            f"{_short(buffers)} and {_short(attrs)}; {_FIX}"
+        )
+    for name, entry in buffers.items():
+        shape, dtype = _buffer(path, name, entry)
         existing = module._buffers.get(name)
         if existing is None or list(existing.shape) != shape:
-            module.register_buffer(name, torch.zeros(shape, dtype=getattr(torch, dtype)))
-    for k, v in node.get("attrs", {}).items():
+            module.register_buffer(name, torch.zeros(shape, dtype=dtype))
+    for k, v in attrs.items():
+        if not k.startswith("slimkit_"):  # describe() only writes slimkit_* attributes
+            raise ConfigError(
+                f"layer {_where(path)}: attribute {k!r} cannot be set from a file (only slimkit_* "
+                f"attributes are saved); {_FIX}"
+            )
         setattr(module, k, copy.deepcopy(v))
     return module
 
 
-def build(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild the module tree described by :func:`describe` (weights not loaded)."""
+def _build(spec: Any) -> nn.Module:
     from slimkit.models.zoo import build_model
 
+    if not isinstance(spec, dict) or not isinstance(spec.get("arch"), dict):
+        raise ConfigError(
+            f"a model spec must be a JSON object with an 'arch' object, but got {_short(spec)}; "
+            f"{_FIX}"
+        )
     arch = spec["arch"]
-    fresh = build_model(arch["zoo"], **arch.get("kwargs", {}))
-    model = _build_node(spec["tree"], fresh, "")
+    kwargs = arch.get("kwargs", {})
+    if not isinstance(arch.get("zoo"), str) or not isinstance(kwargs, dict):
+        raise ConfigError(
+            f"the spec's arch must be {{'zoo': name, 'kwargs': {{...}}}}, but got {_short(arch)}; "
+            f"{_FIX}"
+        )
+    try:
+        fresh = build_model(arch["zoo"], **kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a zoo builder's torch layers rejecting the kwargs
+        raise ConfigError(
+            f"zoo model {arch['zoo']!r} cannot be built with {_short(kwargs, 200)} "
+            f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); {_FIX}"
+        ) from None
+    model = _build_node(spec.get("tree"), fresh, "")
     model.slimkit_arch = copy.deepcopy(arch)  # type: ignore[assignment]
     return model
+
+
+def memory_limit() -> int | None:
+    """Bytes of physical memory, the most a rebuilt model may ask for (None when unknown)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _check_shapes(meta: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Refuse a spec whose tensors differ from the file's, naming the layers (up to 3)."""
+    want = {k: list(v.shape) for k, v in meta.state_dict().items()}
+    have = {k: list(v) for k, v in shapes.items()}
+    problems = []
+    for k in want.keys() - have.keys():
+        problems.append(f"{k!r} (shape {want[k]}) is in the spec but not in the file")
+    for k in have.keys() - want.keys():
+        problems.append(f"{k!r} (shape {have[k]}) is in the file but not in the spec")
+    for k in want.keys() & have.keys():
+        if want[k] != have[k]:
+            problems.append(f"{k!r} has shape {want[k]} in the spec but {have[k]} in the file")
+    if problems:
+        problems.sort()
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ConfigError(
+            "the model spec and the stored tensors must match, but "
+            + "; ".join(problems[:3])
+            + f"{more}; {_FIX}"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.2f} MiB"
+
+
+def _check_size(meta: nn.Module, limit: int | None) -> None:
+    tensors = [*meta.named_parameters(), *meta.named_buffers()]
+    sizes = [(math.prod(t.shape) * t.element_size(), n, list(t.shape)) for n, t in tensors]
+    total = sum(s for s, _, _ in sizes)
+    if limit is not None and total > limit:
+        _, name, shape = max(sizes)
+        raise ConfigError(
+            f"the model spec asks for {_gib(total)} of weights, more than this machine's memory "
+            f"({_gib(limit)}); the largest tensor is {name!r} with "
+            f"shape {shape}; {_FIX}"
+        )
+
+
+def build(spec: dict[str, Any], shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+    """Rebuild the module tree described by :func:`describe` (weights not loaded).
+
+    The spec is first built on torch's meta device (no memory), which runs every layer's own
+    argument checks; then its tensor shapes are compared with ``shapes`` (the stored tensors, when
+    given) and its total size with the machine's memory. Only a spec that passes is built for
+    real. Every problem is a ConfigError naming the layer and the value.
+    """
+    try:
+        with torch.device("meta"):
+            meta = _build(spec)
+    except ConfigError:
+        raise
+    except Exception as exc:  # anything else a hand-edited spec can provoke
+        raise ConfigError(
+            f"the model spec cannot be built ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:200]}); {_FIX}"
+        ) from None
+    if shapes is not None:
+        _check_shapes(meta, shapes)
+    _check_size(meta, memory_limit())
+    del meta
+    return _build(spec)
