@@ -73,9 +73,8 @@ def hpo_cmd(
     seed: int = typer.Option(0),
 ):
     """Tune training (and compression) hyperparameters with TPE and early pruning."""
-    import yaml
-
     from slimkit.search import HPOConfig, hpo
+    from slimkit.search.spaces import read_yaml
 
     kwargs: dict[str, Any] = {
         "model": model,
@@ -85,7 +84,7 @@ def hpo_cmd(
         "seed": seed,
     }
     if space:
-        kwargs["space"] = yaml.safe_load(space.read_text())
+        kwargs["space"] = read_yaml(space, "hpo space")
         if isinstance(kwargs["space"], dict) and any(
             k in kwargs["space"] for k in ("sparsity", "bits")
         ):

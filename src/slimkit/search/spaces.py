@@ -22,6 +22,36 @@ from slimkit.errors import ConfigError
 Scalar = bool | int | float | str
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file (``safe_load``); a missing, unreadable or malformed file is a
+    ConfigError naming the file and the problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what} file {str(p)!r} does not exist; check the path given to --space"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{what} file {str(p)!r} is a folder; give the YAML file inside it"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file {str(p)!r} is not UTF-8 text; give a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {str(p)!r}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{what} file {str(p)!r} is not valid YAML{at}: {problem}; fix the syntax "
+            "(e.g. close every [ and {)"
+        ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """Categorical choices by name, e.g. ``SearchSpace({"depth": (1, 2, 3), "block": ("plain", "dwsep")})``."""
@@ -51,7 +81,7 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(path, "search space")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a search space file must map choice names to option lists")
         return cls(data.get("choices", data))
