@@ -25,6 +25,33 @@ def default_url(folder: str | Path = ".") -> str:
     return f"sqlite:///{Path(folder).resolve() / 'slimkit-search.db'}"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URL (None for other databases).
+
+    An in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``) is refused: the study
+    would vanish when the process exits, and the heartbeat thread, which opens its own
+    connection, would find an empty database.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # sqlalchemy.exc.ArgumentError: not a URL at all
+        raise ConfigError(
+            f"storage must be an SQLAlchemy URL such as sqlite:///study.db or "
+            f"postgresql+psycopg://user@host/db, but got {mask_url(url)!r}"
+        ) from None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+        raise ConfigError(
+            f"storage {mask_url(url)!r} is an in-memory SQLite database, which loses the study "
+            "when the command exits; give a file: sqlite:///slimkit-search.db (relative) or "
+            "sqlite:////abs/path/study.db"
+        )
+    return Path(parsed.database)
+
+
 def make_storage(
     url: str | None = None,
     *,
@@ -45,8 +72,9 @@ def make_storage(
         )
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    path = sqlite_path(url)
     engine_kwargs = (
-        {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        {"connect_args": {"timeout": 30}} if path is not None else {"pool_pre_ping": True}
     )
     try:
         return optuna.storages.RDBStorage(
@@ -62,3 +90,4 @@ def make_storage(
         raise ConfigError(
             f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}"
         ) from None
+
