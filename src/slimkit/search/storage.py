@@ -58,8 +58,13 @@ def make_storage(
     heartbeat_interval: int = 10,
     grace_period: int | None = None,
     max_retry: int = 1,
+    create: bool = True,
 ):
-    """An Optuna RDBStorage with heartbeat + retry; ``None`` means ``./slimkit-search.db``."""
+    """An Optuna RDBStorage with heartbeat + retry; ``None`` means ``./slimkit-search.db``.
+
+    ``create=False`` opens only a database that already holds Optuna's tables (a worker joining
+    a study): a missing SQLite file or an empty database is a ConfigError and nothing is created.
+    """
     import warnings
 
     optuna = import_extra("optuna", "search")
@@ -76,6 +81,8 @@ def make_storage(
     engine_kwargs = (
         {"connect_args": {"timeout": 30}} if path is not None else {"pool_pre_ping": True}
     )
+    if not create:
+        _require_optuna_tables(url, path, engine_kwargs)
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -91,3 +98,29 @@ def make_storage(
             f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}"
         ) from None
 
+
+def _require_optuna_tables(url: str, path: Path | None, engine_kwargs: dict) -> None:
+    """Refuse (creating nothing) a storage that does not already hold Optuna's tables."""
+    if path is not None and not path.is_file():
+        raise ConfigError(
+            f"no study storage at {mask_url(url)}: the file {str(path)!r} does not exist; "
+            "check the path, or create the study first with slimkit search hpo|nas --storage URL"
+        )
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        try:
+            with engine.connect() as conn:
+                has_studies = sqlalchemy.inspect(conn).has_table("studies")
+        finally:
+            engine.dispose()
+    except Exception as exc:  # connection/driver errors: never echo the password
+        raise ConfigError(
+            f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}"
+        ) from None
+    if not has_studies:
+        raise ConfigError(
+            f"storage {mask_url(url)} holds no Optuna studies (no 'studies' table); check the "
+            "URL, or create the study first with slimkit search hpo|nas --storage URL"
+        )

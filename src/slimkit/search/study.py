@@ -59,12 +59,17 @@ def _identity(task: dict[str, Any]) -> str:
 
 
 def load_task(name: str, storage: str | None) -> dict[str, Any]:
+    """The task stored in an existing study; a missing study or database creates nothing."""
     optuna = import_extra("optuna", "search")
+    rdb = make_storage(storage, create=False)
     try:
-        study = optuna.load_study(study_name=name, storage=make_storage(storage))
+        study = optuna.load_study(study_name=name, storage=rdb)
     except KeyError:
+        names = sorted(s.study_name for s in rdb.get_all_studies())
         raise ConfigError(
-            f"no study named {name!r} in {mask_url(storage or 'the default storage')}"
+            f"no study named {name!r} in {mask_url(storage or 'the default storage')} "
+            f"(it holds {names or 'no study'}); give one of those names, or create the study "
+            "first with slimkit search hpo|nas --study NAME --storage URL"
         ) from None
     task = study.user_attrs.get("slimkit_task")
     if task is None:

@@ -12,7 +12,11 @@ from slimkit.errors import ConfigError
 def run_worker(
     study_name: str, storage: str | None, n_trials: int | None = None, *, heartbeat: int = 10
 ) -> int:
-    """Run trials of a stored study; returns the number of finished trials afterwards."""
+    """Run trials of a stored study; returns the number of finished trials afterwards.
+
+    A study (or database) that does not exist is a ConfigError, and nothing is created.
+    """
+    from slimkit.config import check_int
     from slimkit.search.hpo import HPOConfig, make_pruner
     from slimkit.search.hpo import make_objective as hpo_objective
     from slimkit.search.nas import NASConfig, directions
@@ -21,6 +25,9 @@ def run_worker(
     from slimkit.search.storage import make_storage
     from slimkit.search.study import load_task, open_study, run_until
 
+    if n_trials is not None:
+        check_int("trials", n_trials, 1, 100_000)
+    check_int("heartbeat", heartbeat, 1, 3600)
     task = load_task(study_name, storage)
     storage_obj = make_storage(storage, heartbeat_interval=heartbeat)
     kind = task.get("kind")
