@@ -117,7 +117,16 @@ def load(
             check_finite(state, str(path))
         _load_state(model, state, path)
         return model
-    shapes, header = read_safetensors_header(path)
+    try:
+        shapes, header = read_safetensors_header(path)
+    except UnsafeFileError:
+        if path.suffix.lower() != ".slim":
+            raise
+        raise UnsafeFileError(
+            f"{path} is not a .slim artifact: it does not start with the magic bytes "
+            f"{slimformat.MAGIC!r} (it starts with {magic!r}) and is not a safetensors file "
+            "either; the file is corrupt or of another kind: export the model to .slim again"
+        ) from None
     if model is None:
         model = _build_from_header(path, header, shapes)  # checked before any tensor is read
     tensors, _ = read_safetensors(path)

@@ -58,3 +58,24 @@ def test_corrupt_streams_raise_slimkit_errors():
         entropy.lzma_decode(b"\xffgarbage")
     with pytest.raises(UnsafeFileError):
         entropy.decode(9, b"")
+
+
+def test_decoding_stops_at_the_expected_length():
+    data = bytes(range(50)) * 100
+    for method in (entropy.RAW, entropy.HUFFMAN, entropy.LZMA):
+        got, coded = entropy.encode(data, (entropy.RAW, method))
+        assert got == method
+        assert entropy.decode(method, coded, len(data)) == data
+        with pytest.raises(UnsafeFileError, match="more than the 100"):
+            entropy.decode(method, coded, 100)
+    # A Huffman header claiming 4 G symbols is refused before 4 GB are allocated.
+    with pytest.raises(UnsafeFileError, match="4294967295 symbols, more than the 10 expected"):
+        entropy.huffman_decode(b"\xff\xff\xff\xff\x01\x00\x00", max_length=10)
+
+
+def test_lzma_refuses_truncated_streams_and_trailing_bytes():
+    coded = entropy.lzma_encode(bytes(range(200)) * 50)
+    with pytest.raises(UnsafeFileError, match="ends before its end-of-stream marker"):
+        entropy.lzma_decode(coded[:-3])
+    with pytest.raises(UnsafeFileError, match="3 bytes after its end"):
+        entropy.lzma_decode(coded + b"abc")

@@ -1,14 +1,15 @@
 """The .slim artifact: bit-exact load, real compression of pruned + quantized weights, safety."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from slimkit import io as slim_io
-from slimkit.errors import NumericsError, UnsafeFileError
-from slimkit.export import slimformat
+from slimkit.errors import NumericsError, SlimkitError, UnsafeFileError
+from slimkit.export import entropy, slimformat
 from slimkit.models import build_model
 
 
@@ -124,3 +125,121 @@ def test_nonfinite_weights_are_refused_unless_allowed(tmp_path):
     with pytest.raises(NumericsError, match="fc3.bias"):
         slimformat.load(path)
     assert torch.isnan(slimformat.load(path, allow_nonfinite=True).fc3.bias[0])
+
+
+# ---- corrupt files: every error is a SlimkitError that names the file --------------------------
+
+
+def _small_slim(palette=False):
+    """A small .slim with quant (or palette), sparse, dense and bias records."""
+    torch.manual_seed(0)
+    model = _prune_and_cluster(build_model("lenet5", image_size=8, channels=(4, 8), hidden=16))
+    if palette:
+        for m in model.modules():
+            if hasattr(m, "slimkit_quant"):
+                del m.slimkit_quant
+    return slimformat.encode(model)
+
+
+def _must_name_the_file(path, fn):
+    """Run ``fn(path)``: it may succeed, else it must raise a SlimkitError naming ``path``."""
+    try:
+        fn(path)
+    except SlimkitError as exc:
+        assert str(path) in str(exc), str(exc)
+
+
+def test_truncated_and_bit_flipped_files_name_the_file(tmp_path):
+    # A corrupt .slim raised e.g. "corrupt lzma stream: Corrupt input data" with no file name.
+    rng = np.random.default_rng(0)
+    for palette in (False, True):
+        data = _small_slim(palette)
+        path = tmp_path / "corrupt.slim"
+        cuts = sorted({*range(0, 40), *rng.integers(40, len(data), 40).tolist()})
+        flips = rng.integers(8, len(data), 120).tolist()
+        cases = [data[:n] for n in cuts]
+        for i in flips:
+            flipped = bytearray(data)
+            flipped[i] ^= 1 << int(rng.integers(8))
+            cases.append(bytes(flipped))
+        for case in cases:
+            path.write_bytes(case)
+            _must_name_the_file(path, slimformat.load)
+            _must_name_the_file(path, slimformat.stats)
+            _must_name_the_file(path, slim_io.load)
+
+
+def _with_manifest(data, edit):
+    manifest, base = slimformat.read_manifest(data)
+    edit(manifest)
+    raw = json.dumps(manifest).encode()
+    head = slimformat._HEAD.pack(slimformat.FORMAT_VERSION, 0, len(raw))
+    return slimformat.MAGIC + head + raw + data[base:]
+
+
+def _rec(name):
+    return lambda m: next(r for r in m["tensors"] if r["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(tensors="x"), "must hold a 'spec' object and a 'tensors' list"),
+        (lambda m: m["tensors"].append(7), "a tensor record must be an object"),
+        (lambda m: _rec("fc2.bias")(m).update(shape=[10**12]), "fc2.bias"),
+        (lambda m: _rec("fc2.bias")(m).update(shape=[-1]), "shape must be a list of integers"),
+        (lambda m: _rec("fc2.bias")(m).update(dtype="object"), "needs dtype in"),
+        (lambda m: _rec("fc2.bias")(m).update(encoding="pickle"), "encoding in"),
+        (lambda m: _rec("fc2.bias")(m)["values"].update(raw_length=10**15), "decodes to"),
+        (lambda m: _rec("fc2.bias")(m)["values"].update(offset=-5), "stream record"),
+        (lambda m: _rec("fc2.bias")(m)["values"].update(coding="zip"), "coding must be one of"),
+        (lambda m: _rec("fc1.weight")(m)["values"].update(count=10**12), "symbols"),
+        (lambda m: _rec("fc1.weight")(m)["values"].update(bits=40), "bits in 1..16"),
+        (lambda m: _rec("fc1.weight")(m)["sparse"].update(nonzeros=10**9), "nonzeros"),
+        (lambda m: _rec("fc1.weight")(m).update(params={"codebook": "nope"}), "'nope'"),
+        (lambda m: _rec("fc1.weight")(m).update(info={"scheme": "x"}), "fc1.weight' is corrupt"),
+        (lambda m: m["tensors"].pop(), "is in the spec but not in the file"),
+        (
+            lambda m: m["spec"]["tree"]["children"]["fc2"]["args"].update(out_features=10**12),
+            "'fc2.weight' has shape [1000000000000, 16] in the spec but [10, 16] in the file",
+        ),
+        (
+            lambda m: m["spec"]["tree"]["children"]["conv1"]["args"].update(out_channels=-5),
+            "layer 'conv1': Conv2d out_channels must be an integer >= 1, but got -5",
+        ),
+    ],
+)
+def test_edited_manifests_are_refused_naming_the_file(tmp_path, edit, message):
+    path = tmp_path / "edited.slim"
+    path.write_bytes(_with_manifest(_small_slim(), edit))
+    for fn in (slimformat.load, slim_io.load):
+        with pytest.raises(SlimkitError) as err:
+            fn(path)
+        assert str(err.value).startswith(str(path)), str(err.value)
+        assert message in str(err.value)
+
+
+def test_a_stream_that_inflates_past_its_record_is_refused(tmp_path):
+    # A tiny lzma stream that decodes to 16 MiB: the reader stops at the record's raw_length.
+    data = _small_slim()
+    manifest, base = slimformat.read_manifest(data)
+    bomb = entropy.lzma_encode(bytes(16 * 2**20))
+    rec = next(r for r in manifest["tensors"] if r["name"] == "fc2.bias")
+    rec["values"].update(offset=len(data) - base, length=len(bomb), coding="lzma")
+    raw = json.dumps(manifest).encode()
+    head = slimformat._HEAD.pack(slimformat.FORMAT_VERSION, 0, len(raw))
+    path = tmp_path / "bomb.slim"
+    path.write_bytes(slimformat.MAGIC + head + raw + data[base:] + bomb)
+    with pytest.raises(
+        UnsafeFileError, match=r"bomb\.slim: tensor 'fc2.bias' is corrupt.*more than"
+    ):
+        slimformat.load(path)
+
+
+def test_a_file_named_slim_that_is_not_one_says_so(tmp_path):
+    path = tmp_path / "model.slim"
+    path.write_bytes(b"\x08\x08\x12\x07pytorch onnx bytes")
+    with pytest.raises(UnsafeFileError, match=r"model\.slim is not a \.slim artifact"):
+        slim_io.load(path)
+    with pytest.raises(UnsafeFileError, match=r"model\.slim is not a \.slim artifact"):
+        slimformat.load(path)

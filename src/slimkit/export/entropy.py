@@ -102,8 +102,9 @@ def huffman_encode(data: bytes) -> bytes:
     return head + _table_bytes(lengths) + payload
 
 
-def huffman_decode(blob: bytes) -> bytes:
-    """Inverse of :func:`huffman_encode`; a corrupt stream raises UnsafeFileError."""
+def huffman_decode(blob: bytes, max_length: int | None = None) -> bytes:
+    """Inverse of :func:`huffman_encode`; a corrupt stream (or one decoding to more than
+    ``max_length`` bytes) raises UnsafeFileError."""
     try:
         (count,) = struct.unpack_from("<I", blob, 0)
         kind = blob[4]
@@ -123,6 +124,10 @@ def huffman_decode(blob: bytes) -> bytes:
             raise ValueError(f"unknown table kind {kind}")
     except (struct.error, IndexError, ValueError) as exc:
         raise UnsafeFileError(f"corrupt Huffman stream header: {exc}") from None
+    if max_length is not None and count > max_length:  # checked before allocating `count` bytes
+        raise UnsafeFileError(
+            f"corrupt Huffman stream: it claims {count} symbols, more than the {max_length} expected"
+        )
     if count == 0:
         return b""
     codes = canonical_codes(lengths)
@@ -191,13 +196,25 @@ def lzma_encode(data: bytes) -> bytes:
     )
 
 
-def lzma_decode(blob: bytes) -> bytes:
+def lzma_decode(blob: bytes, max_length: int | None = None) -> bytes:
+    """Inverse of :func:`lzma_encode`; stops at ``max_length`` + 1 bytes (a tiny corrupt or
+    hostile stream can expand to gigabytes) and refuses truncated streams or trailing bytes."""
     if not blob or not 12 <= blob[0] <= 26:
         raise UnsafeFileError("corrupt lzma stream: bad dictionary size byte")
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(blob[0]))
     try:
-        return lzma.decompress(blob[1:], format=lzma.FORMAT_RAW, filters=_lzma_filters(blob[0]))
+        out = dec.decompress(blob[1:], -1 if max_length is None else max_length + 1)
     except lzma.LZMAError as exc:
         raise UnsafeFileError(f"corrupt lzma stream: {exc}") from None
+    if max_length is not None and len(out) > max_length:
+        raise UnsafeFileError(
+            f"corrupt lzma stream: it decodes to more than the {max_length} bytes expected"
+        )
+    if not dec.eof:
+        raise UnsafeFileError("corrupt lzma stream: it ends before its end-of-stream marker")
+    if dec.unused_data:
+        raise UnsafeFileError(f"corrupt lzma stream: {len(dec.unused_data)} bytes after its end")
+    return out
 
 
 def encode(data: bytes, methods: tuple[int, ...] = (RAW, HUFFMAN, LZMA)) -> tuple[int, bytes]:
@@ -218,11 +235,16 @@ def encode(data: bytes, methods: tuple[int, ...] = (RAW, HUFFMAN, LZMA)) -> tupl
     return best
 
 
-def decode(method: int, blob: bytes) -> bytes:
+def decode(method: int, blob: bytes, max_length: int | None = None) -> bytes:
+    """The bytes coded in ``blob``; more than ``max_length`` of them is a corrupt stream."""
     if method == RAW:
+        if max_length is not None and len(blob) > max_length:
+            raise UnsafeFileError(
+                f"corrupt raw stream: {len(blob)} bytes, more than the {max_length} expected"
+            )
         return bytes(blob)
     if method == HUFFMAN:
-        return huffman_decode(blob)
+        return huffman_decode(blob, max_length)
     if method == LZMA:
-        return lzma_decode(blob)
+        return lzma_decode(blob, max_length)
     raise UnsafeFileError(f"unknown entropy coding method {method}; valid methods: {METHOD_NAMES}")

@@ -27,6 +27,7 @@ depends on time or dict order, so the same model gives the same bytes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -37,10 +38,10 @@ import torch
 from torch import nn
 
 from slimkit import atomic
-from slimkit.errors import ConfigError, NumericsError, UnsafeFileError
+from slimkit.errors import ConfigError, NumericsError, SlimkitError, UnsafeFileError
 from slimkit.export import entropy
 from slimkit.models import spec as model_spec
-from slimkit.quantization.packing import pack, unpack
+from slimkit.quantization.packing import pack, packed_nbytes, unpack
 
 MAGIC = b"SLIMKIT\x00"
 FORMAT = "slimkit-slim"
@@ -264,38 +265,186 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> int:
 
 
 # ---- reading ------------------------------------------------------------------------------
+#
+# Every error names the file (``source``) and ends in UnsafeFileError: a .slim file is data, and
+# nothing in it is trusted until checked. Sizes are checked before anything is allocated: each
+# record's shape against the model spec (on the meta device) and machine memory, each stream's
+# decoded length against what its record needs.
+
+_MAX_MANIFEST = 256 * 2**20  # bytes of decoded manifest JSON (a big model's is a few MB)
+_ENCODINGS = ("dense", "palette", "quant")
+_REEXPORT = "the file is corrupt or was edited; export the model to .slim again"
 
 
-def read_manifest(data: bytes) -> tuple[dict[str, Any], int]:
-    """``(manifest, payload_start)`` of ``.slim`` bytes; refuses anything malformed."""
+def _bad(source: str, what: str) -> UnsafeFileError:
+    return UnsafeFileError(f"{source}: {what}; {_REEXPORT}")
+
+
+def _nat(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_stream(rec: Any, where: str, source: str, symbols: bool) -> None:
+    keys = ("offset", "length", "raw_length") + (("bits", "count") if symbols else ())
+    if not isinstance(rec, dict) or not all(_nat(rec.get(k)) for k in keys):
+        raise _bad(source, f"{where} must be a stream record with integer {list(keys)}")
+    if rec.get("coding") not in entropy.METHOD_NAMES.values():
+        raise _bad(
+            source,
+            f"{where} coding must be one of {list(entropy.METHOD_NAMES.values())}, "
+            f"but got {rec.get('coding')!r}",
+        )
+    if symbols:
+        if not 1 <= rec["bits"] <= 16 or rec.get("layout") not in ("packed", "bytes"):
+            raise _bad(
+                source,
+                f"{where} needs bits in 1..16 and layout 'packed' or 'bytes', but got "
+                f"bits={rec['bits']!r}, layout={rec.get('layout')!r}",
+            )
+        need = (
+            rec["count"] if rec["layout"] == "bytes" else packed_nbytes(rec["count"], rec["bits"])
+        )
+        if rec["raw_length"] != need:
+            raise _bad(
+                source,
+                f"{where} holds {rec['count']} symbols of {rec['bits']} bits ({rec['layout']}), "
+                f"which take {need} bytes, but its raw_length is {rec['raw_length']}",
+            )
+
+
+def _check_record(rec: Any, source: str) -> int:
+    """Check one tensor record's fields and sizes; return its decoded size in bytes."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+        raise _bad(source, f"a tensor record must be an object with a 'name', but got {rec!r:.80}")
+    where = f"tensor {rec['name']!r}"
+    shape = rec.get("shape")
+    if not isinstance(shape, list) or not all(_nat(d) for d in shape):
+        raise _bad(source, f"{where} shape must be a list of integers >= 0, but got {shape!r:.80}")
+    if rec.get("dtype") not in _DTYPES or rec.get("encoding") not in _ENCODINGS:
+        raise _bad(
+            source,
+            f"{where} needs dtype in {sorted(_DTYPES)} and encoding in {list(_ENCODINGS)}, but "
+            f"got dtype={rec.get('dtype')!r}, encoding={rec.get('encoding')!r}",
+        )
+    numel = math.prod(shape)
+    n_values = numel
+    sparse = rec.get("sparse")
+    if sparse:
+        if (
+            not isinstance(sparse, dict)
+            or not _nat(sparse.get("nonzeros"))
+            or sparse.get("index_bits") not in _INDEX_BITS
+        ):
+            raise _bad(source, f"{where} sparse record needs nonzeros and index_bits in (4, 8)")
+        n_values = sparse["nonzeros"]
+        if n_values > numel:
+            raise _bad(source, f"{where} has {n_values} nonzeros but only {numel} elements")
+        _check_stream(sparse.get("index"), f"{where} index", source, symbols=True)
+        if sparse["index"]["bits"] != sparse["index_bits"] or sparse["index"]["count"] > 2 * numel:
+            raise _bad(source, f"{where} index stream does not fit its {numel} elements")
+    enc = rec["encoding"]
+    _check_stream(rec.get("values"), f"{where} values", source, symbols=enc != "dense")
+    values = rec["values"]
+    itemsize = torch.empty((), dtype=_DTYPES[rec["dtype"]][0]).element_size()
+    if enc == "dense" and values["raw_length"] != n_values * itemsize:
+        raise _bad(
+            source,
+            f"{where} holds {n_values} {rec['dtype']} values ({n_values * itemsize} bytes), but "
+            f"its values stream decodes to {values['raw_length']} bytes",
+        )
+    if enc != "dense" and values["count"] != n_values:
+        raise _bad(
+            source, f"{where} needs {n_values} codes, but its stream holds {values['count']}"
+        )
+    if enc == "palette":
+        _check_stream(rec.get("table"), f"{where} table", source, symbols=False)
+        if rec["table"]["raw_length"] % 4 or not 0 < rec["table"]["raw_length"] <= 4 * 256:
+            raise _bad(source, f"{where} palette must hold 1..256 fp32 values")
+    if enc == "quant" and not (
+        isinstance(rec.get("params"), dict)
+        and all(isinstance(v, str) for v in rec["params"].values())
+        and isinstance(rec.get("info"), dict)
+    ):
+        raise _bad(source, f"{where} quant record needs 'params' (buffer names) and 'info'")
+    return numel * itemsize
+
+
+def _check_manifest(manifest: Any, payload: int, source: str) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _bad(source, f"the manifest must be an object with format {FORMAT!r}")
+    records = manifest.get("tensors")
+    if not isinstance(records, list) or not isinstance(manifest.get("spec"), dict):
+        raise _bad(source, "the manifest must hold a 'spec' object and a 'tensors' list")
+    total = sum(_check_record(rec, source) for rec in records)
+    names = [rec["name"] for rec in records]
+    if len(set(names)) != len(names):
+        raise _bad(source, "the manifest lists a tensor name twice")
+    for rec in records:
+        sparse = rec.get("sparse") or {}
+        table = rec.get("table") if rec["encoding"] == "palette" else None
+        for st in (rec.get("values"), table, sparse.get("index")):
+            if isinstance(st, dict) and st["offset"] + st["length"] > payload:
+                raise UnsafeFileError(
+                    f"{source} is truncated: tensor {rec['name']!r} needs payload bytes up to "
+                    f"{st['offset'] + st['length']}, but the file holds {payload}; {_REEXPORT}"
+                )
+    limit = model_spec.memory_limit()
+    if limit is not None and total > limit:
+        raise _bad(
+            source,
+            f"its tensors would take {total / 2**30:,.1f} GiB, more than this machine's memory "
+            f"({limit / 2**30:,.1f} GiB)",
+        )
+
+
+def read_manifest(data: bytes, source: str = "the .slim artifact") -> tuple[dict[str, Any], int]:
+    """``(manifest, payload_start)`` of ``.slim`` bytes; refuses anything malformed.
+
+    ``source`` (the file's name) starts every error message.
+    """
     if not data.startswith(MAGIC):
-        raise UnsafeFileError("not a .slim artifact (bad magic bytes)")
+        raise UnsafeFileError(
+            f"{source} is not a .slim artifact: it does not start with the magic bytes {MAGIC!r} "
+            f"(it starts with {bytes(data[:8])!r}); export the model to .slim again"
+        )
     try:
         version, method, n = _HEAD.unpack_from(data, len(MAGIC))
     except struct.error:
-        raise UnsafeFileError(".slim artifact is truncated inside its header") from None
+        raise UnsafeFileError(
+            f"{source} is truncated inside its header ({len(data)} bytes); {_REEXPORT}"
+        ) from None
     if version != FORMAT_VERSION:
         raise UnsafeFileError(
-            f".slim format version {version} is not supported (this slimkit reads version "
+            f"{source}: .slim format version {version} is not supported (this slimkit reads version "
             f"{FORMAT_VERSION}); upgrade slimkit or re-export the model"
         )
     start = len(MAGIC) + _HEAD.size
+    if start + n > len(data):
+        raise UnsafeFileError(
+            f"{source} is truncated: its manifest needs {n} bytes but only {len(data) - start} "
+            f"follow the header; {_REEXPORT}"
+        )
     try:
-        manifest = json.loads(entropy.decode(method, data[start : start + n]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnsafeFileError(f".slim manifest is not valid JSON: {exc}") from None
+        manifest = json.loads(entropy.decode(method, data[start : start + n], _MAX_MANIFEST))
+    except UnsafeFileError as exc:
+        raise _bad(source, f"its manifest cannot be decoded ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _bad(
+            source, f"its manifest is not valid JSON ({type(exc).__name__}: {exc})"
+        ) from None
+    _check_manifest(manifest, len(data) - start - n, source)
     return manifest, start + n
 
 
 def _stream(data: bytes, base: int, rec: dict[str, Any]) -> bytes:
-    lo = base + int(rec["offset"])
-    blob = data[lo : lo + int(rec["length"])]
-    if len(blob) != int(rec["length"]):
-        raise UnsafeFileError(".slim artifact is truncated: a stream runs past the end of the file")
+    lo = base + rec["offset"]
+    blob = data[lo : lo + rec["length"]]
+    if len(blob) != rec["length"]:
+        raise ValueError("a stream runs past the end of the file (truncated)")
     methods = {v: k for k, v in entropy.METHOD_NAMES.items()}
-    raw = entropy.decode(methods.get(rec["coding"], -1), blob)
-    if len(raw) != int(rec["raw_length"]):
-        raise UnsafeFileError(".slim stream decoded to the wrong length; the file is corrupt")
+    raw = entropy.decode(methods[rec["coding"]], blob, rec["raw_length"])
+    if len(raw) != rec["raw_length"]:
+        raise ValueError(f"a stream decoded to {len(raw)} bytes instead of {rec['raw_length']}")
     return raw
 
 
@@ -311,7 +460,7 @@ def _decode_tensor(
 ) -> torch.Tensor:
     tdtype, npdtype = _DTYPES[rec["dtype"]]
     shape = tuple(rec["shape"])
-    numel = int(np.prod(shape)) if shape else 1
+    numel = math.prod(shape)
     enc = rec["encoding"]
     if enc == "dense":
         raw = _stream(data, base, rec["values"])
@@ -325,9 +474,13 @@ def _decode_tensor(
         values = torch.from_numpy(_symbols(data, base, rec["values"]))
     sparse = rec.get("sparse")
     if sparse:
-        pos = torch.from_numpy(
-            _positions(_symbols(data, base, sparse["index"]), int(sparse["index_bits"]))
-        )
+        pos_np = _positions(_symbols(data, base, sparse["index"]), int(sparse["index_bits"]))
+        if len(pos_np) != len(values) or (len(pos_np) and pos_np[-1] >= numel):
+            raise ValueError(
+                f"its index lists {len(pos_np)} positions (last {pos_np[-1] if len(pos_np) else None})"
+                f" for {len(values)} values in {numel} elements"
+            )
+        pos = torch.from_numpy(pos_np)
         full = torch.zeros(numel, dtype=values.dtype)
         full[pos] = values
         values = full
@@ -339,15 +492,13 @@ def _decode_tensor(
             np.frombuffer(_stream(data, base, rec["table"]), np.float32).copy()
         )
         out = table[codes]
-    elif enc == "quant":
+    else:  # quant
         from slimkit.quantization.codes import QuantCodes, dequantize
 
         params = {k: done[v] for k, v in rec["params"].items()}
         out = dequantize(
             QuantCodes(codes.to(torch.int32), int(rec["values"]["bits"]), params, dict(rec["info"]))
         )
-    else:
-        raise UnsafeFileError(f"unknown tensor encoding {enc!r} in .slim manifest")
     if sparse:
         # Pruned positions are exactly zero whatever code sat there.
         mask = torch.zeros(numel, dtype=torch.bool)
@@ -356,42 +507,84 @@ def _decode_tensor(
     return out.to(tdtype)
 
 
-def decode_state(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(manifest, state_dict)`` of ``.slim`` bytes."""
-    manifest, base = read_manifest(data)
+def _decode_records(
+    data: bytes, manifest: dict[str, Any], base: int, source: str
+) -> dict[str, torch.Tensor]:
     records = manifest["tensors"]
     done: dict[str, torch.Tensor] = {}
     # Dense tensors first: quantized weights reference their scale/codebook buffers by name.
     for rec in sorted(records, key=lambda r: r["encoding"] != "dense"):
         try:
-            done[rec["name"]] = _decode_tensor(data, base, rec, done)
-        except (KeyError, ValueError, IndexError, RuntimeError) as exc:
-            raise UnsafeFileError(f".slim tensor {rec.get('name')!r} is corrupt: {exc}") from None
-    return manifest, {r["name"]: done[r["name"]] for r in records}
+            out = _decode_tensor(data, base, rec, done)
+            if list(out.shape) != rec["shape"]:
+                raise ValueError(f"it decoded to shape {list(out.shape)}, not {rec['shape']}")
+        except KeyError as exc:  # a quant record naming a buffer that is not in the file
+            raise _bad(
+                source, f"tensor {rec['name']!r} refers to {exc} which is not in it"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any decoding failure of file data
+            raise _bad(
+                source, f"tensor {rec['name']!r} is corrupt ({type(exc).__name__}: {exc})"
+            ) from None
+        done[rec["name"]] = out
+    return {r["name"]: done[r["name"]] for r in records}
+
+
+def decode_state(
+    data: bytes, source: str = "the .slim artifact"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(manifest, state_dict)`` of ``.slim`` bytes; ``source`` starts every error message."""
+    manifest, base = read_manifest(data, source)
+    return manifest, _decode_records(data, manifest, base, source)
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def load(path: str | os.PathLike[str], *, allow_nonfinite: bool = False) -> nn.Module:
-    """Rebuild the module saved in a ``.slim`` artifact (weights bit-exact, eval mode)."""
+    """Rebuild the module saved in a ``.slim`` artifact (weights bit-exact, eval mode).
+
+    The model spec is checked against the records' shapes (on the meta device) before any
+    tensor is decoded; every error names ``path``.
+    """
     from slimkit.io import check_finite
 
-    manifest, state = decode_state(Path(path).read_bytes())
+    source = str(path)
+    data = _read(path)
+    manifest, base = read_manifest(data, source)
+    shapes = {rec["name"]: rec["shape"] for rec in manifest["tensors"]}
+    try:
+        model = model_spec.build(manifest["spec"], shapes=shapes)
+    except Exception as exc:  # spec's ConfigErrors name the layer; anything else is corrupt data
+        reason = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(
+            f"{source}: its manifest does not describe a model slimkit can build: {reason}"
+        ) from None
+    state = _decode_records(data, manifest, base, source)
     if not allow_nonfinite:
-        check_finite(state, str(path))
-    model = model_spec.build(manifest["spec"])
-    model.load_state_dict(state, strict=True)
+        check_finite(state, source)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # e.g. a buffer whose dtype cannot take the stored values
+        detail = (str(exc).strip().splitlines() or [""])[-1].strip()
+        raise _bad(source, f"its tensors do not fit the model ({detail})") from None
     return model.eval()
 
 
 def stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Per-tensor sizes and bits per weight of a ``.slim`` artifact (for reports)."""
-    data = Path(path).read_bytes()
-    manifest, base = read_manifest(data)
+    data = _read(path)
+    manifest, base = read_manifest(data, str(path))
     rows = []
     for rec in manifest["tensors"]:
         streams = {"values": rec["values"]}
         if rec.get("sparse"):
             streams["index"] = rec["sparse"]["index"]
-        if isinstance(rec.get("table"), dict):
+        if rec["encoding"] == "palette":
             streams["table"] = rec["table"]
         numel = int(np.prod(rec["shape"])) if rec["shape"] else 1
         coded = sum(int(s["length"]) for s in streams.values())
