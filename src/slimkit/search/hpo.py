@@ -16,15 +16,89 @@ The objective trains the zoo model with the trial's values, reports accuracy aft
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from slimkit.config import SlimConfig, check_int
+from slimkit.config import SlimConfig, check_int, check_range, parse_enum
 from slimkit.errors import ConfigError, import_extra
 
 TRAIN_KEYS = {"lr", "batch_size", "weight_decay", "epochs"}
 COMPRESS_KEYS = {"sparsity", "bits", "temperature", "alpha"}
+
+# What each parameter's values must be (the rules of TrainConfig, the data loader,
+# MagnitudePruning and KMeansQuantization): whole numbers take a list of choices only, since a
+# float range would be truncated and never reach its high end.
+INT_RULES = {"batch_size": (1, 65_536), "epochs": (1, 10_000), "bits": (1, 8)}
+# name -> (low, high, low_open, high_open)
+FLOAT_RULES = {
+    "lr": (0.0, 10.0, True, False),
+    "weight_decay": (0.0, 1.0, False, False),
+    "sparsity": (0.0, 1.0, False, True),
+    "temperature": (0.0, 100.0, True, False),
+    "alpha": (0.0, 1.0, False, False),
+}
+
+
+def check_space(space: Any) -> None:
+    """Every parameter known, declared as a list or ``{low, high, log}``, every value allowed."""
+    valid = sorted(TRAIN_KEYS | COMPRESS_KEYS)
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(
+            "an hpo space must map parameter names to a list of choices or {low, high, log}, "
+            f"e.g. {{lr: {{low: 1e-4, high: 1e-2, log: true}}, epochs: [1, 2]}}, but got {space!r}"
+        )
+    unknown = [k for k in space if k not in TRAIN_KEYS | COMPRESS_KEYS]
+    if unknown:
+        raise ConfigError(f"hpo space has unknown parameter(s) {unknown}; valid: {valid}")
+    for name, spec in space.items():
+        if isinstance(spec, (list, tuple)) and len(spec) > 0:
+            for value in spec:
+                _check_value(name, value, f"choice {value!r} of {name!r}")
+            continue
+        ok_range = (
+            isinstance(spec, dict)
+            and set(spec) <= {"low", "high", "log"}
+            and {"low", "high"} <= set(spec)
+        )
+        if not ok_range:
+            raise ConfigError(
+                f"hpo parameter {name!r} must be a list of choices or {{low, high, log}}, but got {spec!r}"
+            )
+        if name in INT_RULES:
+            raise ConfigError(
+                f"hpo parameter {name!r} takes whole numbers, so it must be a list of choices "
+                f"(e.g. [{spec['low']}, {spec['high']}]), but got the range {spec!r}"
+            )
+        for end in ("low", "high"):
+            v = spec[end]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} {end} must be a finite number, but got {v!r}")
+        if not spec["low"] <= spec["high"]:
+            raise ConfigError(
+                f"`low <= high` must hold for {name!r}, but got (low={spec['low']}, high={spec['high']})"
+            )
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{name} log must be true or false, but got {log!r}")
+        if log and not spec["low"] > 0:
+            raise ConfigError(
+                f"`low > 0` must hold for {name!r} on a log scale (log: true), but got "
+                f"(low={spec['low']}, high={spec['high']}); give a positive low such as 1e-5, "
+                "or set log: false"
+            )
+        for end in ("low", "high"):
+            _check_value(name, spec[end], f"{name} {end}")
+
+
+def _check_value(name: str, value: Any, label: str) -> None:
+    if name in INT_RULES:
+        lo, hi = INT_RULES[name]
+        check_int(label, value, lo, hi)
+    else:
+        low, high, low_open, high_open = FLOAT_RULES[name]
+        check_range(label, value, low, high, low_open=low_open, high_open=high_open)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,27 +120,16 @@ class HPOConfig(SlimConfig):
     sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        from slimkit.models.zoo import zoo_names
+        from slimkit.search.samplers import Strategy
+
         check_int("n_trials", self.n_trials, 1, 100_000)
-        unknown = sorted(set(self.space) - TRAIN_KEYS - COMPRESS_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"hpo space has unknown parameter(s) {unknown}; valid: {sorted(TRAIN_KEYS | COMPRESS_KEYS)}"
-            )
-        for name, spec in self.space.items():
-            ok_range = (
-                isinstance(spec, dict)
-                and set(spec) <= {"low", "high", "log"}
-                and {"low", "high"} <= set(spec)
-            )
-            ok_list = isinstance(spec, (list, tuple)) and len(spec) > 0
-            if not (ok_range or ok_list):
-                raise ConfigError(
-                    f"hpo parameter {name!r} must be a list of choices or {{low, high, log}}, but got {spec!r}"
-                )
-            if ok_range and not spec["low"] <= spec["high"]:
-                raise ConfigError(
-                    f"`low <= high` must hold for {name!r}, but got (low={spec['low']}, high={spec['high']})"
-                )
+        if self.model not in zoo_names():
+            raise ConfigError(f"unknown zoo model {self.model!r}; valid names are {zoo_names()}")
+        check_space(self.space)
+        parse_enum(Strategy, self.strategy, "strategy")
+        if self.max_batches is not None:
+            check_int("max_batches", self.max_batches, 1, 10**9)
         if self.pruner not in ("median", "hyperband", "none"):
             raise ConfigError(
                 f"pruner must be one of ['median', 'hyperband', 'none'], but got {self.pruner!r}"
@@ -158,6 +221,28 @@ def compress_and_measure(model, p: dict[str, Any]) -> int | None:
         return int(slimformat.save(model, Path(tmp) / "m.slim"))
 
 
+def check_runs(cfg: HPOConfig) -> None:
+    """The dataset loads and the model runs on its images (ConfigError otherwise)."""
+    import torch
+
+    from slimkit.data import load_dataset
+    from slimkit.errors import SlimkitError
+    from slimkit.models import build_model
+
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    model = build_model(cfg.model, image_size=data.input_shape[-1], seed=cfg.seed)
+    try:
+        with torch.no_grad():
+            model.eval()(data.example_input(1))
+    except SlimkitError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"zoo model {cfg.model!r} does not run on {cfg.dataset!r} images of shape "
+            f"{tuple(data.input_shape)}: {str(exc).splitlines()[0]}; pick another --model or dataset"
+        ) from None
+
+
 def hpo(
     cfg: HPOConfig | None = None,
     *,
@@ -169,6 +254,7 @@ def hpo(
     from slimkit.search.study import open_study, run_until
 
     cfg = cfg or HPOConfig()
+    check_runs(cfg)  # bad input fails here, before a study (or a database) is created
     dirs = ["maximize"] if len(cfg.objectives) == 1 else ["maximize", "minimize"]
     task = {"kind": "hpo", "config": cfg.to_dict()}
     pruner = make_pruner(cfg.pruner if len(dirs) == 1 else "none")

@@ -14,12 +14,42 @@ from typing import Any
 
 import torch
 
-from slimkit.config import SlimConfig, check_int
+from slimkit.config import SlimConfig, check_int, check_range, parse_enum
 from slimkit.errors import ConfigError
 from slimkit.search.pareto import pareto_front
 from slimkit.search.spaces import DEFAULT_NAS_SPACE, SearchSpace
 
 OBJECTIVES = ("accuracy", "params", "flops", "latency_ms")
+
+# SearchNet's choices and the values each may take (depth 1..6 is SearchNet's own rule; the
+# width and kernel bounds keep one trial's model within a CPU's memory).
+SEARCHNET_INTS = {"depth": (1, 6), "width": (1, 4096), "kernel": (1, 31)}
+SEARCHNET_BLOCKS = ("plain", "dwsep", "residual")
+
+
+def check_space(space: SearchSpace) -> None:
+    """Every choice is one of SearchNet's and every option builds a SearchNet (ConfigError)."""
+    valid = [*SEARCHNET_INTS, "block"]
+    unknown = [n for n in space.choices if n not in valid]
+    if unknown:
+        raise ConfigError(f"NAS space has unknown choice(s) {unknown}; SearchNet takes {valid}")
+    for name, options in space.choices.items():
+        for o in options:
+            if name == "block":
+                if o not in SEARCHNET_BLOCKS:
+                    raise ConfigError(
+                        f"option {o!r} of choice 'block' is not a block type; valid: {list(SEARCHNET_BLOCKS)}"
+                    )
+            else:
+                check_int(f"option {o!r} of choice {name!r}", o, *SEARCHNET_INTS[name])
+    blocks = space.choices.get("block", ("plain",))
+    even = [k for k in space.choices.get("kernel", ()) if isinstance(k, int) and k % 2 == 0]
+    if even and "residual" in blocks:
+        raise ConfigError(
+            f"kernel options {even} are even, but the 'residual' block needs an odd kernel (it "
+            "pads kernel//2, so an even kernel changes the image size and the shortcut no longer "
+            "fits); use odd kernels such as [3, 5] or drop 'residual' from block"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +66,12 @@ class NASConfig(SlimConfig):
     sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        from slimkit.search.samplers import Strategy
+
         check_int("epochs", self.epochs, 1, 1000)
         check_int("n_trials", self.n_trials, 1, 100_000)
+        check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        parse_enum(Strategy, self.strategy, "strategy")
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if not self.objectives or bad or self.objectives[0] != "accuracy":
             raise ConfigError(
@@ -150,6 +184,7 @@ def nas(
     from slimkit.search.study import open_study, run_until
 
     cfg = cfg or NASConfig()
+    check_space(space)  # bad input fails here, before a study (or a database) is created
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if data is None:
         from slimkit.data import load_dataset
