@@ -5,10 +5,23 @@ machine with the same storage URL and study name rebuilds the same objective and
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+import weakref
+from pathlib import Path
 from typing import Any
 
-from slimkit.errors import ConfigError, import_extra
-from slimkit.search.storage import make_storage, mask_url
+from slimkit.errors import ConfigError, SlimkitError, import_extra
+from slimkit.search.storage import default_url, make_storage, mask_url, sqlite_path
+
+
+class StudyReplacedWarning(UserWarning):
+    """A study of another task that held nothing but failed trials was replaced."""
+
+
+# Studies this process created, with the storage and the SQLite file it created for them (or
+# None): a run that fails before any trial finished deletes them again (see run_until).
+_NEW: weakref.WeakKeyDictionary[Any, tuple[Any, Path | None]] = weakref.WeakKeyDictionary()
 
 
 def open_study(
@@ -17,8 +30,12 @@ def open_study(
     """Create the study or load it; a study made for another task is refused.
 
     ``storage`` is a URL (None: the default SQLite file) or a storage from make_storage.
+    A study of another task that holds nothing but failed trials (a run that failed before any
+    trial finished) has nothing to resume: it is replaced, with a StudyReplacedWarning.
     """
     optuna = import_extra("optuna", "search")
+    from optuna.trial import TrialState
+
     from slimkit.search.samplers import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -28,27 +45,77 @@ def open_study(
         if len(directions) > 1 and strategy in ("evolution", "reinforce", "tpe"):
             strategy = "nsga2"
         sampler = make_sampler(strategy, seed=cfg.get("seed"), **cfg.get("sampler_options", {}))
+    new_file: Path | None = None
     if storage is None or isinstance(storage, str):
+        path = sqlite_path(storage or default_url())
+        new_file = path if path is not None and not path.exists() else None
         label, rdb = mask_url(storage or "the default storage"), make_storage(storage)
     else:
         label, rdb = "the given storage", storage
-    study = optuna.create_study(
-        study_name=name,
-        storage=rdb,
-        directions=directions,
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+
+    def create():
+        return optuna.create_study(
+            study_name=name,
+            storage=rdb,
+            directions=directions,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+
+    existed = _exists(rdb, name)
+    study = create()
     stored = study.user_attrs.get("slimkit_task")
+    if stored is not None and _identity(stored) != _identity(task):
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state != TrialState.FAIL for t in trials):
+            raise ConfigError(
+                f"study {name!r} in {label} was created for another "
+                "task; use a new --study name or the same options"
+            )
+        warnings.warn(
+            StudyReplacedWarning(
+                f"study {name!r} in {label} was created for another task but holds only "
+                f"{len(trials)} failed trial(s) and nothing finished; replaced it by this task"
+            ),
+            stacklevel=2,
+        )
+        optuna.delete_study(study_name=name, storage=rdb)
+        study, stored, existed = create(), None, False
     if stored is None:
         study.set_user_attr("slimkit_task", json.loads(json.dumps(task)))
-    elif _identity(stored) != _identity(task):
-        raise ConfigError(
-            f"study {name!r} in {label} was created for another "
-            "task; use a new --study name or the same options"
-        )
+    if not existed:
+        _NEW[study] = (rdb, new_file)
     return study
+
+
+def _exists(rdb, name: str) -> bool:
+    try:
+        rdb.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _discard_if_nothing_finished(study) -> None:
+    """Delete a study this process created when every trial in it failed (nothing finished,
+    nothing running elsewhere), and the SQLite file it created for it when that is now empty,
+    so the corrected rerun starts clean and bad input leaves no database behind."""
+    from optuna.trial import TrialState
+
+    rdb, new_file = _NEW.pop(study, (None, None))
+    if rdb is None:
+        return
+    try:
+        if any(t.state != TrialState.FAIL for t in study.get_trials(deepcopy=False)):
+            return
+        rdb.delete_study(rdb.get_study_id_from_name(study.study_name))
+        if new_file is not None and not rdb.get_all_studies():
+            rdb.remove_session()
+            rdb.engine.dispose()
+            new_file.unlink(missing_ok=True)
+    except Exception:  # best effort: the error that stopped the run is the one to report
+        logging.getLogger(__name__).debug("could not discard study", exc_info=True)
 
 
 def _identity(task: dict[str, Any]) -> str:
@@ -88,11 +155,32 @@ def run_until(study, objective, n_trials: int) -> None:
     states = (TrialState.COMPLETE, TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=states)) >= n_trials:
         return
-    study.optimize(
-        objective,
-        callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states)],
-        gc_after_trial=False,
-    )
+    quiet = _NoTracebackForSlimkitErrors()
+    handlers = list(logging.getLogger("optuna").handlers)  # filters on handlers see child records
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        study.optimize(
+            objective,
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states)],
+            gc_after_trial=False,
+        )
+    except BaseException:
+        _discard_if_nothing_finished(study)
+        raise
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
     # A worker killed mid-trial stops beating; fail (and re-queue) its trial now rather than
     # leave it RUNNING when the study is otherwise done.
     optuna.storages.fail_stale_trials(study)
+
+
+class _NoTracebackForSlimkitErrors(logging.Filter):
+    """Optuna logs a failed trial's traceback; for slimkit's own errors (bad input, stated in
+    one line by the CLI) the one-line warning is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], SlimkitError):
+            record.exc_info, record.exc_text = None, None
+        return True
