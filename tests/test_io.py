@@ -190,3 +190,29 @@ def test_weights_that_do_not_fit_the_given_model_are_a_config_error(tmp_path):
     torch.save(build_model("lenet300", image_size=8).state_dict(), pt)
     with pytest.raises(ConfigError, match=r"w\.pt: its tensors must match"):
         slim_io.load(pt, model=build_model("lenet5"))
+
+
+def _unchecked_sparse(kind):
+    if kind == "sparse_coo":  # an index far outside the (10, 100) shape, unchecked on load
+        idx = torch.tensor([[0, 5_000_000], [0, 3]])
+        return torch.sparse_coo_tensor(idx, torch.ones(2), (10, 100), check_invariants=False)
+    crow = torch.tensor([0, 1 << 20])  # claims 1M nonzeros, holds 1 (an out-of-bounds read)
+    return torch.sparse_csr_tensor(
+        crow, torch.tensor([0]), torch.ones(1), (1, 4), check_invariants=False
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("kind", ["sparse_coo", "sparse_csr", "meta"])
+def test_torch_file_with_non_dense_tensors_is_refused(tmp_path, kind):
+    # torch.load(weights_only=True) rebuilds sparse tensors without validating their indices;
+    # they reached torch.isfinite / copy_ and raised NotImplementedError / RuntimeError there.
+    model = build_model("lenet300", image_size=8)
+    state = model.state_dict()
+    state["fc3.weight"] = (
+        torch.empty(10, 100, device="meta") if kind == "meta" else _unchecked_sparse(kind)
+    )
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    with pytest.raises(UnsafeFileError, match=rf"w\.pt: entry 'fc3.weight' is a {kind}"):
+        slim_io.load(path, model=model)

@@ -233,4 +233,36 @@ def load_torch_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UnsafeFileError(f"{path} does not hold a state dict of tensors")
+    for name, t in obj.items():
+        # weights_only also rebuilds sparse tensors without checking their indices (a sparse
+        # tensor's invariants are not validated by default), quantized, nested and meta tensors;
+        # a state dict is plain dense CPU tensors, and nothing else reaches a torch kernel.
+        if not isinstance(name, str) or not _plain_tensor(t):
+            raise UnsafeFileError(
+                f"{path}: entry {name!r} is a {_tensor_kind(t)} tensor; slimkit loads only plain "
+                "dense CPU tensors keyed by name. Re-save the weights as "
+                "{name: tensor.to_dense().cpu()} with safetensors or torch.save"
+            )
     return obj
+
+
+def _plain_tensor(t: torch.Tensor) -> bool:
+    return (
+        type(t) in (torch.Tensor, nn.Parameter)
+        and t.layout == torch.strided
+        and t.device.type == "cpu"
+        and not t.is_quantized
+        and not t.is_nested
+    )
+
+
+def _tensor_kind(t: torch.Tensor) -> str:
+    if t.layout != torch.strided:
+        return str(t.layout).removeprefix("torch.")
+    if t.is_quantized:
+        return "quantized"
+    if t.is_nested:
+        return "nested"
+    if t.device.type != "cpu":
+        return f"{t.device.type}-device"
+    return type(t).__name__
