@@ -59,6 +59,15 @@ def nas_cmd(
         import dataclasses
 
         atomic.write_json(out, dataclasses.asdict(result))
+    if max_params is not None and result.best["params"] > max_params:
+        from slimkit.errors import AccuracyGateError
+
+        smallest = min(int(r["params"]) for r in result.trials)
+        raise AccuracyGateError(
+            f"no architecture tried fits --max-params {max_params:,} (the smallest had "
+            f"{smallest:,} params); the best shown is over the cap. Raise --max-params, run more "
+            "--trials, or give a --space with smaller depth/width"
+        )
 
 
 @search_app.command("hpo")

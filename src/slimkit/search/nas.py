@@ -78,6 +78,14 @@ class NASConfig(SlimConfig):
                 f"objectives must start with 'accuracy' and use only {list(OBJECTIVES)}, "
                 f"but got {list(self.objectives)}"
             )
+        if self.max_params is not None:
+            check_int("max_params", self.max_params, 1, 10**12)
+            if len(self.objectives) > 1:
+                raise ConfigError(
+                    "max_params caps a single-objective search (objectives ['accuracy']), but "
+                    f"got objectives {list(self.objectives)}; drop max_params, or keep 'params' "
+                    "as an objective and read the Pareto front"
+                )
         if "latency_ms" in self.objectives and not self.measure_latency:
             object.__setattr__(self, "measure_latency", True)
 
@@ -166,8 +174,11 @@ def summarize(study, cfg: NASConfig) -> NASResult:
         raise ConfigError(f"study {study.study_name!r} has no finished trial yet")
     objs = list(cfg.objectives) if len(cfg.objectives) > 1 else ["accuracy", "params"]
     front_idx = pareto_front([[r[o] for o in objs] for r in rows], [o == "accuracy" for o in objs])
-    eligible = [r for r in rows if cfg.max_params is None or r["params"] <= cfg.max_params] or rows
-    best = max(eligible, key=lambda r: (r["accuracy"], -r["params"]))
+    eligible = [r for r in rows if cfg.max_params is None or r["params"] <= cfg.max_params]
+    if eligible:
+        best = max(eligible, key=lambda r: (r["accuracy"], -r["params"]))
+    else:  # nothing within the cap: the trial nearest to it (best capped score), within_cap False
+        best = max(rows, key=lambda r: capped_score(r["accuracy"], r["params"], cfg.max_params))
     return NASResult(study.study_name, best, [rows[i] for i in front_idx], rows)
 
 
