@@ -216,3 +216,26 @@ def test_torch_file_with_non_dense_tensors_is_refused(tmp_path, kind):
     torch.save(state, path)
     with pytest.raises(UnsafeFileError, match=rf"w\.pt: entry 'fc3.weight' is a {kind}"):
         slim_io.load(path, model=model)
+
+
+def test_torch_zip_with_compressed_records_is_refused_before_inflating(tmp_path):
+    # torch.save stores records uncompressed, but torch.load inflates deflated ones: a 390 KB
+    # hand-made .pt held a 400 MB tensor (1.3 GB peak RSS before any check could run).
+    import io
+    import zipfile
+
+    model = build_model("lenet300", image_size=8)
+    plain = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), plain)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    with pytest.raises(UnsafeFileError, match=r"bomb\.pt holds \d+ compressed zip record"):
+        slim_io.load(bomb, model=model)
+    assert {i.compress_type for i in zipfile.ZipFile(plain).infolist()} == {zipfile.ZIP_STORED}
+    slim_io.load(plain, model=model)  # what torch.save writes still loads
+    legacy = io.BytesIO()
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    (tmp_path / "legacy.pt").write_bytes(legacy.getvalue())
+    slim_io.load(tmp_path / "legacy.pt", model=model)

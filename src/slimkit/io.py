@@ -209,8 +209,30 @@ def _torch_reason(exc: BaseException) -> str:
     return line[:200]
 
 
+def _refuse_compressed_zip(path: str | os.PathLike[str]) -> None:
+    """torch.save stores zip records uncompressed, but torch.load inflates deflated ones: a
+    390 KB hand-made file held a 400 MB tensor. Refuse compressed records before torch reads."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip (a legacy pickle) or a broken one: torch.load reports it
+    packed = [i for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        big = max(packed, key=lambda i: i.file_size)
+        raise UnsafeFileError(
+            f"{path} holds {len(packed)} compressed zip record(s) (e.g. {big.filename!r}: "
+            f"{big.file_size:,} bytes from {big.compress_size:,}); torch.save never compresses "
+            "them and slimkit refuses them so a small file cannot inflate to gigabytes. Re-save "
+            "the weights with torch.save(model.state_dict()) or safetensors"
+        )
+
+
 def load_torch_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a user ``.pt`` state dict with ``torch.load(weights_only=True)``; no fallback."""
+    _refuse_compressed_zip(path)
     try:
         # A file object, not the path: torch.load hands a path ending in .safetensors to
         # safetensors, and this function only reads torch.save files.
