@@ -39,7 +39,7 @@ def nas_cmd(
         n_trials=trials,
         epochs=epochs,
         max_params=max_params,
-        objectives=tuple(objectives.split(",")),
+        objectives=tuple(o.strip() for o in objectives.split(",")),
         seed=seed,
     )
     result = nas(

@@ -78,6 +78,12 @@ class NASConfig(SlimConfig):
                 f"objectives must start with 'accuracy' and use only {list(OBJECTIVES)}, "
                 f"but got {list(self.objectives)}"
             )
+        repeated = sorted({o for o in self.objectives if self.objectives.count(o) > 1})
+        if repeated:
+            raise ConfigError(
+                f"objectives must each appear once, but got {list(self.objectives)} "
+                f"({repeated} repeated); list each objective once, e.g. accuracy,params"
+            )
         if self.max_params is not None:
             check_int("max_params", self.max_params, 1, 10**12)
             if len(self.objectives) > 1:
