@@ -132,3 +132,19 @@ def test_a_searched_rank_factors_the_layer_then_prunes_and_quantizes_both_factor
     both = torch.cat([first.weight.flatten(), second.weight.flatten()])
     assert float((both == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
     assert first.weight.unique().numel() <= 8 and second.weight.unique().numel() <= 8
+
+
+def test_auto_cli_checks_the_drop_in_points_and_the_model_size_before_any_work(tmp_path, capsys):
+    from slimkit.cli import main
+
+    model = tmp_path / "digits.safetensors"
+    argv = ["train", "lenet300", "--dataset", "digits", "--epochs", "1", "--out", str(model)]
+    assert main(argv) == 0
+    out = tmp_path / "auto"
+    auto = ["search", "auto", str(model), "--out", str(out), "--max-bytes", "1000"]
+    assert main([*auto, "--dataset", "digits", "--max-accuracy-drop", "-1"]) == 2
+    assert "in percentage points and must be in 0..100, but got -1" in capsys.readouterr().err
+    # an 8x8 model fed MNIST failed in torch's first matmul
+    assert main([*auto, "--dataset", "mnist5k"]) == 2
+    assert "takes 8x8 images, but --dataset mnist5k gives 28x28" in capsys.readouterr().err
+    assert not out.exists()

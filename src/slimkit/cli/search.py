@@ -122,11 +122,17 @@ def auto_cmd(
     seed: int = typer.Option(0),
 ):
     """Search per-layer sparsity, bits (and ranks) to meet a size/latency budget."""
-    from slimkit.cli.common import load_data, load_model
+    from slimkit.cli.common import load_data, load_model_for
+    from slimkit.errors import ConfigError
     from slimkit.search.autocompress import AutoCompressConfig, auto_compress
 
+    if not 0 <= max_accuracy_drop <= 100:  # the config takes a fraction; name the option's unit
+        raise ConfigError(
+            f"--max-accuracy-drop is in percentage points and must be in 0..100, but got "
+            f"{max_accuracy_drop:g}; e.g. --max-accuracy-drop 0.5 allows half a point"
+        )
     data = load_data(dataset)
-    m = load_model(model)
+    m = load_model_for(model, dataset)
     cfg = AutoCompressConfig(
         max_bytes=max_bytes,
         max_latency_ms=max_latency_ms,
