@@ -80,6 +80,9 @@ def hpo_cmd(
     pruner: str = typer.Option("median", help="median | hyperband | none"),
     space: Path = typer.Option(None, help="YAML: {lr: {low, high, log}, batch_size: [..], ...}"),
     seed: int = typer.Option(0),
+    teacher: str = typer.Option(
+        None, help="trained model file or .onnx: trials distill from it (tune temperature, alpha)"
+    ),
 ):
     """Tune training (and compression) hyperparameters with TPE and early pruning."""
     from slimkit.search import HPOConfig, hpo
@@ -91,6 +94,7 @@ def hpo_cmd(
         "n_trials": trials,
         "pruner": pruner,
         "seed": seed,
+        "teacher": teacher,
     }
     if space:
         kwargs["space"] = read_yaml(space, "hpo space")

@@ -9,7 +9,9 @@ A parameter is declared as a list (categorical) or ``{low, high, log}`` (float r
              "sparsity": {"low": 0.5, "high": 0.95}, "bits": [2, 3, 4, 8]}
 
 The objective trains the zoo model with the trial's values, reports accuracy after every epoch
-(so the pruner can stop a bad trial), then, when ``sparsity``/``bits`` are in the space, prunes
+(so the pruner can stop a bad trial); with a ``teacher`` (a trained slimkit model file or .onnx)
+it trains by logit distillation instead, at the trial's ``temperature``/``alpha`` (which need
+one), and records the student's top-1 agreement with the teacher. Then, when ``sparsity``/``bits`` are in the space, prunes
 (magnitude) and quantizes (k-means) it and reports accuracy and bytes of the written artifact.
 """
 
@@ -118,6 +120,7 @@ class HPOConfig(SlimConfig):
     seed: int = 0
     max_batches: int | None = None
     sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher: str | None = None  # trained model file or .onnx: trials train by logit KD
 
     def validate(self) -> None:
         from slimkit.models.zoo import zoo_names
@@ -127,6 +130,17 @@ class HPOConfig(SlimConfig):
         if self.model not in zoo_names():
             raise ConfigError(f"unknown zoo model {self.model!r}; valid names are {zoo_names()}")
         check_space(self.space)
+        kd = sorted(k for k in ("temperature", "alpha") if k in self.space)
+        if kd and self.teacher is None:
+            raise ConfigError(
+                f"hpo parameter(s) {kd} tune knowledge distillation, which needs a teacher; "
+                "pass --teacher <trained model file or .onnx> (HPOConfig.teacher), or drop them"
+            )
+        if self.teacher is not None and not Path(self.teacher).is_file():
+            raise ConfigError(
+                f"teacher {self.teacher!r} is not an existing file; pass a trained slimkit model "
+                "file (.safetensors / .slim) or an .onnx file"
+            )
         parse_enum(Strategy, self.strategy, "strategy")
         if self.max_batches is not None:
             check_int("max_batches", self.max_batches, 1, 10**9)
@@ -167,6 +181,8 @@ def make_objective(cfg: HPOConfig):
     from slimkit.models import build_model
     from slimkit.training import TrainConfig, evaluate_accuracy, train
 
+    teacher = _load_teacher(cfg)
+
     def objective(trial):
         p = suggest(trial, cfg.space)
         data = load_dataset(cfg.dataset, batch_size=int(p.get("batch_size", 64)), seed=cfg.seed)
@@ -186,7 +202,18 @@ def make_objective(cfg: HPOConfig):
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        train(model, data, tc, on_epoch_end=report, description="hpo trial")
+        if teacher is None:
+            train(model, data, tc, on_epoch_end=report, description="hpo trial")
+        else:
+            from slimkit.distillation import DistillConfig, LogitKD, agreement, distill
+
+            kd = LogitKD(
+                temperature=float(p.get("temperature", 4.0)), alpha=float(p.get("alpha", 0.9))
+            )
+            distill(
+                model, teacher, data, DistillConfig(losses=(kd,), train=tc), on_epoch_end=report
+            )
+            trial.set_user_attr("teacher_agreement", agreement(model, teacher, data.test))
         acc = evaluate_accuracy(model, data.test)
         trial.set_user_attr("dense_accuracy", acc)
         nbytes = compress_and_measure(model, p)
@@ -221,8 +248,17 @@ def compress_and_measure(model, p: dict[str, Any]) -> int | None:
         return int(slimformat.save(model, Path(tmp) / "m.slim"))
 
 
+def _load_teacher(cfg: HPOConfig):
+    """The KD teacher, loaded once for all trials (None without one)."""
+    if cfg.teacher is None:
+        return None
+    from slimkit.distillation import as_teacher
+
+    return as_teacher(cfg.teacher)
+
+
 def check_runs(cfg: HPOConfig) -> None:
-    """The dataset loads and the model runs on its images (ConfigError otherwise)."""
+    """The dataset loads and the model (and teacher) run on its images (ConfigError otherwise)."""
     import torch
 
     from slimkit.data import load_dataset
@@ -231,6 +267,18 @@ def check_runs(cfg: HPOConfig) -> None:
 
     data = load_dataset(cfg.dataset, seed=cfg.seed)
     model = build_model(cfg.model, image_size=data.input_shape[-1], seed=cfg.seed)
+    teacher = _load_teacher(cfg)
+    if teacher is not None:
+        try:
+            teacher(data.example_input(1))
+        except SlimkitError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"teacher {cfg.teacher!r} does not run on {cfg.dataset!r} images of shape "
+                f"{tuple(data.input_shape)}: {str(exc).splitlines()[0]}; pass a teacher trained "
+                "on that dataset"
+            ) from None
     try:
         with torch.no_grad():
             model.eval()(data.example_input(1))
