@@ -65,8 +65,10 @@ def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise NumericsError(
-                f"{source}: tensor {name!r} holds NaN or inf; refusing to load it. "
-                "Pass allow_nonfinite=True to load it anyway."
+                f"{source}: tensor {name!r} holds NaN or inf, so the model's outputs would too "
+                "(did its training diverge?); refusing to load it. Train or export it again; "
+                "to load it anyway for inspection, use slimkit.load(path, allow_nonfinite=True) "
+                "in Python"
             )
 
 
