@@ -32,8 +32,24 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> int:
-    """Write ``model`` to ``path`` (safetensors) atomically; return the bytes written."""
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    meta: dict[str, Any] | None = None,
+    *,
+    allow_nonfinite: bool = False,
+) -> int:
+    """Write ``model`` to ``path`` (safetensors) atomically; return the bytes written.
+
+    A model with NaN/inf weights is refused (``load`` would refuse the file) unless
+    ``allow_nonfinite``."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"save needs a torch nn.Module, but got {type(model).__name__}; for a plain dict of "
+            "tensors use safetensors.torch.save_file"
+        )
+    if meta is not None and not isinstance(meta, dict):
+        raise ConfigError(f"meta must be a dict of JSON values, but got {type(meta).__name__}")
     # One metadata key: safetensors writes its metadata map in hash order, so several keys
     # would make two saves of the same model differ byte for byte.
     manifest = {
@@ -42,7 +58,16 @@ def save(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | 
         "spec": model_spec.describe(model),
         "meta": meta or {},
     }
-    data = st_save(state_tensors(model), metadata={"slimkit": json.dumps(manifest, sort_keys=True)})
+    tensors = state_tensors(model)
+    if not allow_nonfinite:
+        check_finite(tensors, str(path), saving=True)
+    try:
+        text = json.dumps(manifest, sort_keys=True)
+    except TypeError as exc:
+        raise ConfigError(
+            f"meta must hold only JSON values (str, number, list, dict): {exc}"
+        ) from None
+    data = st_save(tensors, metadata={"slimkit": text})
     atomic.write_bytes(path, data)
     return len(data)
 
@@ -61,8 +86,14 @@ def read_safetensors(
     return tensors, header.get("__metadata__", {}) or {}
 
 
-def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+def check_finite(tensors: dict[str, torch.Tensor], source: str, saving: bool = False) -> None:
     for name, t in tensors.items():
+        if saving and t.is_floating_point() and not torch.isfinite(t).all():
+            raise NumericsError(
+                f"{source}: tensor {name!r} holds NaN or inf, so the model's outputs would too "
+                "(did its training diverge?) and load would refuse the file; nothing was "
+                "written. Train it again, or pass allow_nonfinite=True to save it anyway"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise NumericsError(
                 f"{source}: tensor {name!r} holds NaN or inf, so the model's outputs would too "
@@ -102,6 +133,12 @@ def load(
 
     if magic.startswith(slimformat.MAGIC):
         return slimformat.load(path, allow_nonfinite=allow_nonfinite)
+    if path.suffix.lower() == ".onnx":
+        raise ConfigError(
+            f"{path} is an ONNX file; slimkit.load reads slimkit model files (.safetensors, "
+            ".slim) and torch state dicts (.pt). Run an ONNX model with onnxruntime, or pass it "
+            "as a distillation teacher (--teacher model.onnx)"
+        )
     pickled = _pickle_kind(magic)
     if path.suffix.lower() == ".safetensors" and pickled is not None:
         # torch.load itself hands any path ending in .safetensors to safetensors, and the name

@@ -20,7 +20,7 @@ from torch import nn
 
 from slimkit.config import SlimConfig, check_int, check_range
 from slimkit.data.datasets import DataBundle
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, NumericsError
 from slimkit.progress import progress_bar
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,6 +62,19 @@ class TrainConfig(SlimConfig):
             )
         if self.max_batches is not None:
             check_int("max_batches", self.max_batches, 1, 10**9)
+        check_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.bf16, bool):
+            raise ConfigError(f"bf16 must be true or false, but got {self.bf16!r}")
+        try:
+            kind = torch.device(self.device).type if isinstance(self.device, str) else None
+        except RuntimeError:
+            kind = None
+        if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
+            raise ConfigError(
+                f"device must be 'cpu', or 'cuda' on a machine with a CUDA GPU, but got "
+                f"{self.device!r}" + (" and this machine has none" if kind == "cuda" else "")
+            )
 
 
 def make_optimizer(
@@ -92,7 +105,11 @@ def train(
 
     ``extra_params`` are optimized together with the model (e.g. the adapters a ``loss_fn`` owns).
     """
+    from slimkit.preconditions import check_fits, check_model
+
     cfg = cfg or TrainConfig()
+    check_model(model, description)
+    check_fits(model, data, description)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     model.to(device)
@@ -123,6 +140,12 @@ def train(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = model(x)
                     loss = loss_fn(model, x, y, logits) if loss_fn else F.cross_entropy(logits, y)
+                if not torch.isfinite(loss.detach()).all():
+                    raise NumericsError(
+                        f"{description}: the loss became {float(loss.detach()):g} at epoch {epoch + 1}, "
+                        f"step {i + 1}; the model would train to NaN. Lower the learning rate "
+                        f"(lr={cfg.lr:g}), or check the data and any teacher for NaN/inf"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.float().backward()
                 opt.step()

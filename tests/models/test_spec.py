@@ -61,7 +61,7 @@ def test_shapes_that_differ_from_the_file_name_the_tensors(lenet_spec):
         (lambda s: s["arch"].update(kwargs=[1]), "the spec's arch must be"),
         (
             lambda s: s["arch"]["kwargs"].update(in_channels=-1),
-            "zoo model 'lenet5' cannot be built",
+            "zoo model 'lenet5': in_channels must be an integer in 1..64, but got -1",
         ),
         (lambda s: s["tree"]["children"].update(fc1=[1]), "layer 'fc1': a spec node must be"),
         (

@@ -40,15 +40,6 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
-# What each method factorises (its candidates; the plan lists each one it considered).
-LAYER_KINDS = {
-    "svd": "Linear and 1x1 Conv2d layers",
-    "tucker": "ungrouped Conv2d layers with kernels larger than 1x1",
-    "cp": "ungrouped Conv2d layers with kernels larger than 1x1",
-    "depthwise": "ungrouped Conv2d layers with kernels larger than 1x1",
-}
-
-
 def _example(model, dataset: str):
     import torch
 
@@ -90,19 +81,6 @@ def register(app: typer.Typer) -> None:
         m.eval()
         example = data.example_input(1) if data is not None else _example(m, dataset)[:1]
         plan = decomposition_plan(m)
-        if not plan and method in LAYER_KINDS:
-            from slimkit.errors import TargetError
-
-            raise TargetError(
-                f"--method {method} found no layer to decompose in {model!r}: it factorises "
-                f"{LAYER_KINDS[method]}, and the model has none its targets allow; "
-                + (
-                    "use --method svd for Linear layers"
-                    if method != "svd"
-                    else "check --set targets=..."
-                )
-                + " (nothing was written)"
-            )
         print_table(
             f"{method} per layer",
             ["layer", "rank", "params before", "params after", "applied", "rel. error"],

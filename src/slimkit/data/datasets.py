@@ -81,15 +81,41 @@ def from_tensors(
     num_classes: int | None = None,
 ) -> DataBundle:
     """Wrap user tensors ``x: (N, ...)`` and integer labels ``y: (N,)`` as a DataBundle."""
+    raw_y = [torch.as_tensor(a) for a in (y_train, y_test)]
+    for label, y in zip(("train", "test"), raw_y):
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            raise ConfigError(
+                f"{label} labels must be whole class indices 0..C-1, but got fractional values "
+                f"such as {float(y[y != y.round()][0]):g}; pass integer labels"
+            )
     xs = [torch.as_tensor(a, dtype=torch.float32) for a in (x_train, x_test)]
-    ys = [torch.as_tensor(a, dtype=torch.int64) for a in (y_train, y_test)]
+    ys = [y.to(torch.int64) for y in raw_y]
     for label, x, y in (("train", xs[0], ys[0]), ("test", xs[1], ys[1])):
         if len(x) == 0 or len(x) != len(y):
             raise ConfigError(
                 f"{label} data must be non-empty with one label per sample, got {len(x)} samples and {len(y)} labels"
             )
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, but got {batch_size}")
+        if not torch.isfinite(x).all():
+            raise ConfigError(f"{label} inputs hold NaN or inf; clean or drop those samples")
+        if int(y.min()) < 0:
+            raise ConfigError(f"{label} labels must be class indices >= 0, but got {int(y.min())}")
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise ConfigError(
+            f"train and test samples must have the same shape, but got {tuple(xs[0].shape[1:])} "
+            f"and {tuple(xs[1].shape[1:])}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, but got {batch_size!r}")
+    if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
+        raise ConfigError(f"calib_samples must be an integer >= 1, but got {calib_samples!r}")
+    top = int(max(ys[0].max(), ys[1].max()).item())
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= top
+    ):
+        raise ConfigError(
+            f"num_classes must be an integer above the largest label ({top}), but got "
+            f"{num_classes!r}; pass num_classes={top + 1} or leave it out"
+        )
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(
         TensorDataset(xs[0], ys[0]), batch_size=batch_size, shuffle=True, generator=gen
@@ -97,7 +123,7 @@ def from_tensors(
     test = DataLoader(TensorDataset(xs[1], ys[1]), batch_size=256)
     n_cal = min(calib_samples, len(xs[0]))
     calib = DataLoader(TensorDataset(xs[0][:n_cal], ys[0][:n_cal]), batch_size=64)
-    classes = num_classes or int(max(ys[0].max(), ys[1].max()).item()) + 1
+    classes = num_classes or top + 1
     return DataBundle(name, train, test, calib, tuple(xs[0].shape[1:]), classes)
 
 
@@ -131,6 +157,11 @@ def load_dataset(
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; valid names are {dataset_names()}")
     xtr, ytr, xte, yte = DATASETS[name]()
+    for key, value in (("train_samples", train_samples), ("test_samples", test_samples)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"{key} must be an integer >= 1 (or None for all), but got {value!r}")
     if train_samples is not None:
         xtr, ytr = xtr[:train_samples], ytr[:train_samples]
     if test_samples is not None:

@@ -74,6 +74,17 @@ def to_onnx(
     Raises ParityError when the max |ORT - torch| over the example (and a batch of 3 copies,
     to exercise the dynamic batch) exceeds ``atol``.
     """
+    from slimkit.preconditions import check_model
+
+    check_model(model, "to_onnx")
+    if not isinstance(example_inputs, torch.Tensor) or not example_inputs.is_floating_point():
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            "to_onnx needs example_inputs as a float torch.Tensor of one input batch, e.g. "
+            f"torch.randn(1, 1, 28, 28), but got {type(example_inputs).__name__}"
+            + (f" of {example_inputs.dtype}" if isinstance(example_inputs, torch.Tensor) else "")
+        )
     if check and not (isinstance(atol, (int, float)) and 0 < atol < float("inf")):
         from slimkit.errors import ConfigError
 
@@ -105,5 +116,13 @@ def parity(
     for x in (example_inputs, torch.cat([example_inputs] * 3)):
         ref = model.eval()(x).float().numpy()
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy().astype(np.float32)})[0]
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            from slimkit.errors import NumericsError
+
+            side = "PyTorch" if not np.isfinite(ref).all() else "ONNX Runtime"
+            raise NumericsError(
+                f"{side}'s output for the example holds NaN or inf, so parity cannot be checked "
+                "and the exported model would be useless; check the weights and the example"
+            )
         worst = max(worst, float(np.abs(ref - got).max()))
     return worst

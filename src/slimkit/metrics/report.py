@@ -53,19 +53,30 @@ def evaluate(
 ) -> Measurement:
     """Measure ``model``: writes it (safetensors, ONNX) to ``workdir`` and times what it wrote."""
     from slimkit import io as slim_io
+    from slimkit.errors import ConfigError
     from slimkit.export.onnx import to_onnx
+    from slimkit.preconditions import check_model
     from slimkit.training import evaluate_accuracy
 
+    check_model(model, "evaluate")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
-        from slimkit.errors import ConfigError
-
         raise ConfigError(
             f"threads must be 1..256, but got {threads!r}; pass --threads N, e.g. the machine's "
             f"{os.cpu_count()} cores"
         )
+    unknown = [r for r in runners if r not in ("torch", "ort")]
+    if unknown or not runners:
+        raise ConfigError(
+            f"runners must be a non-empty subset of ['torch', 'ort'], but got {list(runners)}"
+        )
+    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+        raise ConfigError(f"batches must be batch sizes >= 1 such as (1, 64), but got {batches!r}")
     if example_input is None:
         if data is None:
-            raise ValueError("evaluate needs data or example_input")
+            raise ConfigError(
+                "evaluate needs data=<DataBundle> or example_input=<one input batch>, but got "
+                "neither"
+            )
         example_input = data.example_input(1)
     model = model.eval()
     with tempfile.TemporaryDirectory() as tmp:

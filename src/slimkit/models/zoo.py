@@ -287,6 +287,10 @@ def zoo_names() -> list[str]:
     return sorted(ZOO)
 
 
+# Whole-number options every builder takes, and the values that make a usable model.
+SIZE_RULES = {"num_classes": (1, 100_000), "in_channels": (1, 64), "image_size": (4, 1024)}
+
+
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name, e.g. ``build_model("lenet5", image_size=8, seed=0)``.
 
@@ -294,6 +298,14 @@ def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Modu
     """
     if name not in ZOO:
         raise ConfigError(f"unknown zoo model {name!r}; valid names are {zoo_names()}")
+    for key, (low, high) in SIZE_RULES.items():
+        value = kwargs.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            raise ConfigError(
+                f"zoo model {name!r}: {key} must be an integer in {low}..{high}, but got {value!r}"
+            )
     try:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:

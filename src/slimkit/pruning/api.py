@@ -17,6 +17,12 @@ PRUNERS = Registry("pruning")
 
 def prune_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     """Apply ``config`` to ``model`` in place and return it (handlers may take data=...)."""
+    from slimkit.preconditions import check_model, refuse_quantized
+
     handler = PRUNERS.lookup(config)
+    check_model(model, "prune_")
+    refuse_quantized(
+        model, "prune_", "prune first, then quantize: prune_(...), then quantize_(...)"
+    )
     result = handler(model, config, **kwargs)
     return model if result is None else result

@@ -85,6 +85,11 @@ def _network_slimming(
     example_inputs: torch.Tensor | None = None,
     **_: Any,
 ) -> nn.Module:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(
+            "NetworkSlimming ranks channels by their BatchNorm scale (gamma), but the model has "
+            "no BatchNorm layer; use ChannelPruning(criterion='l1') (--method channel) instead"
+        )
     if config.train.epochs > 0:
         if not hasattr(data, "train"):
             raise ConfigError(

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from slimkit.errors import ConfigError
 from slimkit.registry import Registry
 
 QUANTIZERS = Registry("quantization")
@@ -17,6 +18,17 @@ QUANTIZERS = Registry("quantization")
 
 def quantize_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     """Apply ``config`` to ``model`` in place and return it (handlers may take data=...)."""
+    from slimkit.preconditions import check_model
+
     handler = QUANTIZERS.lookup(config)
+    check_model(model, "quantize_")
+    int8 = [
+        n for n, m in model.named_modules() if "int8" in (getattr(m, "slimkit_quant", None) or {})
+    ]
+    if int8:
+        raise ConfigError(
+            f"quantize_: the model already holds int8 layers {int8[:5]}; quantizing them "
+            "again would drop it. Apply one quantizer to a float model"
+        )
     result = handler(model, config, **kwargs)
     return model if result is None else result

@@ -152,6 +152,7 @@ def auto_compress(
 ) -> AutoCompressResult:
     """Search compression settings for ``model``; the chosen artifact is ``out_dir/best.slim``."""
     from slimkit import atomic
+    from slimkit.preconditions import check_fits, check_model
     from slimkit.search.budget import GRID, choice_bytes, plan_budget
     from slimkit.search.compress_trial import compress_trial
     from slimkit.search.pareto import pareto_front
@@ -159,10 +160,14 @@ def auto_compress(
     from slimkit.training import evaluate_accuracy
 
     out = Path(out_dir)
-    atomic.output_dir(out / "trials")
-    dense_acc = evaluate_accuracy(model.eval(), data.test)
+    # Inputs first: a bad model, data or target writes nothing (no empty out/trials left).
+    check_model(model, "auto_compress")
+    check_fits(model, data, "auto_compress")
     layers = select_modules(model, cfg.targets, cfg.ignore, types=(nn.Linear, nn.Conv2d))
     plan = plan_budget(model, layers, cfg)
+    atomic.output_dir(out / "trials", create=False)
+    dense_acc = evaluate_accuracy(model.eval(), data.test)
+    atomic.output_dir(out / "trials")
     task = {"kind": "auto", "config": cfg.to_dict(), "groups": plan.groups}
     study = open_study(
         study_name, storage, ["maximize"], task, sampler=sampler or default_sampler(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit import atomic
+from slimkit.errors import ConfigError
 from slimkit.transformers.int8 import EncoderInt8
 from slimkit.transformers.structural import EncoderStructural
 
@@ -36,6 +37,19 @@ class MeasureConfig:
     batch_sizes: tuple[int, ...] = (1, 32)
     batches: int = 8  # timed batches per batch size and round
     rounds: int = 3
+
+    def __post_init__(self) -> None:
+        from slimkit.config import check_int
+
+        check_int("threads", self.threads, 1, 256)
+        check_int("batches", self.batches, 1, 100_000)
+        check_int("rounds", self.rounds, 1, 10_000)
+        if not isinstance(self.batch_sizes, tuple) or not self.batch_sizes:
+            raise ConfigError(
+                f"batch_sizes must be a non-empty tuple such as (1, 32), but got {self.batch_sizes!r}"
+            )
+        for b in self.batch_sizes:
+            check_int("batch_sizes entries", b, 1, 4096)
 
 
 def measure_onnx(

@@ -110,6 +110,16 @@ def embed(
     Batches are padded to their own longest sentence (sorted by length is not used, so the
     order of ``sentences`` is kept exactly).
     """
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    if not sentences:
+        raise ConfigError("sentences must be a non-empty list of strings, but got an empty list")
+    for name, value, low in (("max_length", max_length, 3), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(
+                f"{name} must be an integer >= {low}, but got {value!r}"
+                + ("; [CLS] and [SEP] take 2 tokens" if name == "max_length" else "")
+            )
     if isinstance(model, (str, os.PathLike)):
         model = ort_runner(model)
     out = []

@@ -1,0 +1,91 @@
+"""What every technique's entry point (``prune_``, ``quantize_``, ``decompose_``, ``train``,
+``distill``) checks first, so bad input is a slimkit error naming the rule, not an
+AttributeError or a shape error from deep inside torch, and never a silently ruined model:
+
+- ``check_model``: an ``nn.Module`` with real (not meta-device) weights, all finite;
+- ``refuse_quantized``: techniques that rewrite weights refuse layers already quantized (they
+  would move them off their grid, or replace them by float layers, and drop the record);
+- ``check_fits``: the model takes the data's inputs and has an output per class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import ConfigError, NumericsError
+
+QUANT_ATTR = "slimkit_quant"  # the record quantizers leave on a layer (slimkit.quantization.codes)
+
+
+def check_model(model: Any, call: str) -> nn.Module:
+    """``model`` is an nn.Module whose parameters hold real, finite values."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"{call} needs a torch nn.Module as the model, but got {type(model).__name__}; "
+            "build one with slimkit.build_model('lenet5') or load one with slimkit.load(path)"
+        )
+    for name, p in model.named_parameters():
+        if p.is_meta:
+            raise ConfigError(
+                f"{call}: weight {name!r} is on the meta device (a shape without values); "
+                "load or initialise real weights first (slimkit.load(path) or build_model)"
+            )
+        if p.is_floating_point() and not torch.isfinite(p.detach()).all():
+            layer, _, leaf = name.rpartition(".")
+            raise NumericsError(
+                f"{call}: layer {layer or '(root)'!r} has NaN/inf in its {leaf}, so every "
+                "result from it would too (did its training diverge?); train it again or load "
+                "a finite model"
+            )
+    return model
+
+
+def quantized_layers(model: nn.Module) -> list[str]:
+    """Names of the layers a quantizer has already recorded (weights on a grid, int8 layers)."""
+    return [n for n, m in model.named_modules() if isinstance(getattr(m, QUANT_ATTR, None), dict)]
+
+
+def refuse_quantized(model: nn.Module, call: str, fix: str) -> None:
+    """``call`` would undo the quantization of some layer: refuse, naming it and the order."""
+    names = quantized_layers(model)
+    if names:
+        raise ConfigError(
+            f"{call} would rewrite layer(s) {names[:5]} that are already quantized (their "
+            f"weights would leave the quantization grid, or the layer become float again); {fix}"
+        )
+
+
+def check_fits(model: nn.Module, data: Any, call: str) -> None:
+    """One forward pass on a sample of ``data`` (a DataBundle): the model takes its inputs and
+    gives at least ``num_classes`` outputs. Eval mode, no gradients: no state changes."""
+    if not all(hasattr(data, a) for a in ("train", "test", "example_input")):
+        raise ConfigError(
+            f"{call} needs a DataBundle as data (slimkit.load_dataset('digits') or "
+            f"slimkit.data.from_tensors(...)), but got {type(data).__name__}"
+        )
+    x = data.example_input(1)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"{call}: the model does not take the data's inputs of shape {tuple(x.shape)} "
+            f"({str(exc).splitlines()[0]}); use a model built for these images "
+            f"(build_model(name, image_size={x.shape[-1]}, in_channels={x.shape[1]}))"
+            if x.dim() == 4
+            else f"{call}: the model does not take the data's inputs of shape "
+            f"{tuple(x.shape)} ({str(exc).splitlines()[0]})"
+        ) from None
+    finally:
+        model.train(was_training)
+    classes = getattr(data, "num_classes", None)
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and isinstance(classes, int):
+        if out.shape[1] < classes:
+            raise ConfigError(
+                f"{call}: the model has {out.shape[1]} outputs, but the data has {classes} "
+                f"classes; build it with num_classes={classes}"
+            )
