@@ -47,8 +47,14 @@ def test_nan_weights_and_a_nan_teacher_are_refused_not_spread(digits, tmp_path):
         sk.train(_nan_model(), digits, ONE_STEP)
     student = _lenet300()
     cfg = DistillConfig(train=ONE_STEP)
-    with pytest.raises(NumericsError, match="the loss became nan at epoch 1, step 1"):
+    with pytest.raises(NumericsError, match="the teacher's outputs hold NaN or inf"):
         sk.distill(student, _nan_model(), digits, cfg)
+    with pytest.raises(
+        ConfigError, match=r"teacher gives outputs of shape \(2, 5\) but the student \(2, 10\)"
+    ):
+        sk.distill(student, _lenet300(num_classes=5), digits, cfg)
+    with pytest.raises(ConfigError, match="the teacher does not take the data's inputs"):
+        sk.distill(student, sk.build_model("lenet300"), digits, cfg)
     # export's parity check took max(0.0, nan) = 0.0 and wrote the file
     path = tmp_path / "nan.onnx"
     with pytest.raises(NumericsError, match="NaN/inf"):

@@ -252,12 +252,17 @@ def distill(
             "a CachedTeacher memoises outputs per input, but augment warps every batch anew, so "
             "nothing would be reused; pass the teacher itself when augment is set"
         )
-    loss = DistillLoss(student, teacher, config.losses)
+    from slimkit.preconditions import check_fits, check_model
+
+    check_model(student, "distill (student)")
+    loss = DistillLoss(student, teacher, config.losses)  # checks the layer pairs first
     device = torch.device(config.train.device)
     student.to(device)
     if loss.teacher.module is not None:
         loss.teacher.module.to(device)
     try:
+        check_fits(student, data, "distill (student)")
+        _check_teacher(loss.teacher, student, data)
         example = data.example_input(2).to(device)
         data = augment_bundle(data, config.augment, seed=config.train.seed)
         with loss.attached():
@@ -276,6 +281,34 @@ def distill(
     finally:
         loss.teacher.close()
     return student
+
+
+def _check_teacher(teacher: Any, student: nn.Module, data: DataBundle) -> None:
+    """The teacher takes the data's inputs, gives finite logits, one per student output."""
+    x = data.example_input(2)
+    try:
+        t_out = teacher(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"distill: the teacher does not take the data's inputs of shape {tuple(x.shape)} "
+            f"({str(exc).splitlines()[0]}); pass a teacher trained on this dataset"
+        ) from None
+    was_training = student.training
+    with torch.no_grad():
+        s_out = student.eval()(x)
+    student.train(was_training)
+    if tuple(t_out.shape) != tuple(s_out.shape):
+        raise ConfigError(
+            f"distill: the teacher gives outputs of shape {tuple(t_out.shape)} but the student "
+            f"{tuple(s_out.shape)}; logit distillation needs the same classes on both sides"
+        )
+    if not torch.isfinite(t_out).all():
+        from slimkit.errors import NumericsError
+
+        raise NumericsError(
+            "distill: the teacher's outputs hold NaN or inf, so the student would learn NaN; "
+            "check the teacher's weights (slimkit.load refuses NaN files) and the data"
+        )
 
 
 @DISTILLERS.register(DistillConfig)
