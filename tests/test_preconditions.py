@@ -137,3 +137,15 @@ def test_data_training_and_loading_values_are_checked(tmp_path):
     onnx_file.write_bytes(b"\x08\x07")
     with pytest.raises(ConfigError, match="is an ONNX file"):
         sk.load(onnx_file)
+
+
+def test_value_dependent_control_flow_warns_on_export(tmp_path):
+    # the traced branch was kept silently; parity feeds only copies of the example
+    from slimkit.export.onnx import ControlFlowWarning
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else -x
+
+    with pytest.warns(ControlFlowWarning, match="always takes the branch the example took"):
+        to_onnx(Branchy(), tmp_path / "b.onnx", torch.ones(1, 4))

@@ -43,8 +43,8 @@ def export_bytes(
     model = model.eval()
     buf = io.BytesIO()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         torch.onnx.export(
             model,
             (example_inputs,),
@@ -56,7 +56,21 @@ def export_bytes(
             dynamo=dynamo,
             do_constant_folding=True,
         )
+    # The tracer runs the model once: a Python `if` on a tensor's values keeps the branch the
+    # example took, and parity (which feeds copies of the example) cannot see the other one.
+    if any("Python boolean" in str(w.message) for w in caught):
+        warnings.warn(
+            "the model's control flow depends on its input values (an `if` on a tensor); the "
+            "ONNX graph always takes the branch the example took, so other inputs may give "
+            "other results than PyTorch. Make the branch a tensor op (torch.where) to export it",
+            ControlFlowWarning,
+            stacklevel=3,
+        )
     return buf.getvalue()
+
+
+class ControlFlowWarning(UserWarning):
+    """An export traced through value-dependent Python control flow."""
 
 
 def to_onnx(
