@@ -512,8 +512,9 @@ def _decode_records(
 ) -> dict[str, torch.Tensor]:
     records = manifest["tensors"]
     done: dict[str, torch.Tensor] = {}
-    # Dense tensors first: quantized weights reference their scale/codebook buffers by name.
-    for rec in sorted(records, key=lambda r: r["encoding"] != "dense"):
+    # Every other record first: quantized weights reference their scale/codebook buffers by
+    # name, and those may be palette- or sparse-coded (a 256-entry 8-bit codebook is).
+    for rec in sorted(records, key=lambda r: r["encoding"] == "quant"):
         try:
             out = _decode_tensor(data, base, rec, done)
             if list(out.shape) != rec["shape"]:
