@@ -6,18 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from slimkit.errors import ConfigError
-
-# mkstemp creates files 0600 whatever the umask; artifacts get the mode a plain open() would
-# give them (0644 under the usual umask 022). Read once: os.umask can only be read by setting it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
 
 
 def output_dir(
@@ -43,23 +37,40 @@ def output_dir(
     return folder
 
 
-RUN_MARKERS = ("state.json", "checkpoints", "metrics.json", "model_fp32.onnx")
+RUN_MARKER = ".slimkit-run"  # written into every run folder; only slimkit writes this name
+
+
+def mark_run_folder(path: str | os.PathLike[str]) -> None:
+    """Mark ``path`` as a slimkit run folder, so a later run may write into it again."""
+    marker = Path(path) / RUN_MARKER
+    if not marker.exists():
+        write_json(marker, {"written_by": "slimkit", "note": "a slimkit run folder"})
+
+
+def _is_run_folder(folder: Path) -> bool:
+    if (folder / RUN_MARKER).is_file():
+        return True
+    try:  # a run from before the marker: its state.json is a mapping with the recipe digest
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "digest" in state and "finished" in state
 
 
 def refuse_foreign_folder(path: str | os.PathLike[str], flag: str = "--out") -> None:
-    """A run writes fixed names (model.onnx, report.html, ...) into its folder. A folder that
-    holds files but nothing a slimkit run leaves (``RUN_MARKERS``) is the user's: refused, so
-    their own model.onnx is not replaced. New, empty and earlier-run folders pass."""
+    """A run writes fixed names (model.onnx, checkpoints/, ...) into its folder. A folder that
+    holds files but is not a slimkit run folder (``RUN_MARKER``) is the user's: refused, so
+    their own model.onnx or checkpoints are not replaced. New and empty folders pass."""
     folder = Path(path)
-    if not folder.is_dir():
+    if not folder.is_dir() or _is_run_folder(folder):
         return
     names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    if names and not any(m in names for m in RUN_MARKERS):
+    if names:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise ConfigError(
             f"{flag} {str(folder)!r} already holds files slimkit did not write ({shown}); a run "
-            "writes model.onnx, metrics.json and more there and would replace them. Choose a "
-            "new or empty folder"
+            "writes model.onnx, metrics.json, checkpoints/ and more there and would replace "
+            "them. Choose a new or empty folder"
         )
 
 
@@ -79,16 +90,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final = check_writable(path)
     output_dir(final.parent, final)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        tmp_path = _new_temp(final)
     except OSError as exc:  # no permission, read-only disk, ...
         raise ConfigError(
             f"cannot write {str(final)!r}: {exc.strerror}; choose another path"
         ) from exc
-    try:
-        os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -102,6 +108,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temp(final: Path) -> Path:
+    """A new empty file beside ``final``. Created with mode 0666 so the kernel applies the
+    process's umask at that moment, as a plain open() would (mkstemp forces 0600)."""
+    for _ in range(100):
+        tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {final}")
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

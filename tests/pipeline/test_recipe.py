@@ -159,7 +159,7 @@ def test_resume_accepts_a_fix_to_the_failed_stage_but_not_to_a_finished_one(tiny
     changed_train = [{"train": {"epochs": 2, "lr": 0.003}}, stages[1]]
     recipe.write_text(yaml.safe_dump(tiny(stages=changed_train)))
     assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 2
-    assert "differs before its first unfinished stage (stages[1])" in capsys.readouterr().err
+    assert "resume only allows changes from stages[1] on" in capsys.readouterr().err
     recipe.write_text(yaml.safe_dump(tiny(stages=stages)))
     assert main(["compress", str(recipe), "--out", str(out), "--resume"]) == 0
     assert "resuming" in capsys.readouterr().out
@@ -173,6 +173,19 @@ def test_compress_refuses_a_folder_of_the_users_files(tiny, tmp_path, capsys):
     assert main(["compress", str(recipe), "--out", str(out)]) == 2
     assert "already holds files slimkit did not write (model.onnx)" in capsys.readouterr().err
     assert (out / "model.onnx").read_text() == "the user's own model"
+    # a checkpoints/ folder or a metrics.json of the user's own is no proof of a slimkit run:
+    # the run deleted checkpoints/ and replaced model.onnx
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "best_epoch_90.pt").write_text("the user's weights")
+    (out / "metrics.json").write_text("{}")
+    assert main(["compress", str(recipe), "--out", str(out)]) == 2
+    assert (out / "checkpoints" / "best_epoch_90.pt").exists()
+    capsys.readouterr()
+    run = tmp_path / "run"  # a slimkit run folder may be written again
+    assert main(["compress", str(recipe), "--out", str(run)]) == 0
+    (run / "checkpoints" / "mine.txt").write_text("kept")
+    assert main(["compress", str(recipe), "--out", str(run)]) == 0
+    assert (run / "checkpoints" / "mine.txt").exists()
 
 
 def test_a_folder_given_as_the_recipe_is_named_a_folder(tmp_path, capsys):

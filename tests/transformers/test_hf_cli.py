@@ -59,6 +59,7 @@ def test_hf_quantize_checks_keep_layers_and_the_out_folder_before_writing(tmp_pa
 def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
     import pytest
 
+    from slimkit import atomic
     from slimkit.transformers import api
 
     def fail(*_a, **_k):
@@ -71,10 +72,12 @@ def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
     assert not out.exists()  # the folder was new: removed with the fp32 ONNX inside
     out.mkdir()
     (out / "notes.txt").write_text("kept")
-    (out / "metrics.json").write_text("{}")  # an earlier run's folder
+    (out / "metrics.json").write_text("{}")
+    atomic.mark_run_folder(out)  # an earlier run's folder
     with pytest.raises(RuntimeError, match="boom"):
         api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".slimkit-run", "metrics.json", "notes.txt"]
 
 
 def test_hf_embed_refuses_a_blank_sentence(capsys):

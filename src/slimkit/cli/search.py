@@ -94,7 +94,8 @@ def hpo_cmd(
         "n_trials": trials,
         "pruner": pruner,
         "seed": seed,
-        "teacher": teacher,
+        # absolute: a worker in another folder reads the study's config and loads this path
+        "teacher": str(Path(teacher).resolve()) if teacher else None,
     }
     if space:
         kwargs["space"] = read_yaml(space, "hpo space")

@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -273,9 +272,9 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
     if done is None or state.get("prefix_digest") != recipe.digest(done):
         raise ConfigError(
             f"{out} was produced by a different recipe (digest {state.get('digest')} vs "
-            f"{recipe.digest()}), which differs before its first unfinished stage "
-            f"(stages[{done}]); resume only allows changes from that stage on. Restore the "
-            "recipe, or drop --resume to start over"
+            f"{recipe.digest()}) in its finished part: stages before stages[{done}], the model, "
+            "data, seed or measure settings were changed or removed; resume only allows changes "
+            f"from stages[{done}] on. Restore the recipe, or drop --resume to start over"
         )
     # Only unfinished stages changed (e.g. the stage that failed was fixed): keep the
     # finished ones, run the new rest.
@@ -298,7 +297,8 @@ def compress(
     plans: list[StagePlan] = recipe.validate_stages()
     from slimkit.pipeline.hf_stage import is_hf_recipe, run_hf_recipe
 
-    atomic.refuse_foreign_folder(out)
+    if not (resume and (Path(out) / STATE).exists()):  # --resume checks its state.json itself
+        atomic.refuse_foreign_folder(out)
 
     if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
         return run_hf_recipe(recipe, plans, out, log)
@@ -330,8 +330,11 @@ def _compress(
     # Load inputs before touching the folder: a bad model path or dataset writes nothing.
     data = load_data(recipe)
     model = load_model(recipe)
-    if is_main and state is None:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if is_main:
+        atomic.mark_run_folder(atomic.output_dir(out))
+    if is_main and state is None:  # a fresh run: drop an earlier run's checkpoints, only those
+        for old in (out / "checkpoints").glob("stage_*"):
+            old.unlink()
         (out / STATE).unlink(missing_ok=True)
     ckdir = out / "checkpoints"
     ctx = StageContext(recipe, data, out, reference=None, is_main=is_main)

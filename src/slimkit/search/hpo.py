@@ -139,7 +139,8 @@ class HPOConfig(SlimConfig):
         if self.teacher is not None and not Path(self.teacher).is_file():
             raise ConfigError(
                 f"teacher {self.teacher!r} is not an existing file; pass a trained slimkit model "
-                "file (.safetensors / .slim) or an .onnx file"
+                "file (.safetensors / .slim) or an .onnx file (a worker joining a study needs "
+                "the study's teacher at that same path)"
             )
         parse_enum(Strategy, self.strategy, "strategy")
         if self.max_batches is not None:

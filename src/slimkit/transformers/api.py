@@ -101,6 +101,7 @@ def compress_encoder(
     existed = os.path.isdir(out_dir)
     out = atomic.output_dir(out_dir)
     before = {p.name for p in out.iterdir()}
+    atomic.mark_run_folder(out)
     try:
         return _compress_encoder(folder, out, int8, structural, sentences, measure, log)
     except BaseException:
