@@ -56,6 +56,7 @@ def test_two_process_torchrun_job(tiny, tmp_path):
     assert train_row["stage"] == "train" and train_row["accuracy"] > 0.8
     # Only rank 0 wrote: one set of files, no temp leftovers from a second writer.
     assert sorted(p.name for p in out.iterdir()) == [
+        ".slimkit-run",
         "checkpoints",
         "metrics.json",
         "model.slim",
