@@ -149,3 +149,8 @@ def test_value_dependent_control_flow_warns_on_export(tmp_path):
 
     with pytest.warns(ControlFlowWarning, match="always takes the branch the example took"):
         to_onnx(Branchy(), tmp_path / "b.onnx", torch.ones(1, 4))
+
+
+def test_a_misspelled_keyword_is_refused_not_swallowed(digits):
+    with pytest.raises(ConfigError, match="unknown keyword argument dat=; did you mean data="):
+        sk.prune_(_lenet300(), sk.MagnitudePruning(sparsity=0.5), dat=digits)

@@ -17,6 +17,8 @@ from torch import nn
 
 from slimkit.errors import ConfigError, NumericsError
 
+# The keyword arguments technique handlers take (data=, example_inputs=, loss_fn=, show=).
+KNOWN_KWARGS = ("data", "example_inputs", "loss_fn", "show")
 QUANT_ATTR = "slimkit_quant"  # the record quantizers leave on a layer (slimkit.quantization.codes)
 
 
@@ -41,6 +43,17 @@ def check_model(model: Any, call: str) -> nn.Module:
                 "a finite model"
             )
     return model
+
+
+def check_kwargs(kwargs: dict[str, Any], call: str) -> None:
+    """A misspelled keyword (``dat=bundle``) was swallowed by the handlers' ``**_``."""
+    import difflib
+
+    for key in kwargs:
+        if key not in KNOWN_KWARGS:
+            near = difflib.get_close_matches(key, KNOWN_KWARGS, n=1)
+            hint = f"did you mean {near[0]}=?" if near else f"valid: {list(KNOWN_KWARGS)}"
+            raise ConfigError(f"{call} got an unknown keyword argument {key}=; {hint}")
 
 
 def quantized_layers(model: nn.Module) -> list[str]:

@@ -30,10 +30,11 @@ def decompose_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     A factorisation that finds no layer it takes is a TargetError, not a silent no-op; layers
     already quantized are refused (the float factors would drop their quantization)."""
     from slimkit.decomposition.base import decomposition_plan
-    from slimkit.preconditions import check_model, refuse_quantized
+    from slimkit.preconditions import check_kwargs, check_model, refuse_quantized
 
     handler = DECOMPOSERS.lookup(config)
     check_model(model, "decompose_")
+    check_kwargs(kwargs, "decompose_")
     refuse_quantized(model, "decompose_", "decompose first, then quantize the factors")
     before = decomposition_plan(model)
     result = handler(model, config, **kwargs)

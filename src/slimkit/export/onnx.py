@@ -58,7 +58,12 @@ def export_bytes(
         )
     # The tracer runs the model once: a Python `if` on a tensor's values keeps the branch the
     # example took, and parity (which feeds copies of the example) cannot see the other one.
-    if any("Python boolean" in str(w.message) for w in caught):
+    # torch's own modules (nn.LSTM checks its input sizes) trace such ifs on shapes: only the
+    # model's own code counts.
+    torch_dir = os.path.dirname(torch.__file__)
+    if any(
+        "Python boolean" in str(w.message) and not w.filename.startswith(torch_dir) for w in caught
+    ):
         warnings.warn(
             "the model's control flow depends on its input values (an `if` on a tensor); the "
             "ONNX graph always takes the branch the example took, so other inputs may give "

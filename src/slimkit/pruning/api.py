@@ -17,10 +17,11 @@ PRUNERS = Registry("pruning")
 
 def prune_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     """Apply ``config`` to ``model`` in place and return it (handlers may take data=...)."""
-    from slimkit.preconditions import check_model, refuse_quantized
+    from slimkit.preconditions import check_kwargs, check_model, refuse_quantized
 
     handler = PRUNERS.lookup(config)
     check_model(model, "prune_")
+    check_kwargs(kwargs, "prune_")
     refuse_quantized(
         model, "prune_", "prune first, then quantize: prune_(...), then quantize_(...)"
     )
