@@ -154,3 +154,35 @@ def test_value_dependent_control_flow_warns_on_export(tmp_path):
 def test_a_misspelled_keyword_is_refused_not_swallowed(digits):
     with pytest.raises(ConfigError, match="unknown keyword argument dat=; did you mean data="):
         sk.prune_(_lenet300(), sk.MagnitudePruning(sparsity=0.5), dat=digits)
+
+
+def test_api_arguments_of_the_wrong_kind_are_config_errors(tmp_path):
+    from slimkit.pipeline import from_yaml
+    from slimkit.search import HPOConfig, NASConfig
+    from slimkit.transformers.structural import EncoderStructural
+
+    for call, message in [
+        (lambda: NASConfig(sampler_options={"bogus": 1}), r"sampler_options \['bogus'\] are not"),
+        (lambda: NASConfig(sampler_options="x"), "sampler_options must be a mapping"),
+        (lambda: HPOConfig(dataset="imagenet"), "unknown dataset .imagenet."),
+        (lambda: sk.QATInt8(train={"epochs": 0}), "train.epochs must be >= 1"),
+        (lambda: EncoderStructural(keep_layers=5), "keep_layers must be a list"),
+        (lambda: from_yaml(123), "takes the recipe's YAML text"),
+        (lambda: sk.load(None), "load takes a file path"),
+        (
+            lambda: to_onnx(_lenet300(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8), opset=5),
+            "opset must be an integer in 11..20",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            call()
+
+
+def test_compress_takes_a_recipe_path(tmp_path):
+    from pathlib import Path
+
+    from slimkit.pipeline import compress
+
+    recipe = Path(__file__).parents[1] / "examples" / "quick_digits.yaml"
+    result = compress(str(recipe), tmp_path / "run", log=lambda _m: None)
+    assert (tmp_path / "run" / "model.slim").exists() and result.rows

@@ -122,6 +122,12 @@ def load(
 
     With ``model`` given, only the weights are loaded into it (strict).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"load takes a file path, but got {type(path).__name__}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model= must be an nn.Module to load the weights into, but got {type(model).__name__}"
+        )
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"no such file: {path}")

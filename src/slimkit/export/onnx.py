@@ -96,6 +96,14 @@ def to_onnx(
     from slimkit.preconditions import check_model
 
     check_model(model, "to_onnx")
+    top = 23 if dynamo else 20  # torch's TorchScript exporter stops at 20
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 11 <= opset <= top:
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            f"opset must be an integer in 11..{top}, but got {opset!r}; the default "
+            f"{DEFAULT_OPSET} suits ONNX Runtime"
+        )
     if not isinstance(example_inputs, torch.Tensor) or not example_inputs.is_floating_point():
         from slimkit.errors import ConfigError
 

@@ -255,6 +255,11 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None
 
 
 def from_yaml(text: str) -> Recipe:
+    if not isinstance(text, str):
+        raise ConfigError(
+            f"from_yaml takes the recipe's YAML text, but got {type(text).__name__}; for a file "
+            "use load_recipe(path)"
+        )
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -283,7 +283,7 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
 
 
 def compress(
-    recipe: Recipe,
+    recipe: Recipe | str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
     resume: bool = False,
@@ -294,6 +294,14 @@ def compress(
 
     ``stop_after`` (tests) ends the run after that stage index, as a crash would.
     """
+    if isinstance(recipe, (str, os.PathLike)):  # a recipe file's path
+        from slimkit.pipeline.recipe import load_recipe
+
+        recipe = load_recipe(recipe)
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(
+            f"compress takes a Recipe or a recipe file's path, but got {type(recipe).__name__}"
+        )
     plans: list[StagePlan] = recipe.validate_stages()
     from slimkit.pipeline.hf_stage import is_hf_recipe, run_hf_recipe
 

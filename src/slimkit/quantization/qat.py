@@ -54,6 +54,11 @@ class QATInt8(SlimConfig):
         object.__setattr__(self, "observer", parse_enum(ObserverKind, self.observer, "observer"))
         check_int("freeze_observers_epoch", self.freeze_observers_epoch, 0, 10_000)
         check_int("calib_samples", self.calib_samples, 1, 1_000_000)
+        if self.train.epochs < 1:
+            raise ConfigError(
+                "QATInt8 trains with fake quantization, so train.epochs must be >= 1, but got 0; "
+                "for int8 without training use StaticInt8"
+            )
         if self.freeze_observers_epoch > self.train.epochs:
             raise ConfigError(
                 f"freeze_observers_epoch must be <= train.epochs ({self.train.epochs}), but got "

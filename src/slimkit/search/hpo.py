@@ -143,6 +143,14 @@ class HPOConfig(SlimConfig):
                 "the study's teacher at that same path)"
             )
         parse_enum(Strategy, self.strategy, "strategy")
+        from slimkit.data import dataset_names
+        from slimkit.search.samplers import check_sampler_options
+
+        check_sampler_options(self.strategy, self.sampler_options)
+        if self.dataset not in dataset_names():
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; valid names are {dataset_names()}"
+            )
         if self.max_batches is not None:
             check_int("max_batches", self.max_batches, 1, 10**9)
         if self.pruner not in ("median", "hyperband", "none"):

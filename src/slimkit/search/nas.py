@@ -72,6 +72,14 @@ class NASConfig(SlimConfig):
         check_int("n_trials", self.n_trials, 1, 100_000)
         check_range("lr", self.lr, 0.0, 10.0, low_open=True)
         parse_enum(Strategy, self.strategy, "strategy")
+        from slimkit.data import dataset_names
+        from slimkit.search.samplers import check_sampler_options
+
+        check_sampler_options(self.strategy, self.sampler_options)
+        if self.dataset not in dataset_names():
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; valid names are {dataset_names()}"
+            )
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if not self.objectives or bad or self.objectives[0] != "accuracy":
             raise ConfigError(

@@ -130,6 +130,11 @@ class EncoderStructural(SlimConfig):
             raise ConfigError(
                 f"ffn_criterion must be one of {list(FFN_CRITERIA)}, but got {self.ffn_criterion!r}"
             )
+        if not isinstance(self.keep_layers, (tuple, list)):
+            raise ConfigError(
+                f"keep_layers must be a list of layer indices such as (0, 2, 4), but got "
+                f"{self.keep_layers!r}"
+            )
         if len(set(self.keep_layers)) != len(self.keep_layers) or any(
             isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.keep_layers
         ):
