@@ -87,19 +87,19 @@ def read_safetensors(
 
 
 def check_finite(tensors: dict[str, torch.Tensor], source: str, saving: bool = False) -> None:
+    """NaN/inf in a model file is refused: on load, and on save (load would refuse the file)."""
     for name, t in tensors.items():
-        if saving and t.is_floating_point() and not torch.isfinite(t).all():
-            raise NumericsError(
-                f"{source}: tensor {name!r} holds NaN or inf, so the model's outputs would too "
-                "(did its training diverge?) and load would refuse the file; nothing was "
-                "written. Train it again, or pass allow_nonfinite=True to save it anyway"
-            )
         if t.is_floating_point() and not torch.isfinite(t).all():
+            fix = (
+                "load would refuse the file; nothing was written. Train it again, or pass "
+                "allow_nonfinite=True to save it anyway"
+                if saving
+                else "refusing to load it. Train or export it again; to load it anyway for "
+                "inspection, use slimkit.load(path, allow_nonfinite=True) in Python"
+            )
             raise NumericsError(
                 f"{source}: tensor {name!r} holds NaN or inf, so the model's outputs would too "
-                "(did its training diverge?); refusing to load it. Train or export it again; "
-                "to load it anyway for inspection, use slimkit.load(path, allow_nonfinite=True) "
-                "in Python"
+                f"(did its training diverge?); {fix}"
             )
 
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from slimkit.errors import ConfigError, NumericsError
+from slimkit.quantization.codes import QUANT_ATTR  # the record quantizers leave on a layer
 
 # The keyword arguments technique handlers take (data=, example_inputs=, loss_fn=, show=).
 KNOWN_KWARGS = ("data", "example_inputs", "loss_fn", "show")
-QUANT_ATTR = "slimkit_quant"  # the record quantizers leave on a layer (slimkit.quantization.codes)
 
 
 def check_model(model: Any, call: str) -> nn.Module:
@@ -61,6 +61,11 @@ def quantized_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(getattr(m, QUANT_ATTR, None), dict)]
 
 
+def int8_layers(model: nn.Module) -> list[str]:
+    """Names of the layers holding int8 quantization (StaticInt8, QATInt8, DynamicInt8)."""
+    return [n for n, m in model.named_modules() if "int8" in (getattr(m, QUANT_ATTR, None) or {})]
+
+
 def refuse_quantized(model: nn.Module, call: str, fix: str) -> None:
     """``call`` would undo the quantization of some layer: refuse, naming it and the order."""
     names = quantized_layers(model)
@@ -85,13 +90,15 @@ def check_fits(model: nn.Module, data: Any, call: str) -> None:
         with torch.no_grad():
             out = model.eval()(x)
     except (RuntimeError, ValueError, IndexError) as exc:
+        fix = (
+            f"; use a model built for these images (build_model(name, "
+            f"image_size={x.shape[-1]}, in_channels={x.shape[1]}))"
+            if x.dim() == 4
+            else ""
+        )
         raise ConfigError(
             f"{call}: the model does not take the data's inputs of shape {tuple(x.shape)} "
-            f"({str(exc).splitlines()[0]}); use a model built for these images "
-            f"(build_model(name, image_size={x.shape[-1]}, in_channels={x.shape[1]}))"
-            if x.dim() == 4
-            else f"{call}: the model does not take the data's inputs of shape "
-            f"{tuple(x.shape)} ({str(exc).splitlines()[0]})"
+            f"({str(exc).splitlines()[0]}){fix}"
         ) from None
     finally:
         model.train(was_training)

@@ -109,7 +109,9 @@ def train(
 
     cfg = cfg or TrainConfig()
     check_model(model, description)
-    check_fits(model, data, description)
+    # A DistributedDataParallel wrapper's forward runs collectives (buffer broadcast): probe
+    # the module inside it, which needs no other rank.
+    check_fits(getattr(model, "module", model), data, description)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     model.to(device)

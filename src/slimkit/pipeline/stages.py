@@ -290,7 +290,9 @@ def _zero_keeper(model: nn.Module) -> Callable[[nn.Module], None] | None:
 
 
 def _is_weight_quantized(model: nn.Module) -> bool:
-    return any(isinstance(getattr(m, "slimkit_quant", None), dict) for m in model.modules())
+    from slimkit.preconditions import quantized_layers
+
+    return bool(quantized_layers(model))
 
 
 def _need_data(ctx: StageContext) -> DataBundle:

@@ -18,14 +18,12 @@ QUANTIZERS = Registry("quantization")
 
 def quantize_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     """Apply ``config`` to ``model`` in place and return it (handlers may take data=...)."""
-    from slimkit.preconditions import check_kwargs, check_model
+    from slimkit.preconditions import check_kwargs, check_model, int8_layers
 
     handler = QUANTIZERS.lookup(config)
     check_model(model, "quantize_")
     check_kwargs(kwargs, "quantize_")
-    int8 = [
-        n for n, m in model.named_modules() if "int8" in (getattr(m, "slimkit_quant", None) or {})
-    ]
+    int8 = int8_layers(model)
     if int8:
         raise ConfigError(
             f"quantize_: the model already holds int8 layers {int8[:5]}; quantizing them "
