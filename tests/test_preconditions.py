@@ -186,3 +186,11 @@ def test_compress_takes_a_recipe_path(tmp_path):
     recipe = Path(__file__).parents[1] / "examples" / "quick_digits.yaml"
     result = compress(str(recipe), tmp_path / "run", log=lambda _m: None)
     assert (tmp_path / "run" / "model.slim").exists() and result.rows
+
+
+def test_export_keeps_the_models_mode_and_distill_refuses_itself(digits, tmp_path):
+    model = _lenet300().train()
+    to_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    assert model.training  # export left the caller's model in eval mode
+    with pytest.raises(ConfigError, match="the teacher is the student itself"):
+        sk.distill(model, model, digits, DistillConfig(train=ONE_STEP))

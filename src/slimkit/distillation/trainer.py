@@ -255,6 +255,11 @@ def distill(
     from slimkit.preconditions import check_fits, check_model
 
     check_model(student, "distill (student)")
+    if teacher is student:
+        raise ConfigError(
+            "distill: the teacher is the student itself, so there is nothing to learn; pass a "
+            "trained model (or copy.deepcopy(student) to distill from its current state)"
+        )
     loss = DistillLoss(student, teacher, config.losses)  # checks the layer pairs first
     device = torch.device(config.train.device)
     student.to(device)

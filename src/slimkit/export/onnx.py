@@ -119,8 +119,12 @@ def to_onnx(
             f"atol (the parity tolerance) must be a positive number, but got {atol!r}; "
             "pass e.g. --atol 1e-4 (float32 graphs) or 1e-2 (quantized graphs)"
         )
-    data = export_bytes(model, example_inputs, opset=opset, dynamo=dynamo)
-    diff = parity(model, data, example_inputs) if check else float("nan")
+    was_training = model.training  # export and parity run in eval mode; give it back as it came
+    try:
+        data = export_bytes(model, example_inputs, opset=opset, dynamo=dynamo)
+        diff = parity(model, data, example_inputs) if check else float("nan")
+    finally:
+        model.train(was_training)
     if check and not diff <= atol:
         raise ParityError(
             f"ONNX export disagrees with PyTorch: max |diff| = {diff:.3g} > tolerance {atol:g}. "
