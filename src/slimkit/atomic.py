@@ -74,21 +74,21 @@ def refuse_foreign_folder(path: str | os.PathLike[str], flag: str = "--out") -> 
         )
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
+def check_writable(path: str | os.PathLike[str], *, create: bool = False) -> Path:
     """Refuse, before any work, a file path that :func:`atomic_path` could not write (a folder,
-    or a file in the way of its folder); writes nothing. Long commands call this up front."""
+    or a file in the way of its folder). Writes nothing unless ``create`` (make its folder);
+    long commands call this up front, atomic_path with ``create=True``."""
     final = Path(path)
     if final.is_dir():
         raise ConfigError(f"cannot write {str(final)!r}: it is a folder; name a file inside it")
-    output_dir(final.parent, final, create=False)
+    output_dir(final.parent, final, create=create)
     return final
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``."""
-    final = check_writable(path)
-    output_dir(final.parent, final)
+    final = check_writable(path, create=True)
     try:
         tmp_path = _new_temp(final)
     except OSError as exc:  # no permission, read-only disk, ...

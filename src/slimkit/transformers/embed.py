@@ -55,8 +55,8 @@ def sentence_encoder(encoder: Any) -> SentenceEncoder:
     return SentenceEncoder(encoder.model, encoder.pooling, encoder.normalize).eval()
 
 
-def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest sentence; sentences past ``max_length`` tokens are cut with a warning."""
+def _sentence_list(sentences: Sequence[str] | str) -> Sequence[str]:
+    """One string becomes a list of one; an empty list or a non-string entry is a ConfigError."""
     if isinstance(sentences, str):
         sentences = [sentences]
     if not sentences:
@@ -64,6 +64,12 @@ def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[
     bad = [s for s in sentences if not isinstance(s, str)]
     if bad:
         raise ConfigError(f"sentences must be strings, but got {type(bad[0]).__name__}: {bad[0]!r}")
+    return sentences
+
+
+def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence; sentences past ``max_length`` tokens are cut with a warning."""
+    sentences = _sentence_list(sentences)
     lengths = [len(ids) for ids in tokenizer(list(sentences), add_special_tokens=True)["input_ids"]]
     too_long = [i for i, n in enumerate(lengths) if n > max_length]
     if too_long:
@@ -110,10 +116,7 @@ def embed(
     Batches are padded to their own longest sentence (sorted by length is not used, so the
     order of ``sentences`` is kept exactly).
     """
-    if isinstance(sentences, str):
-        sentences = [sentences]
-    if not sentences:
-        raise ConfigError("sentences must be a non-empty list of strings, but got an empty list")
+    sentences = _sentence_list(sentences)
     for name, value, low in (("max_length", max_length, 3), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(
