@@ -33,6 +33,17 @@ def test_no_match_lists_near_matches():
         select_modules(m, targets=["re:("])
 
 
+def test_ignore_typo_is_an_error_but_any_real_layer_may_be_ignored():
+    m = build_model("lenet5")
+    # a misspelled ignore used to match nothing silently, so the layer was compressed anyway
+    with pytest.raises(TargetError, match=r"ignore 'fc9' matches no layer; near matches"):
+        select_modules(m, ignore=["fc9"])
+    with pytest.raises(TargetError, match=r"'re:head.\*' matches no layer; the model's layers are"):
+        select_modules(m, ignore=["re:head.*"])
+    # a layer this technique would skip anyway (a Conv for a Linear-only method) is fine
+    assert list(select_modules(m, ignore=["conv1"], types=(nn.Linear,))) == ["fc1", "fc2"]
+
+
 def test_get_and_set_module():
     m = build_model("resnet", image_size=8)
     conv = get_module(m, "layers.0.conv1")
@@ -41,6 +52,9 @@ def test_get_and_set_module():
     assert isinstance(get_module(m, "layers.0.conv1"), nn.Identity)
     with pytest.raises(TargetError, match="near matches"):
         get_module(m, "layers.0.conv9")
+    # nothing close: the model's layer names instead of an empty list
+    with pytest.raises(TargetError, match=r"'zzz'; the model's layers are: \['stem'"):
+        get_module(m, "zzz")
 
 
 def test_range_errors_state_rule_and_value():

@@ -20,3 +20,14 @@ def test_bf16_autocast_and_sgd(digits):
     m = build_model("lenet5", image_size=8)
     train(m, digits, TrainConfig(epochs=1, lr=0.05, optimizer="sgd", bf16=True, max_batches=10))
     assert evaluate_accuracy(m, digits.test) > 0.2
+
+
+def test_momentum_is_adamw_beta1_and_sgd_momentum():
+    from slimkit.training import make_optimizer
+
+    m = build_model("lenet300", image_size=8)
+    # it used to be ignored by AdamW; the default 0.9 is torch's default beta1
+    assert make_optimizer(m, TrainConfig()).param_groups[0]["betas"] == (0.9, 0.999)
+    assert make_optimizer(m, TrainConfig(momentum=0.5)).param_groups[0]["betas"] == (0.5, 0.999)
+    sgd = make_optimizer(m, TrainConfig(optimizer="sgd", momentum=0.5))
+    assert sgd.param_groups[0]["momentum"] == 0.5

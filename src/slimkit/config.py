@@ -166,6 +166,13 @@ def select_modules(
             chosen[n] = candidates[n]
     if not targets:
         chosen = dict(candidates)
+    if ignore:
+        # An ignore pattern must name some layer of the model (of any type: ignoring a layer
+        # this technique skips anyway is harmless), so a typo is an error, not a silent no-op.
+        every = [n for n, _ in model.named_modules() if n]
+        for pattern in ignore:
+            if not any(_matches(n, pattern) for n in every):
+                raise TargetError(no_match_message(pattern, every, role="ignore"))
     for pattern in ignore:
         for n in [n for n in chosen if _matches(n, pattern)]:
             del chosen[n]
@@ -173,13 +180,14 @@ def select_modules(
     return {n: chosen[n] for n in candidates if n in chosen}
 
 
-def no_match_message(pattern: str, names: Sequence[str], types=()) -> str:
+def no_match_message(pattern: str, names: Sequence[str], types=(), role: str = "target") -> str:
     bare = pattern[3:] if pattern.startswith("re:") else pattern
     near = difflib.get_close_matches(bare, list(names), n=5, cutoff=0.3)
-    kinds = "/".join(t.__name__ for t in types) if types else "module"
-    hint = f"near matches: {near}" if near else f"layers of type {kinds} are: {list(names)[:20]}"
+    kinds = "/".join(t.__name__ for t in types) + " " if types else ""
+    every = f"the model's {kinds}layers are: {list(names)[:20]}"
+    hint = f"near matches: {near}" if near else every
     return (
-        f"target {pattern!r} matches no {kinds} layer; {hint}. Use an exact name from "
+        f"{role} {pattern!r} matches no {kinds}layer; {hint}. Use an exact name from "
         "`slimkit inspect` or a 're:' regex."
     )
 
@@ -189,7 +197,11 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         near = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.3)
-        raise TargetError(f"no layer named {name!r}; near matches: {near}")
+        names = [n for n in modules if n]
+        hint = f"near matches: {near}" if near else f"the model's layers are: {names[:20]}"
+        raise TargetError(
+            f"no layer named {name!r}; {hint}. Use an exact name from `slimkit inspect`."
+        )
     return modules[name]
 
 

@@ -41,7 +41,7 @@ class TrainConfig(SlimConfig):
     lr: float = 1e-3
     optimizer: str = "adamw"  # "adamw" | "sgd"
     weight_decay: float = 0.0
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD's momentum; AdamW's beta1 (its first-moment decay)
     schedule: str = "cosine"  # "cosine" | "constant"
     bf16: bool = False  # autocast matmuls/convs to bfloat16 (mixed-precision training)
     seed: int = 0
@@ -87,7 +87,11 @@ def make_optimizer(
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # AdamW's momentum is its beta1 (torch's default 0.9 = our default), as in fastai/Keras;
+    # beta2 stays torch's 0.999.
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+    )
 
 
 def train(

@@ -21,7 +21,11 @@ def test_two_process_torchrun_job(tiny, tmp_path):
     recipe.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     script = tmp_path / "run.py"
-    script.write_text("import sys\nfrom slimkit.cli import main\nsys.exit(main())\n")
+    # faulthandler: an abort prints where Python was (inside a collective, or in teardown)
+    script.write_text(
+        "import faulthandler, sys\nfaulthandler.enable()\n"
+        "from slimkit.cli import main\nsys.exit(main())\n"
+    )
     env = {**os.environ, "SLIMKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
     cmd = [
         str(torchrun),

@@ -103,8 +103,12 @@ def test_accuracy_and_weight_metrics_and_budget_bytes(digits):
 def test_config_errors():
     with pytest.raises(ConfigError, match=r"scheme must be one of \['linear', 'log2', 'kmeans'\]"):
         MixedPrecision(scheme="int3")
-    with pytest.raises(ConfigError, match="needs a budget"):
-        MixedPrecision(budget_bits_per_weight=None)
+    # one budget at most: both given used to drop the bits budget silently
+    with pytest.raises(ConfigError, match=r"one budget.*=4.*budget_bytes=1000.*drop the other"):
+        MixedPrecision(budget_bits_per_weight=4, budget_bytes=1000)
+    assert MixedPrecision().budget_bits_per_weight == 4.0
+    assert MixedPrecision(budget_bytes=1000).budget_bits_per_weight is None
+    assert MixedPrecision.from_dict(MixedPrecision(budget_bytes=9).to_dict()).budget_bytes == 9
     with pytest.raises(ConfigError, match="must be in 2..8, but got 1"):
         MixedPrecision(candidates=(1, 4))
     with pytest.raises(ConfigError, match="needs calibration inputs"):

@@ -103,3 +103,34 @@ def test_cli_hpo_failing_in_trial_0_leaves_no_study_and_the_rerun_works(
     monkeypatch.setattr(hpo_mod, "make_objective", real)
     assert main([*args, "--space", str(space)]) == 0  # same default study name, other task
     assert "created for another task" not in capfd.readouterr().err
+
+
+def test_another_tasks_study_without_trials_is_not_replaced(tmp_path):
+    # another run that has created its study but not yet started trial 0: replacing it would
+    # pull the study from under that run
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_study("s", url, ["maximize"], TASK)
+    with pytest.raises(ConfigError, match="created for another task"):
+        open_study("s", url, ["maximize"], OTHER)
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["slimkit_task"] == TASK
+
+
+def test_created_file_is_removed_only_when_empty_and_not_in_use(tmp_path):
+    import sqlite3
+
+    from slimkit.search.study import _unlink_if_still_empty
+
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    open_study("s", url, ["maximize"], TASK)
+    _unlink_if_still_empty(db)  # another process's study arrived since the check: kept
+    assert optuna.get_all_study_names(url) == ["s"]
+    optuna.delete_study(study_name="s", storage=url)
+    other = sqlite3.connect(db, isolation_level=None)  # another process, mid-write
+    other.execute("BEGIN EXCLUSIVE")
+    _unlink_if_still_empty(db)
+    other.execute("ROLLBACK")
+    other.close()
+    assert db.exists()  # busy: left to its user
+    _unlink_if_still_empty(db)
+    assert not db.exists()

@@ -25,3 +25,11 @@ def test_sqlite_default_creates_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_storage(None)
     assert (tmp_path / "slimkit-search.db").exists()
+
+
+def test_unknown_database_scheme_shows_what_a_url_looks_like(tmp_path):
+    # SQLAlchemy alone says "Can't load plugin: sqlalchemy.dialects:bogus"
+    with pytest.raises(ConfigError, match=r"bogus.*looks like sqlite:///study.db or postgresql"):
+        make_storage("bogus://x")
+    with pytest.raises(ConfigError, match="looks like sqlite"):
+        make_storage("bogus://x", create=False)

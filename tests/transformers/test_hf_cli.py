@@ -78,6 +78,13 @@ def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
         api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
     names = sorted(p.name for p in out.iterdir())
     assert names == [".slimkit-run", "metrics.json", "notes.txt"]
+    # an earlier run's files are not half replaced: the failed run wrote a new fp32 ONNX first,
+    # which used to overwrite the earlier one beside the earlier model.onnx and metrics
+    (out / "model_fp32.onnx").write_text("earlier run")
+    with pytest.raises(RuntimeError, match="boom"):
+        api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
+    assert (out / "model_fp32.onnx").read_text() == "earlier run"
+    assert not (out / ".partial").exists()
 
 
 def test_hf_embed_refuses_a_blank_sentence(capsys):

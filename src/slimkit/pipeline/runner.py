@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import json
 import os
 import tempfile
@@ -114,7 +115,8 @@ def _process_group() -> Iterator[tuple[int, int]]:
     finally:
         if joined and dist.is_initialized():
             if finished:  # leave together: a rank that tore gloo down while another still
-                dist.barrier()  # held its pair connection aborted at exit (1 run in ~10)
+                gc.collect()  # held its pair connection aborted at exit (1 run in ~10); free
+                dist.barrier()  # DDP wrappers (their reducers hold gloo work) while it lives
             dist.destroy_process_group()
 
 

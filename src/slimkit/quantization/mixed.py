@@ -56,11 +56,12 @@ _MIN_BITS = {MixedScheme.LINEAR: 1, MixedScheme.LOG2: 2, MixedScheme.KMEANS: 1}
 class MixedPrecision(SlimConfig):
     """``sk.quantize_(model, MixedPrecision(budget_bits_per_weight=4), data=bundle)``.
 
-    Give exactly one budget: ``budget_bits_per_weight`` (average over the chosen layers) or
-    ``budget_bytes`` (total bytes of the chosen layers' packed codes).
+    Give at most one budget: ``budget_bits_per_weight`` (average over the chosen layers) or
+    ``budget_bytes`` (total bytes of the chosen layers' packed codes). With neither, the budget
+    is 4 bits per weight; with both, the config is refused (one of them would be ignored).
     """
 
-    budget_bits_per_weight: float | None = 4.0
+    budget_bits_per_weight: float | None = None  # None and no budget_bytes: 4.0
     budget_bytes: int | None = None
     candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
     scheme: MixedScheme = MixedScheme.LINEAR
@@ -76,13 +77,13 @@ class MixedPrecision(SlimConfig):
         object.__setattr__(self, "scheme", parse_enum(MixedScheme, self.scheme, "scheme"))
         object.__setattr__(self, "metric", parse_enum(SensitivityMetric, self.metric, "metric"))
         if self.budget_bytes is not None and self.budget_bits_per_weight is not None:
-            # budget_bits_per_weight has a default; an explicit byte budget overrides it.
-            object.__setattr__(self, "budget_bits_per_weight", None)
-        if self.budget_bytes is None and self.budget_bits_per_weight is None:
             raise ConfigError(
-                "MixedPrecision needs a budget: set budget_bits_per_weight (e.g. 4.0) or "
-                "budget_bytes, but both are None"
+                "MixedPrecision takes one budget, but got budget_bits_per_weight="
+                f"{self.budget_bits_per_weight!r} and budget_bytes={self.budget_bytes!r}; "
+                "keep the one you mean and drop the other"
             )
+        if self.budget_bytes is None and self.budget_bits_per_weight is None:
+            object.__setattr__(self, "budget_bits_per_weight", 4.0)
         if self.budget_bits_per_weight is not None:
             check_range("budget_bits_per_weight", self.budget_bits_per_weight, 1.0, 16.0)
         if self.budget_bytes is not None:

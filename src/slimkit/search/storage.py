@@ -94,9 +94,22 @@ def make_storage(
             ),
         )
     except Exception as exc:  # connection/driver errors: never echo the password
-        raise ConfigError(
-            f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}"
-        ) from None
+        raise _open_error(url, exc) from None
+
+
+def _open_error(url: str, exc: Exception) -> ConfigError:
+    """The driver's first line (password masked), plus what a URL looks like when the scheme
+    names no database SQLAlchemy knows ('Can't load plugin: sqlalchemy.dialects:bogus')."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    hint = (
+        "; a storage URL looks like sqlite:///study.db or postgresql+psycopg://user@host/db"
+        if isinstance(exc, NoSuchModuleError)
+        else ""
+    )
+    return ConfigError(
+        f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}{hint}"
+    )
 
 
 def _require_optuna_tables(url: str, path: Path | None, engine_kwargs: dict) -> None:
@@ -116,9 +129,7 @@ def _require_optuna_tables(url: str, path: Path | None, engine_kwargs: dict) -> 
         finally:
             engine.dispose()
     except Exception as exc:  # connection/driver errors: never echo the password
-        raise ConfigError(
-            f"cannot open study storage {mask_url(url)}: {mask_url(str(exc).splitlines()[0])}"
-        ) from None
+        raise _open_error(url, exc) from None
     if not has_studies:
         raise ConfigError(
             f"storage {mask_url(url)} holds no Optuna studies (no 'studies' table); check the "

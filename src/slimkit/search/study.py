@@ -30,8 +30,8 @@ def open_study(
     """Create the study or load it; a study made for another task is refused.
 
     ``storage`` is a URL (None: the default SQLite file) or a storage from make_storage.
-    A study of another task that holds nothing but failed trials (a run that failed before any
-    trial finished) has nothing to resume: it is replaced, with a StudyReplacedWarning.
+    A study of another task that holds failed trials and nothing else (a run that failed before
+    any trial finished) has nothing to resume: it is replaced, with a StudyReplacedWarning.
     """
     optuna = import_extra("optuna", "search")
     from optuna.trial import TrialState
@@ -68,7 +68,9 @@ def open_study(
     stored = study.user_attrs.get("slimkit_task")
     if stored is not None and _identity(stored) != _identity(task):
         trials = study.get_trials(deepcopy=False)
-        if any(t.state != TrialState.FAIL for t in trials):
+        # No trial at all is refused too: that is most likely another run that has just
+        # created its study and not yet asked for trial 0, not a leftover to replace.
+        if not trials or any(t.state != TrialState.FAIL for t in trials):
             raise ConfigError(
                 f"study {name!r} in {label} was created for another "
                 "task; use a new --study name or the same options"
@@ -113,9 +115,31 @@ def _discard_if_nothing_finished(study) -> None:
         if new_file is not None and not rdb.get_all_studies():
             rdb.remove_session()
             rdb.engine.dispose()
-            new_file.unlink(missing_ok=True)
+            _unlink_if_still_empty(new_file)
     except Exception:  # best effort: the error that stopped the run is the one to report
         logging.getLogger(__name__).debug("could not discard study", exc_info=True)
+
+
+def _unlink_if_still_empty(path: Path) -> None:
+    """Remove the SQLite file this run created, unless another process is using it.
+
+    The check and the unlink happen under SQLite's exclusive lock (taken without waiting), so a
+    process that is writing, or has written a study since our check, keeps its file; a busy
+    file is simply left. A process that has only connected, not yet written, is the one case a
+    lock cannot see.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        if conn.execute("SELECT count(*) FROM studies").fetchone()[0] == 0:
+            path.unlink(missing_ok=True)
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:  # locked by another process: it is in use, keep it
+        return
+    finally:
+        conn.close()
 
 
 def _identity(task: dict[str, Any]) -> str:

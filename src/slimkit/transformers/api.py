@@ -94,24 +94,40 @@ def compress_encoder(
     """Compress a local BERT-family sentence encoder and measure it; return metrics.json content.
 
     ``folder=None`` uses the bundled all-MiniLM-L6-v2; ``sentences=None`` the packaged corpus.
-    ``out_dir`` must be new, empty or an earlier run's folder; if the run fails, what it wrote
-    there is removed again (no 90 MB ``model_fp32.onnx`` left from a run that never finished).
+    ``out_dir`` must be new, empty or an earlier run's folder. The run writes into
+    ``out_dir/.partial`` and moves its files up only once it has finished, so a failed run
+    leaves an earlier run's files as they were (not half replaced) and removes what it wrote
+    (no 90 MB ``model_fp32.onnx`` left from a run that never finished).
     """
     atomic.refuse_foreign_folder(out_dir)
     existed = os.path.isdir(out_dir)
     out = atomic.output_dir(out_dir)
-    before = {p.name for p in out.iterdir()}
     atomic.mark_run_folder(out)
+    stage = out / ".partial"
+    shutil.rmtree(stage, ignore_errors=True)  # left by a run that was killed
     try:
-        return _compress_encoder(folder, out, int8, structural, sentences, measure, log)
+        stage.mkdir()
+        metrics = _compress_encoder(folder, stage, int8, structural, sentences, measure, log)
+        metrics = _repath(metrics, str(stage), str(out))
+        atomic.write_json(stage / "metrics.json", metrics)
+        for p in stage.iterdir():
+            os.replace(p, out / p.name)
+        stage.rmdir()
+        return metrics
     except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for p in out.iterdir():
-                if p.name not in before:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(out if not existed else stage, ignore_errors=True)
         raise
+
+
+def _repath(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string path under ``old`` (the staging folder) moved to ``new``."""
+    if isinstance(value, dict):
+        return {k: _repath(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repath(v, old, new) for v in value]
+    if isinstance(value, str) and value.startswith(old):
+        return new + value[len(old) :]
+    return value
 
 
 def _compress_encoder(
@@ -192,5 +208,4 @@ def _compress_encoder(
             max_len,
             measure,
         )
-    atomic.write_json(out / "metrics.json", metrics)
     return metrics
