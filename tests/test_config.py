@@ -118,3 +118,12 @@ def test_flags_and_name_lists_are_type_checked():
         UnstructuredPruning(sparsity=0.5, ignore=[3])
     ok = UnstructuredPruning.from_dict({"sparsity": 0.5, "targets": ["fc1"]})
     assert ok.targets == ("fc1",)
+
+
+def test_ignoring_a_block_ignores_the_layers_inside_it():
+    m = build_model("resnet", image_size=8)
+    every = select_modules(m, types=(nn.Conv2d,))
+    kept = select_modules(m, ignore=["layers.0"], types=(nn.Conv2d,))
+    gone = sorted(set(every) - set(kept))
+    assert gone and all(n.startswith("layers.0.") for n in gone)
+    assert not any(n.startswith("layers.0.") for n in kept)

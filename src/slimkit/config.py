@@ -150,9 +150,11 @@ def select_modules(
 ) -> dict[str, nn.Module]:
     """Return ``{qualified_name: module}`` of the layers chosen by ``targets``/``ignore``.
 
-    Precedence: ``ignore`` wins; then a layer is chosen when some target matches it by exact
-    name or ``re:`` regex; with no targets every layer of ``types`` is chosen. Every target
-    pattern must choose at least one layer of ``types``, else TargetError lists near matches.
+    Precedence: ``ignore`` wins (a pattern that names a block ignores every layer inside it);
+    then a layer is chosen when some target matches it by exact name or ``re:`` regex; with no
+    targets every layer of ``types`` is chosen. Every target pattern must choose at least one
+    layer of ``types``, and every ignore pattern name some module of the model, else a
+    TargetError lists near matches.
     """
     _check_patterns(targets, "targets")
     _check_patterns(ignore, "ignore")
@@ -174,10 +176,17 @@ def select_modules(
             if not any(_matches(n, pattern) for n in every):
                 raise TargetError(no_match_message(pattern, every, role="ignore"))
     for pattern in ignore:
-        for n in [n for n in chosen if _matches(n, pattern)]:
+        # A pattern naming a block (``layers.0``) ignores every layer inside it.
+        for n in [n for n in chosen if any(_matches(a, pattern) for a in _self_and_parents(n))]:
             del chosen[n]
     # Keep model order (named_modules order), not target order.
     return {n: chosen[n] for n in candidates if n in chosen}
+
+
+def _self_and_parents(name: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a.b.c", "a.b", "a"]``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def no_match_message(pattern: str, names: Sequence[str], types=(), role: str = "target") -> str:

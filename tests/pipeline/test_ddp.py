@@ -23,8 +23,7 @@ def test_two_process_torchrun_job(tiny, tmp_path):
     script = tmp_path / "run.py"
     # faulthandler: an abort prints where Python was (inside a collective, or in teardown)
     script.write_text(
-        "import faulthandler, sys\nfaulthandler.enable()\n"
-        "from slimkit.cli import main\nsys.exit(main())\n"
+        "import faulthandler, sys\nfaulthandler.enable()\nfrom slimkit.cli import run\nrun()\n"
     )
     env = {**os.environ, "SLIMKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
     cmd = [

@@ -1,5 +1,6 @@
 """Mixed precision: measured scan, budget met, sensitive layers get more bits, plan JSON."""
 
+import dataclasses
 import json
 
 import pytest
@@ -106,8 +107,12 @@ def test_config_errors():
     # one budget at most: both given used to drop the bits budget silently
     with pytest.raises(ConfigError, match=r"one budget.*=4.*budget_bytes=1000.*drop the other"):
         MixedPrecision(budget_bits_per_weight=4, budget_bytes=1000)
-    assert MixedPrecision().budget_bits_per_weight == 4.0
-    assert MixedPrecision(budget_bytes=1000).budget_bits_per_weight is None
+    # the default stays unset (4 bits/weight when used), so replacing the bytes budget works
+    assert dataclasses.replace(MixedPrecision(), budget_bytes=1000).budget_bytes == 1000
+    model = sk.build_model("lenet300", image_size=8)
+    numel = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    plan = plan_mixed_precision(model, MixedPrecision(metric="weight_sqnr"))
+    assert plan.budget_bits == 4 * numel
     assert MixedPrecision.from_dict(MixedPrecision(budget_bytes=9).to_dict()).budget_bytes == 9
     with pytest.raises(ConfigError, match="must be in 2..8, but got 1"):
         MixedPrecision(candidates=(1, 4))

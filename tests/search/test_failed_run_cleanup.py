@@ -110,7 +110,7 @@ def test_another_tasks_study_without_trials_is_not_replaced(tmp_path):
     # pull the study from under that run
     url = f"sqlite:///{tmp_path / 's.db'}"
     open_study("s", url, ["maximize"], TASK)
-    with pytest.raises(ConfigError, match="created for another task"):
+    with pytest.raises(ConfigError, match="another task and holds no trial yet.*delete-study"):
         open_study("s", url, ["maximize"], OTHER)
     assert optuna.load_study(study_name="s", storage=url).user_attrs["slimkit_task"] == TASK
 
@@ -133,4 +133,6 @@ def test_created_file_is_removed_only_when_empty_and_not_in_use(tmp_path):
     other.close()
     assert db.exists()  # busy: left to its user
     _unlink_if_still_empty(db)
+    assert not db.exists()
+    _unlink_if_still_empty(db)  # already gone: connecting must not create it again
     assert not db.exists()

@@ -60,6 +60,7 @@ def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
     import pytest
 
     from slimkit import atomic
+    from slimkit.errors import ConfigError
     from slimkit.transformers import api
 
     def fail(*_a, **_k):
@@ -84,7 +85,14 @@ def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
     assert (out / "model_fp32.onnx").read_text() == "earlier run"
-    assert not (out / ".partial").exists()
+    assert not (out / ".slimkit-partial").exists()
+    # a hidden folder of that name in a user's folder is not taken for a killed run's leftover
+    user = tmp_path / "user"
+    (user / ".slimkit-partial").mkdir(parents=True)
+    (user / ".slimkit-partial" / "download.bin").write_text("the user's")
+    with pytest.raises(ConfigError, match="holds '.slimkit-partial' but is not a slimkit run"):
+        api.compress_encoder(None, user, sentences=["a short sentence."] * 4, measure=None)
+    assert (user / ".slimkit-partial" / "download.bin").read_text() == "the user's"
 
 
 def test_hf_embed_refuses_a_blank_sentence(capsys):

@@ -60,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
                 shown(message, category, *args, **kwargs)
 
         warnings.showwarning = show
-        code = _main(argv)
+        return _main(argv)
+
+
+def run() -> None:
+    """The ``slimkit`` console script: ``main()``, then exit with its code."""
+    code = main()
     _leave_torchrun_worker(code)
-    return code
+    sys.exit(code)
 
 
 def _leave_torchrun_worker(code: int) -> None:
-    """A torchrun worker whose job has left its process group exits here, with ``os._exit``
-    after flushing, instead of through interpreter teardown.
+    """A torchrun worker whose pipeline has joined and left its process group exits here, with
+    ``os._exit`` after flushing, instead of through interpreter teardown. Only the console
+    script does this (``run``), never ``main()``, so Python callers get control back.
 
     Gloo's C++ threads can still be unwinding when Python finalizes, and then the process dies
     with SIGABRT ('terminate called without an active exception'; pytorch#179291 is open), so
@@ -75,12 +81,9 @@ def _leave_torchrun_worker(code: int) -> None:
     (runner._process_group), which made this rare, not impossible: 1 abort in 3 parallel test
     suites. Every artifact is written and closed by now; only teardown is skipped.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "LOCAL_RANK" not in os.environ:
+    runner = sys.modules.get("slimkit.pipeline.runner")
+    if runner is None or not getattr(runner, "LEFT_PROCESS_GROUP", False):
         return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return  # a group someone else opened: theirs to close
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -112,4 +115,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -88,6 +88,10 @@ def load_model(recipe: Recipe) -> nn.Module:
     return build_model(str(m.zoo), image_size=size, **m.kwargs)
 
 
+# Set once this process has joined torchrun's group and left it again (see cli.run).
+LEFT_PROCESS_GROUP = False
+
+
 @contextlib.contextmanager
 def _process_group() -> Iterator[tuple[int, int]]:
     """(rank, world size): joins torchrun's process group (gloo on CPU) when launched by
@@ -115,9 +119,13 @@ def _process_group() -> Iterator[tuple[int, int]]:
     finally:
         if joined and dist.is_initialized():
             if finished:  # leave together: a rank that tore gloo down while another still
-                gc.collect()  # held its pair connection aborted at exit (1 run in ~10); free
-                dist.barrier()  # DDP wrappers (their reducers hold gloo work) while it lives
+                # held its pair connection aborted at exit (1 run in ~10). gc first: a DDP
+                # wrapper a reference cycle still holds (its reducer holds gloo work) goes now.
+                gc.collect()
+                dist.barrier()
             dist.destroy_process_group()
+            global LEFT_PROCESS_GROUP
+            LEFT_PROCESS_GROUP = True  # the console script may skip teardown (cli.run)
 
 
 def _sync(model: nn.Module) -> None:

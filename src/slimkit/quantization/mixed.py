@@ -61,7 +61,9 @@ class MixedPrecision(SlimConfig):
     is 4 bits per weight; with both, the config is refused (one of them would be ignored).
     """
 
-    budget_bits_per_weight: float | None = None  # None and no budget_bytes: 4.0
+    # None with no budget_bytes means 4.0; kept None (not filled in) so dataclasses.replace(
+    # cfg, budget_bytes=...) on a default config is still one budget
+    budget_bits_per_weight: float | None = None
     budget_bytes: int | None = None
     candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
     scheme: MixedScheme = MixedScheme.LINEAR
@@ -82,8 +84,6 @@ class MixedPrecision(SlimConfig):
                 f"{self.budget_bits_per_weight!r} and budget_bytes={self.budget_bytes!r}; "
                 "keep the one you mean and drop the other"
             )
-        if self.budget_bytes is None and self.budget_bits_per_weight is None:
-            object.__setattr__(self, "budget_bits_per_weight", 4.0)
         if self.budget_bits_per_weight is not None:
             check_range("budget_bits_per_weight", self.budget_bits_per_weight, 1.0, 16.0)
         if self.budget_bytes is not None:
@@ -333,7 +333,9 @@ def plan_mixed_precision(
     if config.budget_bytes is not None:
         budget = int(config.budget_bytes) * 8
     else:
-        budget = int(math.floor(float(config.budget_bits_per_weight or 0) * sum(numel.values())))
+        per_weight = config.budget_bits_per_weight
+        per_weight = 4.0 if per_weight is None else per_weight
+        budget = int(math.floor(per_weight * sum(numel.values())))
     scan, reference = sensitivity_scan(model, config, data, example_inputs)
     bits = allocate_bits(scan, numel, budget, config.metric, reference)
     return MixedPlan(bits, numel, scan, config.metric.value, config.scheme.value, budget, reference)

@@ -315,6 +315,7 @@ def hpo(
     dirs = ["maximize"] if len(cfg.objectives) == 1 else ["maximize", "minimize"]
     task = {"kind": "hpo", "config": cfg.to_dict()}
     pruner = make_pruner(cfg.pruner if len(dirs) == 1 else "none")
+    objective = make_objective(cfg)  # before the study: a failure here leaves no empty study
     study = open_study(study_name, storage, dirs, task, sampler=sampler, pruner=pruner)
-    run_until(study, make_objective(cfg), cfg.n_trials)
+    run_until(study, objective, cfg.n_trials)
     return study

@@ -220,6 +220,7 @@ def nas(
         "config": cfg.to_dict(),
         "space": {k: list(v) for k, v in space.choices.items()},
     }
+    objective = make_objective(space, data, cfg)  # before the study (no empty study on failure)
     study = open_study(study_name, storage, directions(cfg), task, sampler=sampler)
-    run_until(study, make_objective(space, data, cfg), cfg.n_trials)
+    run_until(study, objective, cfg.n_trials)
     return summarize(study, cfg)

@@ -70,7 +70,13 @@ def open_study(
         trials = study.get_trials(deepcopy=False)
         # No trial at all is refused too: that is most likely another run that has just
         # created its study and not yet asked for trial 0, not a leftover to replace.
-        if not trials or any(t.state != TrialState.FAIL for t in trials):
+        if not trials:
+            raise ConfigError(
+                f"study {name!r} in {label} was created for another task and holds no trial "
+                "yet (another run may be starting it); use a new --study name, or, if no run "
+                f"uses it, delete it: optuna delete-study --study-name {name} --storage URL"
+            )
+        if any(t.state != TrialState.FAIL for t in trials):
             raise ConfigError(
                 f"study {name!r} in {label} was created for another "
                 "task; use a new --study name or the same options"
@@ -130,7 +136,11 @@ def _unlink_if_still_empty(path: Path) -> None:
     """
     import sqlite3
 
-    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    if not path.is_file():
+        return
+    # mode=rw: a file that is gone already is not created again by connecting
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0)
+    conn.isolation_level = None
     try:
         conn.execute("BEGIN EXCLUSIVE")
         if conn.execute("SELECT count(*) FROM studies").fetchone()[0] == 0:

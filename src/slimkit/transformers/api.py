@@ -95,24 +95,34 @@ def compress_encoder(
 
     ``folder=None`` uses the bundled all-MiniLM-L6-v2; ``sentences=None`` the packaged corpus.
     ``out_dir`` must be new, empty or an earlier run's folder. The run writes into
-    ``out_dir/.partial`` and moves its files up only once it has finished, so a failed run
-    leaves an earlier run's files as they were (not half replaced) and removes what it wrote
-    (no 90 MB ``model_fp32.onnx`` left from a run that never finished).
+    ``out_dir/.slimkit-partial`` and moves its files up only once it has finished, models first
+    and ``metrics.json`` last, so a failed run leaves an earlier run's files as they were (not
+    half replaced) and removes what it wrote (no 90 MB ``model_fp32.onnx`` left from a run
+    that never finished).
     """
     atomic.refuse_foreign_folder(out_dir)
     existed = os.path.isdir(out_dir)
     out = atomic.output_dir(out_dir)
+    stage = out / ".slimkit-partial"
+    if stage.exists():
+        if not (out / atomic.RUN_MARKER).is_file():  # hidden names pass refuse_foreign_folder
+            raise ConfigError(
+                f"{str(out)!r} holds {stage.name!r} but is not a slimkit run folder; move it "
+                "away or give another --out"
+            )
+        shutil.rmtree(stage)  # left by a run that was killed
     atomic.mark_run_folder(out)
-    stage = out / ".partial"
-    shutil.rmtree(stage, ignore_errors=True)  # left by a run that was killed
     try:
         stage.mkdir()
         metrics = _compress_encoder(folder, stage, int8, structural, sentences, measure, log)
         metrics = _repath(metrics, str(stage), str(out))
-        atomic.write_json(stage / "metrics.json", metrics)
-        for p in stage.iterdir():
+        # No metrics.json while files move: a move cut short is then visibly incomplete,
+        # never an earlier run's metrics beside this run's models.
+        (out / "metrics.json").unlink(missing_ok=True)
+        for p in sorted(stage.iterdir()):
             os.replace(p, out / p.name)
         stage.rmdir()
+        atomic.write_json(out / "metrics.json", metrics)  # last: the run is complete
         return metrics
     except BaseException:
         shutil.rmtree(out if not existed else stage, ignore_errors=True)
