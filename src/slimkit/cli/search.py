@@ -1,4 +1,4 @@
-"""`slimkit search hpo|nas|worker`: studies on SQLite by default, PostgreSQL to scale out."""
+"""`slimkit search hpo|nas|auto|worker`: studies on SQLite by default, PostgreSQL to scale out."""
 
 from __future__ import annotations
 
@@ -111,7 +111,18 @@ def hpo_cmd(
     print_table("trials", ["trial", "params", "state", "accuracy"], rows)
 
 
-@search_app.command("auto")
+@search_app.command(
+    "auto",
+    help=(
+        "Search per-layer sparsity, bits (and ranks) to meet a size/latency budget.\n\n"
+        "The study records the model file, --dataset and --out (absolute paths), so "
+        "`slimkit search worker --study NAME --storage URL` can run its trials too: each worker "
+        "needs the model file at the same path and writes trials to OUT/trials (a shared "
+        "folder, or the same layout on each machine with the trial files copied back). Rerun "
+        "this command with the same options to resume, and to pick the best trial once the "
+        "workers are done."
+    ),
+)
 def auto_cmd(
     model: str = typer.Argument(..., help="trained model file (.safetensors / .slim)"),
     out: Path = typer.Option(
@@ -127,17 +138,29 @@ def auto_cmd(
     seed: int = typer.Option(0),
 ):
     """Search per-layer sparsity, bits (and ranks) to meet a size/latency budget."""
-    from slimkit.cli.common import load_data, load_model_for
+    from slimkit.cli.common import image_size_of, load_data, load_model_for
     from slimkit.errors import ConfigError
-    from slimkit.search.autocompress import AutoCompressConfig, auto_compress
+    from slimkit.models import ZOO
+    from slimkit.search.autocompress import AutoCompressConfig, auto_compress, file_sha256
 
     if not 0 <= max_accuracy_drop <= 100:  # the config takes a fraction; name the option's unit
         raise ConfigError(
             f"--max-accuracy-drop is in percentage points and must be in 0..100, but got "
             f"{max_accuracy_drop:g}; e.g. --max-accuracy-drop 0.5 allows half a point"
         )
-    data = load_data(dataset)
+    batch_size = 64
+    data = load_data(dataset, batch_size)
     m = load_model_for(model, dataset)
+    source = None
+    if model not in ZOO:  # a file: workers load it (a fresh zoo model cannot be rebuilt alike)
+        path = Path(model).resolve()
+        source = {
+            "model": str(path),
+            "sha256": file_sha256(path),
+            "dataset": dataset,
+            "batch_size": batch_size,
+            "image_size": image_size_of(dataset),
+        }
     cfg = AutoCompressConfig(
         max_bytes=max_bytes,
         max_latency_ms=max_latency_ms,
@@ -145,7 +168,7 @@ def auto_cmd(
         n_trials=trials,
         seed=seed,
     )
-    res = auto_compress(m, data, cfg, out, storage=storage, study_name=study)
+    res = auto_compress(m, data, cfg, out, storage=storage, study_name=study, source=source)
     rows = [
         [r["number"], int(r["bytes"]), r["accuracy"]]
         for r in sorted(res.pareto, key=lambda r: r["bytes"])
@@ -161,7 +184,16 @@ def auto_cmd(
         )
 
 
-@search_app.command("worker")
+@search_app.command(
+    "worker",
+    help=(
+        "Join a stored study and run trials until it reaches its trial count.\n\n"
+        "An auto-compress study (made by `slimkit search auto MODEL_FILE`) needs the model file "
+        "at the path the study recorded, and the worker writes trial artifacts to the study's "
+        "OUT/trials: share that folder between workers, or keep the same layout on each machine "
+        "and copy the trial files back before rerunning `search auto` to pick the best."
+    ),
+)
 def worker_cmd(
     study: str = typer.Option(..., help="name of an existing study"),
     storage: str = typer.Option(..., help="SQLAlchemy URL shared by all workers"),

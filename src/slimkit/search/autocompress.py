@@ -128,71 +128,79 @@ def shortfall(row: dict[str, float], cfg: AutoCompressConfig, dense_acc: float) 
     return miss
 
 
-def default_sampler(cfg: AutoCompressConfig):
+def default_sampler(cfg: AutoCompressConfig, *, fresh_seed: bool = False):
+    """Multivariate TPE seeded with ``cfg.seed``; ``fresh_seed``: with fresh entropy instead, for
+    a worker (workers seeded alike would propose the same trials)."""
     import optuna
 
     with warnings.catch_warnings():  # multivariate TPE is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=cfg.seed,
+            seed=None if fresh_seed else cfg.seed,
             n_startup_trials=cfg.startup_trials,
             multivariate=True,
         )
 
 
-def auto_compress(
-    model: nn.Module,
-    data,
-    cfg: AutoCompressConfig,
-    out_dir: str | Path,
-    *,
-    storage: str | None = None,
-    study_name: str = "slimkit-auto",
-    sampler=None,
-) -> AutoCompressResult:
-    """Search compression settings for ``model``; the chosen artifact is ``out_dir/best.slim``."""
-    from slimkit import atomic
-    from slimkit.preconditions import check_fits, check_model
-    from slimkit.search.budget import GRID, choice_bytes, plan_budget
-    from slimkit.search.compress_trial import compress_trial
-    from slimkit.search.pareto import pareto_front
-    from slimkit.search.study import open_study, run_until
-    from slimkit.training import evaluate_accuracy
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256: a study records the model file it compresses by path and contents."""
+    import hashlib
 
-    out = Path(out_dir)
-    # Inputs first: a bad model, data or target writes nothing (no empty out/trials left).
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare(model: nn.Module, data, cfg: AutoCompressConfig):
+    """Check the inputs and plan the budget: ``(layers, plan)``. Deterministic, so a worker that
+    loads the same model file gets the coordinator's plan."""
+    from slimkit.preconditions import check_fits, check_model
+    from slimkit.search.budget import plan_budget
+
     check_model(model, "auto_compress")
     check_fits(model, data, "auto_compress")
     layers = select_modules(model, cfg.targets, cfg.ignore, types=(nn.Linear, nn.Conv2d))
-    plan = plan_budget(model, layers, cfg)
-    atomic.output_dir(out / "trials", create=False)
-    dense_acc = evaluate_accuracy(model.eval(), data.test)
-    atomic.output_dir(out / "trials")
-    task = {"kind": "auto", "config": cfg.to_dict(), "groups": plan.groups}
-    study = open_study(
-        study_name, storage, ["maximize"], task, sampler=sampler or default_sampler(cfg)
-    )
-    searches_rank = len(cfg.rank_ratios) > 1
-    if not study.trials:  # a new study (not a resume): trial 0 is the near-feasible start
-        start = dict(plan.start)
-        for g, names in plan.groups.items():
-            if searches_rank and any(isinstance(layers[n], nn.Linear) for n in names):
-                start[f"rank_{g}"] = max(cfg.rank_ratios)  # full rank when 1.0 is listed
-        study.enqueue_trial(start)
+    return layers, plan_budget(model, layers, cfg)
 
-    def budget_overshoot(row: dict[str, float]) -> dict[str, float]:
-        """Each budget's relative overshoot (<= 0: within it)."""
-        over = {}
-        if cfg.max_bytes is not None:
-            over["bytes"] = (row["bytes"] - cfg.max_bytes) / cfg.max_bytes
-        if cfg.max_latency_ms is not None:
-            over["latency_ms"] = (row["latency_ms"] - cfg.max_latency_ms) / cfg.max_latency_ms
-        return over
+
+def budget_overshoot(row: dict[str, float], cfg: AutoCompressConfig) -> dict[str, float]:
+    """Each budget's relative overshoot (<= 0: within it)."""
+    over = {}
+    if cfg.max_bytes is not None:
+        over["bytes"] = (row["bytes"] - cfg.max_bytes) / cfg.max_bytes
+    if cfg.max_latency_ms is not None:
+        over["latency_ms"] = (row["latency_ms"] - cfg.max_latency_ms) / cfg.max_latency_ms
+    return over
+
+
+def searches_rank(cfg: AutoCompressConfig, layers: dict[str, nn.Module], names: list[str]) -> bool:
+    """Whether a group gets a rank knob: ranks are searched and the group has a Linear."""
+    return len(cfg.rank_ratios) > 1 and any(isinstance(layers[n], nn.Linear) for n in names)
+
+
+def make_objective(
+    model: nn.Module,
+    data,
+    cfg: AutoCompressConfig,
+    plan,
+    layers: dict[str, nn.Module],
+    dense_acc: float,
+    out: str | Path,
+):
+    """The per-trial objective (accuracy of the written artifact) shared by :func:`auto_compress`
+    and ``slimkit search worker``; trial N's artifact is ``out/trials/trial_N.slim``."""
+    from slimkit.search.budget import GRID, choice_bytes
+    from slimkit.search.compress_trial import compress_trial
+    from slimkit.training import evaluate_accuracy
+
+    trials_dir = Path(out) / "trials"
 
     def objective(trial) -> float:
         choice: dict[str, Any] = {}
         for g, names in plan.groups.items():
-            if searches_rank and any(isinstance(layers[n], nn.Linear) for n in names):
+            if searches_rank(cfg, layers, names):
                 choice[f"rank_{g}"] = trial.suggest_categorical(f"rank_{g}", list(cfg.rank_ratios))
             choice[f"sparsity_{g}"] = trial.suggest_float(
                 f"sparsity_{g}", plan.low[g], plan.high, step=GRID
@@ -215,7 +223,7 @@ def auto_compress(
         )
         with tempfile.TemporaryDirectory() as tmp:
             row = measure(compressed, data, Path(tmp), cfg)
-            artifact = out / "trials" / f"trial_{trial.number}.slim"
+            artifact = trials_dir / f"trial_{trial.number}.slim"
             shutil.copyfile(Path(tmp) / "model.slim", artifact)
         stage = "trained"
         if not train:
@@ -225,10 +233,97 @@ def auto_compress(
         for k, v in {**row, "stage": stage, "artifact": str(artifact.resolve())}.items():
             trial.set_user_attr(k, v)
         # TPE ranks infeasible trials below feasible ones, by total overshoot.
-        for k, v in budget_overshoot(row).items():
+        for k, v in budget_overshoot(row, cfg).items():
             trial.set_constraint(k, v)
         return row["accuracy"]
 
+    return objective
+
+
+# How each source key is named to the user when a resumed CLI run differs from its study.
+_SOURCE_KEYS = {
+    "model": "the model file",
+    "sha256": "the model file's contents (SHA-256)",
+    "dataset": "--dataset",
+    "batch_size": "the batch size",
+    "image_size": "the image size",
+    "out": "--out (absolute)",
+}
+
+
+def _check_same_source(study_name: str, storage: str | None, task: dict[str, Any]) -> None:
+    """Refuse, naming it, a model file, data or output folder that differs from the one the
+    study was created with (open_study, which refused the task, only says "another task")."""
+    from slimkit.search.study import load_task
+
+    try:
+        stored = load_task(study_name, storage)
+    except ConfigError:  # no database or no such study yet: a new study
+        return
+    old = stored.get("source")
+    if stored.get("kind") != "auto" or not isinstance(old, dict):
+        return
+    for key, label in _SOURCE_KEYS.items():
+        if old.get(key) != task["source"].get(key):
+            raise ConfigError(
+                f"study {study_name!r} was created with {label} {old.get(key)!r}, but this run "
+                f"gives {task['source'].get(key)!r}; resume it with the same model file, "
+                "--dataset and --out (same absolute paths, unchanged model file), or use a new "
+                "--study name"
+            )
+
+
+def auto_compress(
+    model: nn.Module,
+    data,
+    cfg: AutoCompressConfig,
+    out_dir: str | Path,
+    *,
+    storage: str | None = None,
+    study_name: str = "slimkit-auto",
+    sampler=None,
+    source: dict[str, Any] | None = None,
+) -> AutoCompressResult:
+    """Search compression settings for ``model``; the chosen artifact is ``out_dir/best.slim``.
+
+    ``source`` says where ``slimkit search worker`` reloads the model and the data: ``{"model":
+    absolute file path, "sha256": its file_sha256, "dataset": name, "batch_size": int,
+    "image_size": int}`` (``slimkit search auto`` passes it; the absolute ``out_dir`` is added).
+    Without it (in-memory objects) the study is resumable by this call only, not by workers.
+    """
+    from slimkit import atomic
+    from slimkit.search.pareto import pareto_front
+    from slimkit.search.study import open_study, run_until
+    from slimkit.training import evaluate_accuracy
+
+    out = Path(out_dir)
+    # Inputs first: a bad model, data or target writes nothing (no empty out/trials left).
+    layers, plan = prepare(model, data, cfg)
+    atomic.output_dir(out / "trials", create=False)
+    task: dict[str, Any] = {"kind": "auto", "config": cfg.to_dict(), "groups": plan.groups}
+    if source is not None:
+        keys = sorted(k for k in _SOURCE_KEYS if k != "out")
+        if not isinstance(source, dict) or sorted(source) != keys:
+            raise ConfigError(f"source must be a dict with the keys {keys}, but got {source!r}")
+        task["source"] = {**source, "out": str(out.resolve())}
+    dense_acc = evaluate_accuracy(model.eval(), data.test)
+    atomic.output_dir(out / "trials")
+    try:
+        study = open_study(
+            study_name, storage, ["maximize"], task, sampler=sampler or default_sampler(cfg)
+        )
+    except ConfigError:
+        if source is not None:  # say which of the model file, data or folder differs
+            _check_same_source(study_name, storage, task)
+        raise
+    if not study.trials:  # a new study (not a resume): trial 0 is the near-feasible start
+        start = dict(plan.start)
+        for g, names in plan.groups.items():
+            if searches_rank(cfg, layers, names):
+                start[f"rank_{g}"] = max(cfg.rank_ratios)  # full rank when 1.0 is listed
+        study.enqueue_trial(start)
+
+    objective = make_objective(model, data, cfg, plan, layers, dense_acc, out)
     torch.manual_seed(cfg.seed)
     run_until(study, objective, cfg.n_trials)
     from optuna.trial import TrialState
@@ -264,14 +359,15 @@ def auto_compress(
             f"no trial met every goal; the closest (trial {best['number']}) missed "
             + ", ".join(parts)
         )
-    source = Path(best["artifact"])
-    if not source.is_file():
+    chosen = Path(best["artifact"])
+    if not chosen.is_file():
         raise ConfigError(
-            f"the chosen trial {best['number']}'s artifact {source} is missing (a resumed study "
-            "keeps its trial artifacts where they were written); pass the same out_dir, or copy "
-            "that trials/ folder there"
+            f"the chosen trial {best['number']}'s artifact {chosen} is missing: a trial's "
+            "artifact stays where the process that ran it (this one or a `slimkit search "
+            "worker`) wrote it; pass the same out_dir, run the workers on a shared folder, or "
+            f"copy that trial's file to {chosen}"
         )
-    shutil.copyfile(source, out / "best.slim")
+    shutil.copyfile(chosen, out / "best.slim")
     front = [
         rows[i] for i in pareto_front([(r["accuracy"], r["bytes"]) for r in rows], [True, False])
     ]

@@ -2,9 +2,20 @@
 
 The study's task JSON (written when it was created) says what to run, so N workers started
 anywhere with the same storage URL and study name share the work with no duplicated trial.
+
+An auto-compress study (``slimkit search auto MODEL_FILE ...``) stores where its inputs and
+outputs are: the model file (absolute path and SHA-256), the dataset and the output folder
+(absolute). A worker loads that file and dataset, re-plans the budget (deterministic) and writes
+trial N's artifact to ``<out>/trials/trial_N.slim``; so every worker needs the same model file
+at the same path and writes to the same folder path: a shared filesystem, or the same layout on
+each machine (then copy the trial files back before the coordinating ``search auto`` rerun picks
+the best one). A study created by the Python API ``auto_compress`` holds no such paths and is
+refused.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from slimkit.errors import ConfigError
 
@@ -14,7 +25,8 @@ def run_worker(
 ) -> int:
     """Run trials of a stored study; returns the number of finished trials afterwards.
 
-    A study (or database) that does not exist is a ConfigError, and nothing is created.
+    A study (or database) that does not exist is a ConfigError, and nothing is created; so is an
+    auto-compress study whose model file is gone or changed, or that has no file (API-created).
     """
     from slimkit.config import check_int
     from slimkit.search.hpo import HPOConfig, make_pruner
@@ -29,8 +41,10 @@ def run_worker(
         check_int("trials", n_trials, 1, 100_000)
     check_int("heartbeat", heartbeat, 1, 3600)
     task = load_task(study_name, storage)
-    storage_obj = make_storage(storage, heartbeat_interval=heartbeat)
     kind = task.get("kind")
+    # Checked (and loaded) before the storage is opened for trials: a bad source adds nothing.
+    auto = _auto_objective(study_name, task) if kind == "auto" else None
+    storage_obj = make_storage(storage, heartbeat_interval=heartbeat)
     if kind == "nas":
         cfg = NASConfig.from_dict(task["config"])
         space = SearchSpace(task["space"])
@@ -45,11 +59,80 @@ def run_worker(
         study = open_study(study_name, storage_obj, dirs, task, pruner=make_pruner(hcfg.pruner))
         objective = hpo_objective(hcfg)
         total = n_trials or hcfg.n_trials
+    elif auto is not None:
+        import torch
+
+        from slimkit.search.autocompress import default_sampler
+
+        acfg, objective = auto
+        study = open_study(
+            study_name,
+            storage_obj,
+            ["maximize"],
+            task,
+            sampler=default_sampler(acfg, fresh_seed=True),
+        )
+        total = n_trials or acfg.n_trials
+        torch.manual_seed(acfg.seed)
     else:
         raise ConfigError(
-            f"study {study_name!r} holds an unknown task kind {kind!r}; valid: ['hpo', 'nas']"
+            f"study {study_name!r} holds an unknown task kind {kind!r}; valid: ['auto', 'hpo', "
+            "'nas']"
         )
     run_until(study, objective, total)
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _auto_objective(study_name: str, task: dict[str, Any]):
+    """``(config, objective)`` of an auto-compress study, rebuilt from its stored source with the
+    CLI's loaders; refused (creating nothing) when the source is absent, gone or changed."""
+    from pathlib import Path
+
+    from slimkit import atomic
+    from slimkit.cli.common import load_data, load_model_for
+    from slimkit.search.autocompress import (
+        AutoCompressConfig,
+        file_sha256,
+        make_objective,
+        prepare,
+    )
+    from slimkit.training import evaluate_accuracy
+
+    source = task.get("source")
+    if not isinstance(source, dict):
+        raise ConfigError(
+            f"study {study_name!r} was created by the Python API auto_compress (or from a zoo "
+            "model name), which keeps the model and data in memory, so a worker has no model "
+            "file or dataset to load; create the study with the CLI instead: slimkit search "
+            "auto MODEL_FILE --dataset NAME --study NEW_NAME --storage URL, then start workers on it"
+        )
+    path = Path(source["model"])
+    if not path.is_file():
+        raise ConfigError(
+            f"study {study_name!r} compresses the model file {str(path)!r}, which does not exist "
+            "here; every worker needs that file at the same absolute path (a shared filesystem, "
+            "or the same layout on each machine): copy it there, or run the worker where it is"
+        )
+    digest = file_sha256(path)
+    if digest != source["sha256"]:
+        raise ConfigError(
+            f"the model file {str(path)!r} of study {study_name!r} has changed since the study "
+            f"was created (SHA-256 {digest[:12]}..., the study's {source['sha256'][:12]}...); "
+            "a worker must compress the model the study searches: restore that file, or create "
+            "a new study for the new model with slimkit search auto MODEL_FILE --study NEW_NAME"
+        )
+    cfg = AutoCompressConfig.from_dict(task["config"])
+    data = load_data(source["dataset"], source["batch_size"])
+    model = load_model_for(str(path), source["dataset"])
+    layers, plan = prepare(model, data, cfg)
+    if plan.groups != task["groups"]:  # the same file and config plan the same groups
+        raise ConfigError(
+            f"the model file {str(path)!r} plans the layer groups {plan.groups}, but study "
+            f"{study_name!r} searches {task['groups']}; create a new study for this model"
+        )
+    out = Path(source["out"])
+    dense_acc = evaluate_accuracy(model.eval(), data.test)
+    atomic.output_dir(out / "trials")
+    return cfg, make_objective(model, data, cfg, plan, layers, dense_acc, out)
