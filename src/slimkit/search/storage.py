@@ -117,7 +117,7 @@ def _require_optuna_tables(url: str, path: Path | None, engine_kwargs: dict) -> 
     if path is not None and not path.is_file():
         raise ConfigError(
             f"no study storage at {mask_url(url)}: the file {str(path)!r} does not exist; "
-            "check the path, or create the study first with slimkit search hpo|nas --storage URL"
+            "check the path, or create the study first with slimkit search hpo|nas|auto --storage URL"
         )
     import sqlalchemy
 
@@ -133,5 +133,5 @@ def _require_optuna_tables(url: str, path: Path | None, engine_kwargs: dict) -> 
     if not has_studies:
         raise ConfigError(
             f"storage {mask_url(url)} holds no Optuna studies (no 'studies' table); check the "
-            "URL, or create the study first with slimkit search hpo|nas --storage URL"
+            "URL, or create the study first with slimkit search hpo|nas|auto --storage URL"
         )

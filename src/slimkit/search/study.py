@@ -25,7 +25,14 @@ _NEW: weakref.WeakKeyDictionary[Any, tuple[Any, Path | None]] = weakref.WeakKeyD
 
 
 def open_study(
-    name: str, storage, directions: list[str], task: dict[str, Any], sampler=None, pruner=None
+    name: str,
+    storage,
+    directions: list[str],
+    task: dict[str, Any],
+    sampler=None,
+    pruner=None,
+    *,
+    fresh_seed: bool = False,
 ):
     """Create the study or load it; a study made for another task is refused.
 
@@ -44,7 +51,10 @@ def open_study(
         strategy = cfg.get("strategy", "tpe")
         if len(directions) > 1 and strategy in ("evolution", "reinforce", "tpe"):
             strategy = "nsga2"
-        sampler = make_sampler(strategy, seed=cfg.get("seed"), **cfg.get("sampler_options", {}))
+        # A worker joining a study samples with a seed of its own: N workers seeded alike
+        # would propose the same parameters (the study's first run keeps the config's seed).
+        seed = None if fresh_seed else cfg.get("seed")
+        sampler = make_sampler(strategy, seed=seed, **cfg.get("sampler_options", {}))
     new_file: Path | None = None
     if storage is None or isinstance(storage, str):
         path = sqlite_path(storage or default_url())
@@ -170,7 +180,7 @@ def load_task(name: str, storage: str | None) -> dict[str, Any]:
         raise ConfigError(
             f"no study named {name!r} in {mask_url(storage or 'the default storage')} "
             f"(it holds {names or 'no study'}); give one of those names, or create the study "
-            "first with slimkit search hpo|nas --study NAME --storage URL"
+            "first with slimkit search hpo|nas|auto --study NAME --storage URL"
         ) from None
     task = study.user_attrs.get("slimkit_task")
     if task is None:

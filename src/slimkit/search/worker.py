@@ -50,13 +50,14 @@ def run_worker(
         space = SearchSpace(task["space"])
         from slimkit.data import load_dataset
 
-        study = open_study(study_name, storage_obj, directions(cfg), task)
+        study = open_study(study_name, storage_obj, directions(cfg), task, fresh_seed=True)
         objective = nas_objective(space, load_dataset(cfg.dataset), cfg)
         total = n_trials or cfg.n_trials
     elif kind == "hpo":
         hcfg = HPOConfig.from_dict(task["config"])
         dirs = ["maximize"] if len(hcfg.objectives) == 1 else ["maximize", "minimize"]
-        study = open_study(study_name, storage_obj, dirs, task, pruner=make_pruner(hcfg.pruner))
+        pruner = make_pruner(hcfg.pruner)
+        study = open_study(study_name, storage_obj, dirs, task, pruner=pruner, fresh_seed=True)
         objective = hpo_objective(hcfg)
         total = n_trials or hcfg.n_trials
     elif auto is not None:
