@@ -94,12 +94,22 @@ def test_workers_add_trials_to_a_cli_study_and_the_rerun_picks_the_best(
     assert (out / "best.slim").stat().st_size == best["bytes"] <= 60_000
     assert f"artifact: {out / 'best.slim'}" in capsys.readouterr().out.replace("\n", "")
 
-    # Another --out is another task: refused naming what differs.
+    # Another --out is another task: refused naming what differs, creating no folder.
     other = tmp_path / "elsewhere"
     assert main([*auto_argv(model_file, other, url, "w"), "--trials", "3"]) == 2
     err = capsys.readouterr().err.replace("\n", " ")
     assert "was created with --out (absolute)" in err and str(out.resolve()) in err
     assert len(finished(url, "w")) == 3
+    assert not other.exists()
+
+    # A best trial's file that another study overwrote (same --out, same trial number) is not
+    # copied as best.slim: the study recorded what the trial wrote.
+    original = chosen.read_bytes()
+    chosen.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    assert main([*auto, "--trials", "3"]) == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"the chosen trial {best['number']}'s artifact" in err and "SHA-256 differs" in err
+    chosen.write_bytes(original)
 
     # The best trial's artifact missing where the study says: a ConfigError naming both.
     chosen.unlink()

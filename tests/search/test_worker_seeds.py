@@ -1,5 +1,5 @@
-"""Workers joining an hpo study sample with their own seed: seeded like the study's first run,
-each worker proposed the first run's parameters again (a duplicated trial)."""
+"""Workers joining an hpo study, and a resumed run, sample with fresh entropy: seeded like the
+study's first run, each proposed the first run's parameters again (a duplicated trial)."""
 
 from slimkit.search import hpo
 from slimkit.search.hpo import HPOConfig
@@ -21,3 +21,21 @@ def test_hpo_workers_do_not_repeat_the_first_runs_trial(tmp_path):
     assert run_worker("s", url, 3) == 3
     lrs = [t.params["lr"] for t in study.trials]
     assert len(lrs) == 3 and len(set(lrs)) == 3, lrs
+
+
+def test_a_resumed_run_does_not_repeat_the_first_runs_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    cfg = HPOConfig(
+        model="lenet300",
+        space={"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": [1]},
+        n_trials=1,
+        max_batches=2,
+        strategy="random",
+        seed=0,
+    )
+    hpo(cfg, storage=url, study_name="s")
+    import dataclasses
+
+    study = hpo(dataclasses.replace(cfg, n_trials=2), storage=url, study_name="s")
+    lrs = [t.params["lr"] for t in study.trials]
+    assert len(lrs) == 2 and lrs[0] != lrs[1], lrs

@@ -128,15 +128,14 @@ def shortfall(row: dict[str, float], cfg: AutoCompressConfig, dense_acc: float) 
     return miss
 
 
-def default_sampler(cfg: AutoCompressConfig, *, fresh_seed: bool = False):
-    """Multivariate TPE seeded with ``cfg.seed``; ``fresh_seed``: with fresh entropy instead, for
-    a worker (workers seeded alike would propose the same trials)."""
+def default_sampler(cfg: AutoCompressConfig):
+    """Multivariate TPE seeded with ``cfg.seed`` (open_study reseeds it for workers/resumes)."""
     import optuna
 
     with warnings.catch_warnings():  # multivariate TPE is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=None if fresh_seed else cfg.seed,
+            seed=cfg.seed,
             n_startup_trials=cfg.startup_trials,
             multivariate=True,
         )
@@ -230,7 +229,13 @@ def make_objective(
             stage = "over budget before training: measured untrained"
         elif stopped is not None:
             stage = f"hopeless after pruning step {stopped}: fine-tuning stopped"
-        for k, v in {**row, "stage": stage, "artifact": str(artifact.resolve())}.items():
+        attrs = {
+            **row,
+            "stage": stage,
+            "artifact": str(artifact.resolve()),
+            "artifact_sha256": file_sha256(artifact),  # checked before it becomes best.slim
+        }
+        for k, v in attrs.items():
             trial.set_user_attr(k, v)
         # TPE ranks infeasible trials below feasible ones, by total overshoot.
         for k, v in budget_overshoot(row, cfg).items():
@@ -306,8 +311,6 @@ def auto_compress(
         if not isinstance(source, dict) or sorted(source) != keys:
             raise ConfigError(f"source must be a dict with the keys {keys}, but got {source!r}")
         task["source"] = {**source, "out": str(out.resolve())}
-    dense_acc = evaluate_accuracy(model.eval(), data.test)
-    atomic.output_dir(out / "trials")
     try:
         study = open_study(
             study_name, storage, ["maximize"], task, sampler=sampler or default_sampler(cfg)
@@ -316,6 +319,9 @@ def auto_compress(
         if source is not None:  # say which of the model file, data or folder differs
             _check_same_source(study_name, storage, task)
         raise
+    # After the study is open: a refused resume creates no folder and evaluates nothing.
+    dense_acc = evaluate_accuracy(model.eval(), data.test)
+    atomic.output_dir(out / "trials")
     if not study.trials:  # a new study (not a resume): trial 0 is the near-feasible start
         start = dict(plan.start)
         for g, names in plan.groups.items():
@@ -366,6 +372,13 @@ def auto_compress(
             "artifact stays where the process that ran it (this one or a `slimkit search "
             "worker`) wrote it; pass the same out_dir, run the workers on a shared folder, or "
             f"copy that trial's file to {chosen}"
+        )
+    expected = best.get("artifact_sha256")
+    if expected is not None and file_sha256(chosen) != expected:
+        raise ConfigError(
+            f"the chosen trial {best['number']}'s artifact {chosen} is not the file that trial "
+            "wrote (its SHA-256 differs): another study wrote its trials into the same folder; "
+            "give each study its own out_dir (--out) and rerun"
         )
     shutil.copyfile(chosen, out / "best.slim")
     front = [

@@ -37,6 +37,8 @@ def open_study(
     """Create the study or load it; a study made for another task is refused.
 
     ``storage`` is a URL (None: the default SQLite file) or a storage from make_storage.
+    ``fresh_seed`` (a worker joining the study) and any resume reseed the sampler from fresh
+    entropy, so they do not propose the first run's parameters again.
     A study of another task that holds failed trials and nothing else (a run that failed before
     any trial finished) has nothing to resume: it is replaced, with a StudyReplacedWarning.
     """
@@ -51,10 +53,7 @@ def open_study(
         strategy = cfg.get("strategy", "tpe")
         if len(directions) > 1 and strategy in ("evolution", "reinforce", "tpe"):
             strategy = "nsga2"
-        # A worker joining a study samples with a seed of its own: N workers seeded alike
-        # would propose the same parameters (the study's first run keeps the config's seed).
-        seed = None if fresh_seed else cfg.get("seed")
-        sampler = make_sampler(strategy, seed=seed, **cfg.get("sampler_options", {}))
+        sampler = make_sampler(strategy, seed=cfg.get("seed"), **cfg.get("sampler_options", {}))
     new_file: Path | None = None
     if storage is None or isinstance(storage, str):
         path = sqlite_path(storage or default_url())
@@ -104,6 +103,11 @@ def open_study(
         study.set_user_attr("slimkit_task", json.loads(json.dumps(task)))
     if not existed:
         _NEW[study] = (rdb, new_file)
+    if fresh_seed or study.get_trials(deepcopy=False):
+        # A worker, or a resumed run, samples from fresh entropy: seeded like the study's first
+        # run it drew that run's first parameters again (a repeated trial). Samplers that seed
+        # per trial number (evolution, reinforce) never repeat and keep their seed (no-op).
+        study.sampler.reseed_rng()
     return study
 
 

@@ -71,7 +71,8 @@ def run_worker(
             storage_obj,
             ["maximize"],
             task,
-            sampler=default_sampler(acfg, fresh_seed=True),
+            sampler=default_sampler(acfg),
+            fresh_seed=True,
         )
         total = n_trials or acfg.n_trials
         torch.manual_seed(acfg.seed)
