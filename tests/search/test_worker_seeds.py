@@ -39,3 +39,19 @@ def test_a_resumed_run_does_not_repeat_the_first_runs_trial(tmp_path):
     study = hpo(dataclasses.replace(cfg, n_trials=2), storage=url, study_name="s")
     lrs = [t.params["lr"] for t in study.trials]
     assert len(lrs) == 2 and lrs[0] != lrs[1], lrs
+
+
+def test_a_worker_without_trials_follows_the_latest_runs_count(tmp_path):
+    import dataclasses
+
+    from slimkit.search.study import load_task
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    cfg = HPOConfig(
+        model="lenet300", space={"epochs": [1]}, n_trials=1, max_batches=2, strategy="random"
+    )
+    hpo(cfg, storage=url, study_name="s")
+    # the rerun asks for 2: the stored count follows (it stayed 1, so a worker with no --trials
+    # started beside a `--trials 20` rerun stopped at once)
+    hpo(dataclasses.replace(cfg, n_trials=2), storage=url, study_name="s")
+    assert load_task("s", url)["config"]["n_trials"] == 2

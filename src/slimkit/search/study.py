@@ -99,8 +99,9 @@ def open_study(
         )
         optuna.delete_study(study_name=name, storage=rdb)
         study, stored, existed = create(), None, False
-    if stored is None:
-        study.set_user_attr("slimkit_task", json.loads(json.dumps(task)))
+    task = json.loads(json.dumps(task))
+    if stored != task:  # new, or a resume asking for another trial count: workers read it
+        study.set_user_attr("slimkit_task", task)
     if not existed:
         _NEW[study] = (rdb, new_file)
     if fresh_seed or study.get_trials(deepcopy=False):
