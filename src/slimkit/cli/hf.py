@@ -36,6 +36,30 @@ def _layers(spec: str | None) -> tuple[int, ...]:
         ) from None
 
 
+def _refuse_model_file(folder: Path | None, out: Path) -> None:
+    """--out must not replace a file of the model being read (its weights, tokenizer, config);
+    an unwritable --out is refused before the model is loaded."""
+    import os
+
+    from slimkit.atomic import check_writable
+    from slimkit.errors import ConfigError
+    from slimkit.transformers import default_model_folder
+
+    check_writable(out)
+    model = Path(folder) if folder is not None else default_model_folder()
+    if not out.exists() or not model.is_dir():
+        return
+    inside = [
+        Path(os.path.abspath(model)) in Path(os.path.abspath(out)).parents,
+        model.resolve() in out.resolve().parents,
+    ]
+    if any(inside):
+        raise ConfigError(
+            f"--out {str(out)!r} is a file of the model folder {str(model)!r}, which the export "
+            "would replace; write the ONNX file elsewhere or under a new name"
+        )
+
+
 @hf_app.command("embed")
 def embed_cmd(
     folder: Path = FolderArg,
@@ -71,6 +95,7 @@ def export_cmd(
     """Export fp32 ONNX (dynamic batch and length), parity-checked, with ORT fusions."""
     from slimkit.transformers import export_encoder, load_encoder, sentence_encoder
 
+    _refuse_model_file(folder, out)
     enc = load_encoder(folder)
     res = export_encoder(
         sentence_encoder(enc),
@@ -114,23 +139,20 @@ def _compress(
         mode=mode, auto_exclude=auto_exclude, smooth={"enabled": smooth, "alpha": alpha}
     )
     layers = _layers(keep_layers)
-    distill = DistillConfig(steps=distill_steps)  # checked even when nothing is pruned
-    structural = (
-        EncoderStructural(
-            keep_layers=layers,
-            head_fraction=head_fraction,
-            ffn_fraction=ffn_fraction,
-            unlabelled_text=unlabelled,
-            distill=distill,
-        )
-        if layers or head_fraction != 0 or ffn_fraction != 0  # != 0: a negative one is refused
-        else None
+    # Built (so checked: --distill-steps, --unlabelled, ...) even when nothing is pruned.
+    structural = EncoderStructural(
+        keep_layers=layers,
+        head_fraction=head_fraction,
+        ffn_fraction=ffn_fraction,
+        unlabelled_text=unlabelled,
+        distill=DistillConfig(steps=distill_steps),
     )
+    prune = bool(layers) or head_fraction != 0 or ffn_fraction != 0
     return compress_encoder(
         folder,
         out,
         int8=int8,
-        structural=structural,
+        structural=structural if prune else None,
         measure=MeasureConfig() if measure else None,
         log=console.print,
     )

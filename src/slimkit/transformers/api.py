@@ -71,7 +71,7 @@ def measure_onnx(
     for name, p in paths.items():
         rows[name]["bytes"] = os.path.getsize(p)
         emb = embed(runners[name], tokenizer, sentences, max_length=max_length)
-        rows[name]["fidelity"] = embedding_fidelity(reference, emb).to_dict()
+        rows[name]["fidelity"] = embedding_fidelity(reference, emb, FIDELITY_K).to_dict()
     all_runners = {**(extra_runners or {}), **runners}
     for b in m.batch_sizes:
         batches = make_batches(tokenizer, sentences, b, m.batches, max_length)
@@ -100,6 +100,7 @@ def compress_encoder(
     half replaced) and removes what it wrote (no 90 MB ``model_fp32.onnx`` left from a run
     that never finished).
     """
+    sentences = _check_compress_args(int8, structural, sentences, measure)  # before any write
     atomic.refuse_foreign_folder(out_dir)
     existed = os.path.isdir(out_dir)
     out = atomic.output_dir(out_dir)
@@ -127,6 +128,45 @@ def compress_encoder(
     except BaseException:
         shutil.rmtree(out if not existed else stage, ignore_errors=True)
         raise
+
+
+FIDELITY_K = 5  # embedding_fidelity's top-k: measuring needs more sentences than this
+
+
+def _check_compress_args(
+    int8: Any, structural: Any, sentences: Any, measure: Any
+) -> list[str] | None:
+    """Types and sentence counts, checked before the output folder or the fp32 export exists."""
+    from slimkit.transformers.embed import _sentence_list
+    from slimkit.transformers.int8 import check_calibration_sentences
+
+    for name, value, kind in (
+        ("int8", int8, EncoderInt8),
+        ("structural", structural, EncoderStructural),
+        ("measure", measure, MeasureConfig),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(
+                f"{name} must be {kind.__name__}(...) or None, but got {type(value).__name__}: "
+                f"{value!r:.80}; write {kind.__name__}(...)"
+                + (f" or {kind.__name__}.from_dict({{...}})" if kind is not MeasureConfig else "")
+            )
+    if sentences is None:
+        return None  # the packaged corpus
+    if int8 is not None:
+        sentences = check_calibration_sentences(sentences)
+    elif isinstance(sentences, str):
+        raise ConfigError(
+            f"sentences must be a list of strings, but got the string {sentences!r:.60}; "
+            f"write [{sentences!r:.60}, ...]"
+        )
+    sentences = _sentence_list(sentences)
+    if measure is not None and len(sentences) <= FIDELITY_K:
+        raise ConfigError(
+            f"measuring fidelity (top-{FIDELITY_K} agreement) needs more than {FIDELITY_K} "
+            f"sentences, but got {len(sentences)}; pass more sentences, or measure=None"
+        )
+    return sentences
 
 
 def _repath(value: Any, old: str, new: str) -> Any:

@@ -52,13 +52,29 @@ def pool(
 
 def sentence_encoder(encoder: Any) -> SentenceEncoder:
     """The exportable module of a loaded :class:`~slimkit.transformers.loader.Encoder`."""
+    if not all(hasattr(encoder, a) for a in ("model", "pooling", "normalize")):
+        raise ConfigError(
+            f"sentence_encoder takes what load_encoder returns, but got "
+            f"{type(encoder).__name__}: {encoder!r:.80}; call sentence_encoder(load_encoder(folder))"
+        )
     return SentenceEncoder(encoder.model, encoder.pooling, encoder.normalize).eval()
 
 
-def _sentence_list(sentences: Sequence[str] | str) -> Sequence[str]:
-    """One string becomes a list of one; an empty list or a non-string entry is a ConfigError."""
+def _sentence_list(sentences: Sequence[str] | str) -> list[str]:
+    """One string becomes a list of one; anything but a non-empty list of strings is a
+    ConfigError."""
     if isinstance(sentences, str):
-        sentences = [sentences]
+        return [sentences]
+    if (
+        sentences is None
+        or isinstance(sentences, (bytes, dict))
+        or not hasattr(sentences, "__iter__")
+    ):
+        raise ConfigError(
+            f"sentences must be a non-empty list of strings, but got "
+            f"{type(sentences).__name__}: {sentences!r:.80}"
+        )
+    sentences = list(sentences)
     if not sentences:
         raise ConfigError("sentences must be a non-empty list of strings, but got an empty list")
     bad = [s for s in sentences if not isinstance(s, str)]
@@ -67,9 +83,26 @@ def _sentence_list(sentences: Sequence[str] | str) -> Sequence[str]:
     return sentences
 
 
+def check_max_length(max_length: Any, model: Any = None) -> None:
+    """``max_length`` is an int >= 3 and, for a SentenceEncoder, at most its position limit."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+        raise ConfigError(
+            f"max_length must be an integer >= 3, but got {max_length!r}; "
+            "[CLS] and [SEP] take 2 tokens"
+        )
+    config = getattr(getattr(model, "model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ConfigError(
+            f"max_length must be at most the model's {limit} positions "
+            f"(max_position_embeddings), but got {max_length}; pass max_length={limit} or less"
+        )
+
+
 def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Pad to the longest sentence; sentences past ``max_length`` tokens are cut with a warning."""
     sentences = _sentence_list(sentences)
+    check_max_length(max_length)
     lengths = [len(ids) for ids in tokenizer(list(sentences), add_special_tokens=True)["input_ids"]]
     too_long = [i for i, n in enumerate(lengths) if n > max_length]
     if too_long:
@@ -117,14 +150,16 @@ def embed(
     order of ``sentences`` is kept exactly).
     """
     sentences = _sentence_list(sentences)
-    for name, value, low in (("max_length", max_length, 3), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(
-                f"{name} must be an integer >= {low}, but got {value!r}"
-                + ("; [CLS] and [SEP] take 2 tokens" if name == "max_length" else "")
-            )
+    check_max_length(max_length, model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, but got {batch_size!r}")
     if isinstance(model, (str, os.PathLike)):
         model = ort_runner(model)
+    elif not callable(model):
+        raise ConfigError(
+            f"model must be a SentenceEncoder, an ONNX file path or a runner, but got "
+            f"{type(model).__name__}: {model!r:.80}"
+        )
     out = []
     for start in range(0, len(sentences), batch_size):
         batch = tokenize(tokenizer, sentences[start : start + batch_size], max_length)

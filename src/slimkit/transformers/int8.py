@@ -147,6 +147,15 @@ class EncoderInt8(SlimConfig):
         super().__post_init__()
 
     def validate(self) -> None:
+        from slimkit.config import _check_patterns
+
+        if not isinstance(self.smooth, SmoothConfig):
+            raise ConfigError(
+                f"smooth must be a SmoothConfig or a mapping such as {{'enabled': true, "
+                f"'alpha': 0.7}}, but got {self.smooth!r}"
+            )
+        _check_patterns(self.exclude, "exclude")
+        _check_patterns(self.per_token_units, "per_token_units")
         check_int("auto_exclude", self.auto_exclude, 0, 96)
         check_int("outlier_channels", self.outlier_channels, 0, 4096)
         check_int("scan_sentences", self.scan_sentences, 2, 100_000)
@@ -423,6 +432,27 @@ def _ort_quantize_inner(
     )
 
 
+def check_calibration_sentences(sentences: Any) -> list[str]:
+    """At least 2 sentences (a list of strings) for the scan and calibration."""
+    from slimkit.transformers.embed import _sentence_list
+
+    if isinstance(sentences, str):
+        raise ConfigError(
+            f"sentences must be a list of strings, but got the string {sentences!r:.60}; "
+            f"write [{sentences!r:.60}, ...] with at least 2 sentences"
+        )
+    if isinstance(sentences, (list, tuple)) and len(sentences) < 2:
+        raise ConfigError(
+            f"int8 needs at least 2 sentences for scan/calibration, but got {len(sentences)}"
+        )
+    sentences = _sentence_list(sentences)
+    if len(sentences) < 2:
+        raise ConfigError(
+            f"int8 needs at least 2 sentences for scan/calibration, but got {len(sentences)}"
+        )
+    return sentences
+
+
 @REGISTRY.register(EncoderInt8)
 def quantize_encoder(
     module: Any,
@@ -437,12 +467,15 @@ def quantize_encoder(
     log: Callable[[str], None] = lambda _m: None,
 ) -> Int8Result:
     """Write an int8 ONNX model of ``module`` (a SentenceEncoder, left untouched) to ``path``."""
-    from slimkit.transformers.onnx_export import export_encoder
+    from slimkit.transformers.onnx_export import check_export_args, export_encoder
 
-    if len(sentences) < 2:
+    sentences = check_calibration_sentences(sentences)
+    if not isinstance(cfg, EncoderInt8):
         raise ConfigError(
-            f"int8 needs at least 2 sentences for scan/calibration, but got {len(sentences)}"
+            f"cfg must be an EncoderInt8, but got {type(cfg).__name__}: {cfg!r:.80}; "
+            "write EncoderInt8(...) or EncoderInt8.from_dict({...})"
         )
+    check_export_args(path, num_heads, hidden_size, max_length, module)  # before the slow work
     work = copy.deepcopy(module).eval()
     scan = _batches(tokenizer, sentences[: cfg.scan_sentences], max_length)
     calib = _batches(tokenizer, sentences[: cfg.calib_sentences], max_length)
@@ -452,6 +485,12 @@ def quantize_encoder(
         log(f"smoothed {len(smoothed)} layers (alpha={cfg.smooth.alpha})")
     units = unit_names(work)
     excluded = _match_units(cfg.exclude, units)
+    if cfg.auto_exclude and cfg.auto_exclude >= len(units) - len(excluded):
+        raise ConfigError(
+            f"auto_exclude must leave some unit int8: the model has {len(units)} units, "
+            f"{len(excluded)} excluded by name, but got auto_exclude={cfg.auto_exclude}; "
+            f"pass at most {max(len(units) - len(excluded) - 1, 0)}"
+        )
     # Checked before the sensitivity scan, so a bad pattern fails before the slow work.
     per_token_units = _match_units(cfg.per_token_units, units) if cfg.per_token_units else units
     not_ffn = [u for u in per_token_units if not _is_ffn_unit(u)] if cfg.per_token_units else []

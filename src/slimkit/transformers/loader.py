@@ -46,13 +46,20 @@ def default_model_folder() -> Path:
     return Path(pkg.get_model_path())
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, kind: type = dict) -> Any:
+    """``path`` parsed; a ConfigError naming the file when it is not JSON or not a ``kind``."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(
             f"{path} is not readable JSON ({exc}); repair or re-download it"
         ) from None
+    if not isinstance(data, kind):
+        what = "an object ({...})" if kind is dict else "a list ([...])"
+        raise ConfigError(
+            f"{path} must hold {what}, but holds a {type(data).__name__}; repair or re-download it"
+        )
+    return data
 
 
 def check_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -103,12 +110,50 @@ def _pooling(path: Path) -> tuple[str, bool, int | None]:
             pooling = "cls"
     modules = path / "modules.json"
     if modules.is_file():
-        mods = json.loads(modules.read_text(encoding="utf-8"))
-        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in mods)
+        mods = _read_json(modules, list)
+        normalize = any(
+            isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in mods
+        )
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_len = _read_json(sbert).get("max_seq_length")
+        if max_len is not None and (
+            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3
+        ):
+            raise ConfigError(
+                f"{sbert} max_seq_length must be an integer >= 3 ([CLS] and [SEP] take 2 tokens), "
+                f"but got {max_len!r}; fix it or delete the key to use the model's limit"
+            )
     return pooling, normalize, max_len
+
+
+def _load_failed(path: Path, what: str, exc: BaseException) -> ConfigError:
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+    return ConfigError(
+        f"{str(path)!r}: the {what} could not be loaded ({type(exc).__name__}: {reason}); "
+        "repair or re-download the model folder"
+    )
+
+
+def _check_loaded(path: Path, info: dict[str, Any]) -> None:
+    """Weights the config needs but the file lacks would be random; layers the file has but the
+    config lacks would be dropped: both are a config.json that does not match the weights.
+    (A missing pooler is unused; a masked-LM head, ``cls.*``, is not part of the encoder.)"""
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    extra = sorted(k for k in info.get("unexpected_keys", ()) if k.split(".")[0] != "cls")
+    extra = [k for k in extra if not k.startswith("pooler.")]
+    if missing or extra:
+        which = (
+            "lacks weights config.json needs"
+            if missing
+            else "holds weights config.json has no place for"
+        )
+        shown = (missing or extra)[:3]
+        raise ConfigError(
+            f"{str(path)!r}: model.safetensors does not match config.json: the file {which} "
+            f"({len(missing or extra)}, e.g. {shown}); check num_hidden_layers and the sizes in "
+            "config.json, or re-download the model folder"
+        )
 
 
 def load_encoder(folder: str | os.PathLike[str] | None = None) -> Encoder:
@@ -116,18 +161,42 @@ def load_encoder(folder: str | os.PathLike[str] | None = None) -> Encoder:
 
     ``folder=None`` loads the bundled all-MiniLM-L6-v2.
     """
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise ConfigError(
+            f"folder must be a path to a Hugging Face model folder (or None for the bundled "
+            f"all-MiniLM-L6-v2), but got {type(folder).__name__}: {folder!r}"
+        )
     path = Path(folder) if folder is not None else default_model_folder()
-    config = check_folder(path)
+    check_folder(path)
+    pooling, normalize, max_len = _pooling(path)  # its files are checked before the slow load
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tfm = import_extra("transformers", "hf")
     tfm.logging.set_verbosity_error()
     tfm.logging.disable_progress_bar()
-    tokenizer = tfm.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = tfm.AutoModel.from_pretrained(
-        str(path), local_files_only=True, use_safetensors=True, attn_implementation="eager"
-    ).eval()
-    pooling, normalize, max_len = _pooling(path)
-    limit = int(config.get("max_position_embeddings", 512))
+    try:  # the tokenizer reads config.json too: a bad value there is named as config.json's
+        tfm.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # a value of the wrong type, ...
+        raise _load_failed(path, "config.json", exc) from exc
+    try:
+        tokenizer = tfm.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # JSONDecodeError, OSError, ... from a broken tokenizer file
+        raise _load_failed(
+            path, "tokenizer (tokenizer.json, tokenizer_config.json, vocab.txt)", exc
+        ) from exc
+    try:
+        model, info = tfm.AutoModel.from_pretrained(
+            str(path),
+            local_files_only=True,
+            use_safetensors=True,
+            attn_implementation="eager",
+            output_loading_info=True,
+        )
+    except Exception as exc:  # SafetensorError (truncated file), size mismatch, bad config values
+        raise _load_failed(path, "model (config.json + model.safetensors)", exc) from exc
+    _check_loaded(path, info)
+    model.eval()
+    # Read from the loaded config: config.json may leave keys to the model type's defaults.
+    limit = int(model.config.max_position_embeddings)
     max_length = min(int(max_len), limit) if max_len else limit
     return Encoder(
         model=model,
@@ -136,6 +205,6 @@ def load_encoder(folder: str | os.PathLike[str] | None = None) -> Encoder:
         max_length=max_length,
         pooling=pooling,
         normalize=normalize,
-        num_heads=int(config["num_attention_heads"]),
-        hidden_size=int(config["hidden_size"]),
+        num_heads=int(model.config.num_attention_heads),
+        hidden_size=int(model.config.hidden_size),
     )

@@ -109,6 +109,33 @@ def parity(
     return worst
 
 
+def check_export_args(
+    path: str | os.PathLike[str], num_heads: Any, hidden_size: Any, max_length: Any, module: Any
+) -> None:
+    """Refuse, before the export, an output path that cannot be written and head/size values
+    ORT's optimizer would trip on (0 = read them from the graph)."""
+    from slimkit.transformers.embed import check_max_length
+
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"module must be a SentenceEncoder (sentence_encoder(load_encoder(folder))), but got "
+            f"{type(module).__name__}"
+        )
+    atomic.check_writable(path)
+    check_max_length(max_length, module)
+    for name, value in (("num_heads", num_heads), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(
+                f"{name} must be an integer >= 0 (0 = read it from the graph), but got {value!r}"
+            )
+    if num_heads and hidden_size and hidden_size % num_heads:
+        raise ConfigError(
+            f"hidden_size must be a multiple of num_heads, but got hidden_size={hidden_size}, "
+            f"num_heads={num_heads}; pass the model's values (Encoder.num_heads, "
+            "Encoder.hidden_size) or 0 for both"
+        )
+
+
 def export_encoder(
     module: nn.Module,
     tokenizer: Any,
@@ -137,6 +164,9 @@ def export_encoder(
     from slimkit.transformers.embed import tokenize
     from slimkit.transformers.packed import ATTENTION_OPS, PackedSentenceEncoder
 
+    check_export_args(path, num_heads, hidden_size, max_length, module)
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+        raise ConfigError(f"atol must be a number >= 0 (e.g. 1e-4), but got {atol!r}")
     if attention not in ATTENTION_OPS:
         raise ConfigError(f"attention must be one of {list(ATTENTION_OPS)}, but got {attention!r}")
     if packed and (optimize or not simplify):

@@ -92,6 +92,7 @@ class DistillConfig(SlimConfig):
         check_range("distill.embedding_weight", self.embedding_weight, 0.0, 1e6)
         check_range("distill.pair_weight", self.pair_weight, 0.0, 1e6)
         check_range("distill.unlabelled_share", self.unlabelled_share, 0.0, 1.0)
+        check_int("distill.seed", self.seed, 0, 2**63 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +124,11 @@ class EncoderStructural(SlimConfig):
         super().__post_init__()
 
     def validate(self) -> None:
+        if not isinstance(self.distill, DistillConfig):
+            raise ConfigError(
+                f"distill must be a DistillConfig or a mapping such as {{'steps': 300}}, "
+                f"but got {self.distill!r}"
+            )
         check_range("head_fraction", self.head_fraction, 0.0, 1.0, high_open=True)
         check_range("ffn_fraction", self.ffn_fraction, 0.0, 1.0, high_open=True)
         check_int("ffn_multiple", self.ffn_multiple, 1, 4096)
@@ -571,8 +577,14 @@ def compress_structure(
     ``sentences`` come first in the scans.
     """
     from slimkit.data.unlabelled_text import load_unlabelled_text
-    from slimkit.transformers.embed import tokenize
+    from slimkit.transformers.embed import _sentence_list, tokenize
 
+    if not isinstance(cfg, EncoderStructural):
+        raise ConfigError(
+            f"cfg must be an EncoderStructural, but got {type(cfg).__name__}: {cfg!r:.80}; "
+            "write EncoderStructural(...) or EncoderStructural.from_dict({...})"
+        )
+    sentences = _sentence_list(sentences)  # a non-empty list of strings
     if not unlabelled and cfg.unlabelled_text:
         unlabelled = load_unlabelled_text(cfg.unlabelled_text)
         log(f"unlabelled text: {len(unlabelled)} lines of {cfg.unlabelled_text}")

@@ -1,0 +1,268 @@
+"""Bad input to the HF encoder path gets a slimkit error naming the rule, the value and the fix,
+before any slow work and without leaving files; never a traceback from transformers/torch/ORT."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from slimkit.cli import main
+from slimkit.errors import ConfigError
+from slimkit.transformers import (
+    DistillConfig,
+    EncoderInt8,
+    EncoderStructural,
+    MeasureConfig,
+    compress_encoder,
+    compress_structure,
+    default_model_folder,
+    embed,
+    export_encoder,
+    load_encoder,
+    quantize_encoder,
+    sentence_encoder,
+    tokenize,
+)
+
+FAST = EncoderInt8(auto_exclude=0, smooth={"enabled": False}, outlier_channels=0)
+
+
+def model_copy(tmp_path, skip=()):
+    """The bundled model's files in a new folder (the weights as a symlink unless skipped)."""
+    src, dst = default_model_folder(), tmp_path / "model"
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name in skip:
+            continue
+        if p.is_dir():
+            shutil.copytree(p, dst / p.name)
+        elif p.name == "model.safetensors":
+            os.symlink(p, dst / p.name)
+        else:
+            shutil.copyfile(p, dst / p.name)
+    return dst
+
+
+def edit_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+
+
+# ---- a broken model folder ---------------------------------------------------------------------
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+    folder = model_copy(tmp_path)
+    (folder / "config.json").write_text("[1, 2]")  # was AttributeError: 'list' ... 'get'
+    with pytest.raises(ConfigError, match=r"config.json must hold an object"):
+        load_encoder(folder)
+
+
+def test_config_value_of_the_wrong_type_is_named_as_config_json(tmp_path):
+    folder = model_copy(tmp_path)
+    edit_config(folder, max_position_embeddings="x")  # was StrictDataclassFieldValidationError
+    with pytest.raises(ConfigError, match=r"config.json could not be loaded .*max_position"):
+        load_encoder(folder)
+
+
+def test_config_without_head_count_uses_the_model_types_default(tmp_path):
+    folder = model_copy(tmp_path)
+    edit_config(folder, num_attention_heads=None)  # was KeyError: 'num_attention_heads'
+    assert load_encoder(folder).num_heads == 12  # BERT's default, as transformers loaded it
+
+
+def test_truncated_weights(tmp_path):
+    folder = model_copy(tmp_path, skip=("model.safetensors",))
+    data = (default_model_folder() / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])  # was SafetensorError
+    with pytest.raises(ConfigError, match=r"model .* could not be loaded \(SafetensorError"):
+        load_encoder(folder)
+
+
+def test_hidden_size_that_does_not_divide_into_heads(tmp_path):
+    folder = model_copy(tmp_path)
+    edit_config(folder, hidden_size=256)  # was ValueError from modeling_bert
+    with pytest.raises(ConfigError, match=r"not a multiple of the number of attention heads"):
+        load_encoder(folder)
+
+
+def test_weights_missing_from_the_file_are_not_left_random(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = model_copy(tmp_path, skip=("model.safetensors",))
+    tensors = load_file(default_model_folder() / "model.safetensors")
+    save_file(
+        {k: v for k, v in tensors.items() if "layer.5." not in k}, folder / "model.safetensors"
+    )
+    with pytest.raises(ConfigError, match=r"lacks weights config.json needs \(16, e.g."):
+        load_encoder(folder)  # was: loaded with layer 5 randomly initialised
+
+
+def test_layers_the_config_does_not_have_are_not_dropped(tmp_path):
+    folder = model_copy(tmp_path)
+    edit_config(folder, num_hidden_layers=3)  # was: loaded 3 of the 6 layers silently
+    with pytest.raises(ConfigError, match=r"holds weights config.json has no place for"):
+        load_encoder(folder)
+
+
+def test_broken_tokenizer_file(tmp_path):
+    folder = model_copy(tmp_path)
+    (folder / "tokenizer.json").write_text("{oops")  # was JSONDecodeError
+    with pytest.raises(ConfigError, match=r"tokenizer .* could not be loaded \(JSONDecodeError"):
+        load_encoder(folder)
+
+
+def test_broken_sentence_transformers_files(tmp_path):
+    folder = model_copy(tmp_path)
+    (folder / "modules.json").write_text("{oops")  # was JSONDecodeError
+    with pytest.raises(ConfigError, match=r"modules.json is not readable JSON"):
+        load_encoder(folder)
+    (folder / "modules.json").write_text('{"a": 1}')  # was AttributeError
+    with pytest.raises(ConfigError, match=r"modules.json must hold a list"):
+        load_encoder(folder)
+    shutil.copyfile(default_model_folder() / "modules.json", folder / "modules.json")
+    for bad in ('"abc"', "-5", "2"):  # was ValueError from int() / a max_length of -5 or 2
+        (folder / "sentence_bert_config.json").write_text(f'{{"max_seq_length": {bad}}}')
+        with pytest.raises(ConfigError, match=r"max_seq_length must be an integer >= 3"):
+            load_encoder(folder)
+
+
+def test_folder_of_the_wrong_type():
+    with pytest.raises(ConfigError, match=r"folder must be a path .* got int: 123"):
+        load_encoder(123)  # was TypeError from pathlib
+
+
+# ---- embed / tokenize ---------------------------------------------------------------------------
+
+
+def test_sentences_that_are_not_a_list(sentence_module, encoder):
+    tok = encoder.tokenizer
+    with pytest.raises(ConfigError, match=r"got NoneType: None"):  # said "an empty list"
+        embed(sentence_module, tok, None)
+    with pytest.raises(ConfigError, match=r"got int: 42"):  # was TypeError
+        embed(sentence_module, tok, 42)
+    emb = embed(sentence_module, tok, (s for s in ["a cat", "a dog"]))  # was TypeError: len()
+    assert emb.shape == (2, 384)
+
+
+def test_max_length_past_the_models_positions(sentence_module, encoder):
+    with pytest.raises(ConfigError, match=r"at most the model's 512 positions"):
+        embed(sentence_module, encoder.tokenizer, ["word " * 700], max_length=1000)
+
+
+def test_tokenize_checks_max_length(encoder):
+    with pytest.raises(ConfigError, match=r"max_length must be an integer >= 3, but got 0"):
+        tokenize(encoder.tokenizer, ["a cat"], 0)  # was accepted (no truncation at all)
+
+
+def test_model_and_encoder_of_the_wrong_type(encoder):
+    with pytest.raises(ConfigError, match=r"model must be a SentenceEncoder"):
+        embed(None, encoder.tokenizer, ["a cat"])
+    with pytest.raises(ConfigError, match=r"takes what load_encoder returns"):
+        sentence_encoder("some/folder")
+
+
+# ---- export / quantize --------------------------------------------------------------------------
+
+
+def test_export_arguments_checked_before_exporting(sentence_module, encoder, tmp_path):
+    tok, out = encoder.tokenizer, tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match=r"atol must be a number >= 0"):  # was a ParityError
+        export_encoder(sentence_module, tok, out, atol=-1.0)
+    with pytest.raises(ConfigError, match=r"hidden_size must be a multiple of num_heads"):
+        export_encoder(sentence_module, tok, out, num_heads=5, hidden_size=384)  # AssertionError
+    with pytest.raises(ConfigError, match=r"num_heads must be an integer >= 0"):
+        export_encoder(sentence_module, tok, out, num_heads=-1, hidden_size=384)
+    with pytest.raises(ConfigError, match=r"max_length must be an integer >= 3"):
+        export_encoder(sentence_module, tok, out, max_length=0)  # was written, unchecked
+    assert not out.exists()
+
+
+def test_quantize_arguments_checked_before_the_scan(sentence_module, encoder, tmp_path, sentences):
+    tok, out = encoder.tokenizer, tmp_path / "q.onnx"
+    with pytest.raises(ConfigError, match=r"got the string 'one long sentence'"):
+        quantize_encoder(sentence_module, tok, out, FAST, "one long sentence")  # per character
+    with pytest.raises(ConfigError, match=r"got NoneType"):
+        quantize_encoder(sentence_module, tok, out, FAST, None)  # was TypeError: len()
+    with pytest.raises(ConfigError, match=r"cfg must be an EncoderInt8"):
+        quantize_encoder(sentence_module, tok, out, {"mode": "dynamic"}, sentences)
+    with pytest.raises(ConfigError, match=r"auto_exclude must leave some unit int8"):
+        quantize_encoder(
+            sentence_module,
+            tok,
+            out,
+            EncoderInt8(auto_exclude=96, smooth={"enabled": False}),
+            sentences,
+        )  # was: every unit kept fp32, no int8 at all
+    with pytest.raises(ConfigError, match=r"max_length must be an integer >= 3"):
+        quantize_encoder(sentence_module, tok, out, FAST, sentences, max_length=0)
+    assert not out.exists()
+
+
+def test_config_fields_of_the_wrong_type():
+    with pytest.raises(ConfigError, match=r"smooth must be a SmoothConfig"):
+        EncoderInt8(smooth="yes")
+    with pytest.raises(ConfigError, match=r"exclude pattern 're:\[' is not a valid regex"):
+        EncoderInt8(exclude=["re:["])
+    with pytest.raises(ConfigError, match=r"exclude entries must be non-empty strings"):
+        EncoderInt8(exclude=[""])
+    with pytest.raises(ConfigError, match=r"distill must be a DistillConfig"):
+        EncoderStructural(distill="fast")
+    with pytest.raises(ConfigError, match=r"distill.seed must be an integer"):
+        DistillConfig(seed="a")
+
+
+def test_compress_structure_bad_sentences_and_config(sentence_module, encoder):
+    cfg = EncoderStructural(keep_layers=(0, 1), distill={"steps": 2, "eval_every": 1})
+    with pytest.raises(ConfigError, match=r"non-empty list of strings, but got an empty list"):
+        compress_structure(sentence_module, encoder.tokenizer, cfg, [])  # was IndexError
+    with pytest.raises(ConfigError, match=r"cfg must be an EncoderStructural"):
+        compress_structure(sentence_module, encoder.tokenizer, {"keep_layers": [0]}, ["a"])
+
+
+# ---- compress_encoder and the CLI ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sentences": "just one string"}, r"got the string"),  # ran on its characters
+        ({"int8": "dynamic"}, r"int8 must be EncoderInt8\(...\) or None"),
+        ({"structural": {"keep_layers": [0]}}, r"structural must be EncoderStructural"),
+        ({"measure": True}, r"measure must be MeasureConfig"),
+        (
+            {"int8": None, "sentences": ["a", "b", "c"], "measure": MeasureConfig()},
+            r"needs more than 5 sentences, but got 3",  # was a k error after all the work
+        ),
+    ],
+)
+def test_compress_encoder_refuses_before_writing(tmp_path, kwargs, message):
+    out = tmp_path / "run"
+    kwargs = {"measure": None, "sentences": ["a cat", "a dog"], "int8": FAST, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        compress_encoder(tmp_path / "not-loaded", out, **kwargs)
+    assert not out.exists()
+
+
+def test_hf_export_refuses_to_replace_a_file_of_the_model(tmp_path, capsys):
+    folder = model_copy(tmp_path)
+    before = (folder / "tokenizer.json").read_bytes()
+    assert main(["hf", "export", str(folder), "--out", str(folder / "tokenizer.json")]) == 2
+    assert "is a file of the model folder" in capsys.readouterr().err
+    assert (folder / "tokenizer.json").read_bytes() == before  # was replaced by the ONNX model
+
+
+def test_hf_quantize_checks_unlabelled_even_without_pruning(tmp_path, capsys):
+    out = tmp_path / "never"  # was ignored: exit 0 after an int8 run
+    assert main(["hf", "quantize", "--out", str(out), "--unlabelled", "bogus"]) == 2
+    assert "unlabelled_text must be" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_hf_embed_on_a_broken_tokenizer(tmp_path, capsys):
+    folder = model_copy(tmp_path)
+    (folder / "tokenizer.json").write_text("{oops")
+    assert main(["hf", "embed", str(folder), "--text", "hi"]) == 2  # was a JSONDecodeError
+    assert "could not be loaded" in capsys.readouterr().err
