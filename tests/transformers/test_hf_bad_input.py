@@ -193,7 +193,7 @@ def test_quantize_arguments_checked_before_the_scan(sentence_module, encoder, tm
             sentence_module,
             tok,
             out,
-            EncoderInt8(auto_exclude=96, smooth={"enabled": False}),
+            EncoderInt8(auto_exclude=96, smooth={"enabled": False}, outlier_channels=0),
             sentences,
         )  # was: every unit kept fp32, no int8 at all
     with pytest.raises(ConfigError, match=r"max_length must be an integer >= 3"):
@@ -266,3 +266,56 @@ def test_hf_embed_on_a_broken_tokenizer(tmp_path, capsys):
     (folder / "tokenizer.json").write_text("{oops")
     assert main(["hf", "embed", str(folder), "--text", "hi"]) == 2  # was a JSONDecodeError
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_auto_exclude_edges_and_checked_before_the_fp32_export(tmp_path):
+    from slimkit.transformers.int8 import check_auto_exclude
+
+    check_auto_exclude(EncoderInt8(auto_exclude=23, outlier_channels=0), 6)  # one unit int8
+    # with outlier channels the chosen FFN units still run int8 (split): not refused
+    check_auto_exclude(EncoderInt8(auto_exclude=24, outlier_channels=8), 6)
+    with pytest.raises(ConfigError, match=r"model has 8 units.*pass at most 7"):
+        check_auto_exclude(EncoderInt8(auto_exclude=8, outlier_channels=0), 2)
+    out = tmp_path / "run"  # 2 kept layers = 8 units: refused before the 90 MB export
+    with pytest.raises(ConfigError, match="auto_exclude must leave some unit int8"):
+        compress_encoder(
+            None,
+            out,
+            int8=EncoderInt8(auto_exclude=8, outlier_channels=0),
+            structural=EncoderStructural(keep_layers=(0, 1)),
+            measure=None,
+        )
+    assert not out.exists()
+
+
+def test_hf_export_may_replace_an_earlier_export_inside_the_model_folder(tmp_path):
+    from slimkit.cli.hf import _refuse_model_file
+
+    folder = model_copy(tmp_path)
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_text("an earlier export")
+    _refuse_model_file(folder, folder / "onnx" / "model.onnx")  # the Optimum layout: allowed
+    with pytest.raises(ConfigError, match="is a file of the model folder"):
+        _refuse_model_file(folder, folder / "model.safetensors")
+
+
+def test_max_length_may_be_a_numpy_integer(encoder):
+    import numpy as np
+
+    ids = tokenize(encoder.tokenizer, ["a short sentence"], np.int64(8))
+    assert ids["input_ids"].shape[1] <= 8
+
+
+def test_weights_outside_the_encoder_are_left_out_not_refused(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = model_copy(tmp_path, skip=("model.safetensors",))
+    weights = load_file(default_model_folder() / "model.safetensors")
+    weights["classifier.weight"] = torch.zeros(2, 384)  # a task head: not the encoder's
+    save_file(weights, folder / "model.safetensors")
+    assert load_encoder(folder).hidden_size == 384
+    weights["encoder.layer.6.output.dense.bias"] = torch.zeros(384)  # a layer config lacks
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(ConfigError, match="holds weights config.json has no place for"):
+        load_encoder(folder)

@@ -37,23 +37,21 @@ def _layers(spec: str | None) -> tuple[int, ...]:
 
 
 def _refuse_model_file(folder: Path | None, out: Path) -> None:
-    """--out must not replace a file of the model being read (its weights, tokenizer, config);
-    an unwritable --out is refused before the model is loaded."""
-    import os
-
+    """--out must not replace a file the model is read from (its weights, tokenizer, config,
+    pooling); other files in the folder (an earlier export, ``onnx/model.onnx``) may be
+    replaced. An unwritable --out is refused before the model is loaded."""
     from slimkit.atomic import check_writable
     from slimkit.errors import ConfigError
     from slimkit.transformers import default_model_folder
+    from slimkit.transformers.api import TOKENIZER_FILES
 
     check_writable(out)
     model = Path(folder) if folder is not None else default_model_folder()
     if not out.exists() or not model.is_dir():
         return
-    inside = [
-        Path(os.path.abspath(model)) in Path(os.path.abspath(out)).parents,
-        model.resolve() in out.resolve().parents,
-    ]
-    if any(inside):
+    read = [model / n for n in (*TOKENIZER_FILES, "model.safetensors")]
+    read += list(model.glob("1_Pooling/*"))
+    if any(p.exists() and out.samefile(p) for p in read):
         raise ConfigError(
             f"--out {str(out)!r} is a file of the model folder {str(model)!r}, which the export "
             "would replace; write the ONNX file elsewhere or under a new name"

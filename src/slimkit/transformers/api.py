@@ -191,14 +191,18 @@ def _compress_encoder(
 ) -> dict[str, Any]:
     from slimkit.data import load_corpus
     from slimkit.transformers.embed import embed, sentence_encoder
-    from slimkit.transformers.int8 import quantize_encoder
+    from slimkit.transformers.int8 import check_auto_exclude, quantize_encoder
     from slimkit.transformers.loader import load_encoder
     from slimkit.transformers.onnx_export import export_encoder
     from slimkit.transformers.structural import check_keep_layers, compress_structure
 
     enc = load_encoder(folder)
+    layers = enc.num_layers
     if structural is not None and structural.keep_layers:  # before the fp32 export, not after
         check_keep_layers(structural.keep_layers, enc.num_layers)
+        layers = len(structural.keep_layers)
+    if int8 is not None:  # before the fp32 export and any distillation
+        check_auto_exclude(int8, layers)
     sentences = list(sentences) if sentences is not None else load_corpus()
     module = sentence_encoder(enc)
     tok, max_len = enc.tokenizer, enc.max_length

@@ -6,6 +6,7 @@ and distilled: ``(input_ids, attention_mask)`` of shape (B, T) -> embeddings (B,
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -85,14 +86,18 @@ def _sentence_list(sentences: Sequence[str] | str) -> list[str]:
 
 def check_max_length(max_length: Any, model: Any = None) -> None:
     """``max_length`` is an int >= 3 and, for a SentenceEncoder, at most its position limit."""
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+    if (
+        isinstance(max_length, bool)
+        or not isinstance(max_length, numbers.Integral)
+        or int(max_length) < 3
+    ):
         raise ConfigError(
             f"max_length must be an integer >= 3, but got {max_length!r}; "
             "[CLS] and [SEP] take 2 tokens"
         )
     config = getattr(getattr(model, "model", None), "config", None)
     limit = getattr(config, "max_position_embeddings", None)
-    if isinstance(limit, int) and max_length > limit:
+    if isinstance(limit, int) and int(max_length) > limit:
         raise ConfigError(
             f"max_length must be at most the model's {limit} positions "
             f"(max_position_embeddings), but got {max_length}; pass max_length={limit} or less"

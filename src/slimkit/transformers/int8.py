@@ -231,6 +231,20 @@ class _FakeQuantLinear(nn.Module):
         return row_scaled_linear(x, self.weight, self.bias, fake_quant_act)
 
 
+def check_auto_exclude(cfg: EncoderInt8, num_layers: int) -> None:
+    """``auto_exclude`` must leave some unit int8. With ``outlier_channels`` the chosen FFN
+    units still run int8 but for a few channels, so only ``outlier_channels=0`` can leave
+    nothing int8."""
+    units = [f"encoder.layer.{i}.{u}" for i in range(num_layers) for u in UNITS]
+    free = len(units) - len(_match_units(cfg.exclude, units))
+    if cfg.auto_exclude and not cfg.outlier_channels and cfg.auto_exclude >= free:
+        raise ConfigError(
+            f"auto_exclude must leave some unit int8: the model has {len(units)} units, "
+            f"{len(units) - free} excluded by name, but got auto_exclude={cfg.auto_exclude}; "
+            f"pass at most {max(free - 1, 0)}"
+        )
+
+
 def unit_names(module: Any) -> list[str]:
     """Quantizable units of a SentenceEncoder: ``encoder.layer.{i}.{attention.self, ...}``."""
     return [f"encoder.layer.{i}.{u}" for i in range(len(module.model.encoder.layer)) for u in UNITS]
@@ -476,6 +490,7 @@ def quantize_encoder(
             "write EncoderInt8(...) or EncoderInt8.from_dict({...})"
         )
     check_export_args(path, num_heads, hidden_size, max_length, module)  # before the slow work
+    check_auto_exclude(cfg, len(module.model.encoder.layer))
     work = copy.deepcopy(module).eval()
     scan = _batches(tokenizer, sentences[: cfg.scan_sentences], max_length)
     calib = _batches(tokenizer, sentences[: cfg.calib_sentences], max_length)
@@ -485,12 +500,6 @@ def quantize_encoder(
         log(f"smoothed {len(smoothed)} layers (alpha={cfg.smooth.alpha})")
     units = unit_names(work)
     excluded = _match_units(cfg.exclude, units)
-    if cfg.auto_exclude and cfg.auto_exclude >= len(units) - len(excluded):
-        raise ConfigError(
-            f"auto_exclude must leave some unit int8: the model has {len(units)} units, "
-            f"{len(excluded)} excluded by name, but got auto_exclude={cfg.auto_exclude}; "
-            f"pass at most {max(len(units) - len(excluded) - 1, 0)}"
-        )
     # Checked before the sensitivity scan, so a bad pattern fails before the slow work.
     per_token_units = _match_units(cfg.per_token_units, units) if cfg.per_token_units else units
     not_ffn = [u for u in per_token_units if not _is_ffn_unit(u)] if cfg.per_token_units else []

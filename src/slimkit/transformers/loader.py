@@ -140,8 +140,11 @@ def _check_loaded(path: Path, info: dict[str, Any]) -> None:
     config lacks would be dropped: both are a config.json that does not match the weights.
     (A missing pooler is unused; a masked-LM head, ``cls.*``, is not part of the encoder.)"""
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
-    extra = sorted(k for k in info.get("unexpected_keys", ()) if k.split(".")[0] != "cls")
-    extra = [k for k in extra if not k.startswith("pooler.")]
+    # Only the encoder's own weights count as extra: heads (cls.*, classifier.*) and a pooler
+    # are not part of the encoder and are left out as before.
+    extra = sorted(
+        k for k in info.get("unexpected_keys", ()) if k.startswith(("embeddings.", "encoder."))
+    )
     if missing or extra:
         which = (
             "lacks weights config.json needs"
