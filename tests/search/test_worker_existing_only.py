@@ -45,3 +45,10 @@ def test_worker_counts_are_checked(tmp_path):
         run_worker("s", f"sqlite:///{tmp_path / 'w.db'}", -2)
     with pytest.raises(ConfigError, match="heartbeat must be in 1..3600, but got 0"):
         run_worker("s", f"sqlite:///{tmp_path / 'w.db'}", heartbeat=0)
+
+
+def test_a_study_without_a_slimkit_task_is_refused_saying_why(tmp_path):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(study_name="plain", storage=url)  # or a slimkit run a moment too early
+    with pytest.raises(ConfigError, match="holds no slimkit task.*again in a moment"):
+        run_worker("plain", url, 1)

@@ -189,7 +189,10 @@ def load_task(name: str, storage: str | None) -> dict[str, Any]:
         ) from None
     task = study.user_attrs.get("slimkit_task")
     if task is None:
-        raise ConfigError(f"study {name!r} was not created by slimkit (no task stored)")
+        raise ConfigError(
+            f"study {name!r} holds no slimkit task: it was not created by slimkit, or its "
+            "creating run has only just made it (start the worker again in a moment)"
+        )
     return task
 
 
