@@ -153,14 +153,11 @@ def _check_compress_args(
             )
     if sentences is None:
         return None  # the packaged corpus
-    if int8 is not None:
-        sentences = check_calibration_sentences(sentences)
-    elif isinstance(sentences, str):
-        raise ConfigError(
-            f"sentences must be a list of strings, but got the string {sentences!r:.60}; "
-            f"write [{sentences!r:.60}, ...]"
-        )
-    sentences = _sentence_list(sentences)
+    sentences = (
+        check_calibration_sentences(sentences)
+        if int8 is not None
+        else _sentence_list(sentences, one_string_ok=False)
+    )
     if measure is not None and len(sentences) <= FIDELITY_K:
         raise ConfigError(
             f"measuring fidelity (top-{FIDELITY_K} agreement) needs more than {FIDELITY_K} "

@@ -61,10 +61,16 @@ def sentence_encoder(encoder: Any) -> SentenceEncoder:
     return SentenceEncoder(encoder.model, encoder.pooling, encoder.normalize).eval()
 
 
-def _sentence_list(sentences: Sequence[str] | str) -> list[str]:
-    """One string becomes a list of one; anything but a non-empty list of strings is a
-    ConfigError."""
+def _sentence_list(sentences: Sequence[str] | str, *, one_string_ok: bool = True) -> list[str]:
+    """One string becomes a list of one (unless ``one_string_ok`` is false: where a corpus is
+    expected, a string would be read character by character); anything but a non-empty list
+    of strings is a ConfigError."""
     if isinstance(sentences, str):
+        if not one_string_ok:
+            raise ConfigError(
+                f"sentences must be a list of strings, but got the string {sentences!r:.60}; "
+                f"write [{sentences!r:.60}, ...]"
+            )
         return [sentences]
     if (
         sentences is None

@@ -450,16 +450,9 @@ def check_calibration_sentences(sentences: Any) -> list[str]:
     """At least 2 sentences (a list of strings) for the scan and calibration."""
     from slimkit.transformers.embed import _sentence_list
 
-    if isinstance(sentences, str):
-        raise ConfigError(
-            f"sentences must be a list of strings, but got the string {sentences!r:.60}; "
-            f"write [{sentences!r:.60}, ...] with at least 2 sentences"
-        )
-    if isinstance(sentences, (list, tuple)) and len(sentences) < 2:
-        raise ConfigError(
-            f"int8 needs at least 2 sentences for scan/calibration, but got {len(sentences)}"
-        )
-    sentences = _sentence_list(sentences)
+    # A short list is reported by its count (an empty one too), anything else checked first.
+    if not isinstance(sentences, (list, tuple)) or len(sentences) >= 2:
+        sentences = _sentence_list(sentences, one_string_ok=False)
     if len(sentences) < 2:
         raise ConfigError(
             f"int8 needs at least 2 sentences for scan/calibration, but got {len(sentences)}"

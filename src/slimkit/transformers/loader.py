@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import ConfigError, UnsafeFileError, import_extra
+from slimkit.transformers.embed import check_max_length
 
 # config.json "model_type" -> architectures we know how to export, fuse and prune.
 SUPPORTED_MODEL_TYPES: dict[str, tuple[str, ...]] = {
@@ -117,13 +118,14 @@ def _pooling(path: Path) -> tuple[str, bool, int | None]:
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_len = _read_json(sbert).get("max_seq_length")
-        if max_len is not None and (
-            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3
-        ):
+        try:
+            if max_len is not None:
+                check_max_length(max_len)  # the rule every max_length follows
+        except ConfigError:
             raise ConfigError(
                 f"{sbert} max_seq_length must be an integer >= 3 ([CLS] and [SEP] take 2 tokens), "
                 f"but got {max_len!r}; fix it or delete the key to use the model's limit"
-            )
+            ) from None
     return pooling, normalize, max_len
 
 
@@ -177,7 +179,7 @@ def load_encoder(folder: str | os.PathLike[str] | None = None) -> Encoder:
     tfm.logging.set_verbosity_error()
     tfm.logging.disable_progress_bar()
     try:  # the tokenizer reads config.json too: a bad value there is named as config.json's
-        tfm.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = tfm.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # a value of the wrong type, ...
         raise _load_failed(path, "config.json", exc) from exc
     try:
@@ -189,6 +191,7 @@ def load_encoder(folder: str | os.PathLike[str] | None = None) -> Encoder:
     try:
         model, info = tfm.AutoModel.from_pretrained(
             str(path),
+            config=config,  # parsed once, above
             local_files_only=True,
             use_safetensors=True,
             attn_implementation="eager",
