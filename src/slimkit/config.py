@@ -168,14 +168,12 @@ def select_modules(
             chosen[n] = candidates[n]
     if not targets:
         chosen = dict(candidates)
-    if ignore:
+    every = [n for n, _ in model.named_modules() if n] if ignore else []
+    for pattern in ignore:
         # An ignore pattern must name some layer of the model (of any type: ignoring a layer
         # this technique skips anyway is harmless), so a typo is an error, not a silent no-op.
-        every = [n for n, _ in model.named_modules() if n]
-        for pattern in ignore:
-            if not any(_matches(n, pattern) for n in every):
-                raise TargetError(no_match_message(pattern, every, role="ignore"))
-    for pattern in ignore:
+        if not any(_matches(n, pattern) for n in every):
+            raise TargetError(no_match_message(pattern, every, role="ignore"))
         # A pattern naming a block (``layers.0``) ignores every layer inside it.
         for n in [n for n in chosen if any(_matches(a, pattern) for a in _self_and_parents(n))]:
             del chosen[n]
@@ -189,15 +187,18 @@ def _self_and_parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
+def _name_hint(name: str, names: Sequence[str], kinds: str = "") -> str:
+    """Near matches of ``name`` among ``names``, else the first 20 names."""
+    near = difflib.get_close_matches(name, list(names), n=5, cutoff=0.3)
+    return f"near matches: {near}" if near else f"the model's {kinds}layers are: {list(names)[:20]}"
+
+
 def no_match_message(pattern: str, names: Sequence[str], types=(), role: str = "target") -> str:
     bare = pattern[3:] if pattern.startswith("re:") else pattern
-    near = difflib.get_close_matches(bare, list(names), n=5, cutoff=0.3)
     kinds = "/".join(t.__name__ for t in types) + " " if types else ""
-    every = f"the model's {kinds}layers are: {list(names)[:20]}"
-    hint = f"near matches: {near}" if near else every
     return (
-        f"{role} {pattern!r} matches no {kinds}layer; {hint}. Use an exact name from "
-        "`slimkit inspect` or a 're:' regex."
+        f"{role} {pattern!r} matches no {kinds}layer; {_name_hint(bare, names, kinds)}. Use an "
+        "exact name from `slimkit inspect` or a 're:' regex."
     )
 
 
@@ -205,9 +206,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     """Return the submodule called ``name``; a wrong name lists near matches."""
     modules = dict(model.named_modules())
     if name not in modules:
-        near = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.3)
-        names = [n for n in modules if n]
-        hint = f"near matches: {near}" if near else f"the model's layers are: {names[:20]}"
+        hint = _name_hint(name, [n for n in modules if n])
         raise TargetError(
             f"no layer named {name!r}; {hint}. Use an exact name from `slimkit inspect`."
         )
