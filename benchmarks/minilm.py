@@ -26,13 +26,15 @@ Variants (all embed the packaged English corpus, ~350 real sentences):
                    the even-indexed sentences + shipped distill_en text), distilled from fp32 on
                    the even-indexed sentences mixed 1:3 with the 2,000 distill_en sentences
                    (embedding + hidden-state + pairwise-similarity losses; dropout off; the
-                   step whose weights score best on 20 % of those sentences held back is kept),
+                   step whose weights score best on 20 % of those sentences and 256
+                   distill_en lines, both held back from the scan and training, is kept),
                    then slimkit int8 without fp32 exclusions, SmoothQuant on the attention
                    output (folded into V, free) and FFN input only: on the 20 % student the FFN
                    output's explicit Mul per layer gained nothing (held-out 0.9815 both ways)
   slimkit_struct_light_int8  the same with 20 % of FFN neurons pruned (``--ffn-light``): the
                    other end of the speed-fidelity frontier (held-out Spearman after int8:
-                   at 0.2 0.9815, at 0.3 0.9751-0.9758 (older recipes), at 0.6 0.936)
+                   at 0.2 0.9834 (0.9815 when 35 task sentences alone chose the step: they
+                   kept step 0), at 0.3 0.9740-0.9758 (older recipes), at 0.6 0.936)
 
 Latency: ONNX Runtime / torch at 2 threads, batch 1 (single real sentences) and batch 32
 (consecutive sentences padded to the longest), medians over rounds that take turns between the

@@ -202,3 +202,67 @@ def test_distill_keeps_the_best_validated_step(encoder, sentence_module):
     assert any("stopped at step 6" in m for m in logs)
     with pytest.raises(ConfigError, match="val_fraction"):
         DistillConfig(val_fraction=0.95)
+
+
+def test_validation_is_held_back_from_training_and_scans():
+    """The validation sentences are val_fraction of the task sentences plus val_unlabelled
+    unlabelled lines (at most half of them), disjoint from what trains, fixed by the seed; none
+    without val_fraction or steps."""
+    from slimkit.transformers.structural import hold_back_validation
+
+    task = [f"task sentence {i}" for i in range(40)]
+    extra = [f"extra line {i}" for i in range(30)]
+    cfg = DistillConfig(val_fraction=0.25, val_unlabelled=10)
+    train, unl, val = hold_back_validation(task, extra, cfg)
+    assert len(val) == 10 + 10 and len(train) == 30 and len(unl) == 20
+    assert sorted(train + [v for v in val if v.startswith("task")]) == sorted(task)
+    assert sorted(unl + [v for v in val if v.startswith("extra")]) == sorted(extra)
+    assert hold_back_validation(task, extra, cfg) == (train, unl, val)  # same seed, same split
+    # at most half of the unlabelled lines; few task sentences still validate on unlabelled ones
+    _, unl, val = hold_back_validation(task[:3], extra, DistillConfig(val_unlabelled=1000))
+    assert len(unl) == 15 and len(val) == 15
+    for off in (DistillConfig(val_fraction=0.0), DistillConfig(steps=0)):
+        assert hold_back_validation(task, extra, off) == (task, extra, [])
+    with pytest.raises(ConfigError, match="val_unlabelled"):
+        DistillConfig(val_unlabelled=-1)
+
+
+def test_compress_structure_scans_and_trains_without_the_validation_sentences(
+    encoder, sentence_module, monkeypatch
+):
+    """compress_structure holds the validation sentences back before its FFN scan and refit
+    (a refit that has fitted them scores step 0 too well) and hands them to distillation."""
+    import slimkit.transformers.structural as structural
+    from slimkit.data import load_corpus
+
+    text = load_corpus()[:40]
+    extra = load_corpus()[40:80]
+    seen: dict[str, list] = {"scanned": []}
+    real_ffn_io, real_distill = structural.ffn_io, structural.distill_
+
+    def spy_ffn_io(module, layer, batches):
+        for b in batches:
+            seen["scanned"] += encoder.tokenizer.batch_decode(
+                b["input_ids"], skip_special_tokens=True
+            )
+        return real_ffn_io(module, layer, batches)
+
+    def spy_distill(*args, **kwargs):
+        seen["train"], seen["unlabelled"], seen["val"] = args[3], args[7], args[8]
+        return real_distill(*args, **kwargs)
+
+    monkeypatch.setattr(structural, "ffn_io", spy_ffn_io)
+    monkeypatch.setattr(structural, "distill_", spy_distill)
+    cfg = EncoderStructural(
+        ffn_fraction=0.5,
+        scan_sentences=200,
+        distill=DistillConfig(steps=2, batch_size=4, val_fraction=0.25, val_unlabelled=8),
+    )
+    _, res = compress_structure(
+        sentence_module, encoder.tokenizer, cfg, text, max_length=64, unlabelled=extra
+    )
+    val = set(seen["val"])
+    assert len(val) == 10 + 8 and res.distill_best_step >= 0
+    assert not val & set(seen["train"]) and not val & set(seen["unlabelled"])
+    scanned = {s.lower() for s in seen["scanned"]}
+    assert scanned and not {v.lower() for v in val} & scanned
