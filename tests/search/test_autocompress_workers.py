@@ -118,7 +118,7 @@ def test_workers_add_trials_to_a_cli_study_and_the_rerun_picks_the_best(
     assert f"the chosen trial {best['number']}'s artifact {chosen.resolve()} is missing" in err
 
 
-def test_worker_refuses_an_api_study_that_has_no_model_file(tmp_path):
+def test_worker_and_cli_refuse_an_api_study_that_has_no_model_file(model_file, tmp_path, capsys):
     from slimkit.data import load_dataset
 
     url = f"sqlite:///{tmp_path / 'api.db'}"
@@ -129,6 +129,12 @@ def test_worker_refuses_an_api_study_that_has_no_model_file(tmp_path):
     with pytest.raises(ConfigError, match=r"created by the Python API auto_compress") as info:
         run_worker("a", url, 2)
     assert "slimkit search auto MODEL_FILE" in str(info.value)
+    # 'search auto' cannot resume it either, and says why (it said only "another task").
+    capsys.readouterr()
+    assert main([*auto_argv(model_file, tmp_path / "api", url, "a"), "--trials", "2"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "made by auto_compress without a model file" in err
+    assert "auto_compress(model, data, cfg, out, study_name='a')" in err
     assert len(finished(url, "a")) == 1
 
 

@@ -266,8 +266,15 @@ def _check_same_source(study_name: str, storage: str | None, task: dict[str, Any
     except ConfigError:  # no database or no such study yet: a new study
         return
     old = stored.get("source")
-    if stored.get("kind") != "auto" or not isinstance(old, dict):
+    if stored.get("kind") != "auto":
         return
+    if not isinstance(old, dict):
+        raise ConfigError(
+            f"study {study_name!r} was made by auto_compress without a model file (from Python, "
+            "or by a slimkit that did not record one), so 'slimkit search auto' and workers "
+            "cannot reload its model; resume it from Python with auto_compress(model, data, "
+            f"cfg, out, study_name={study_name!r}) as it was made, or use a new --study name"
+        )
     for key, label in _SOURCE_KEYS.items():
         if old.get(key) != task["source"].get(key):
             raise ConfigError(
