@@ -223,6 +223,12 @@ def test_validation_is_held_back_from_training_and_scans():
     assert len(unl) == 15 and len(val) == 15
     for off in (DistillConfig(val_fraction=0.0), DistillConfig(steps=0)):
         assert hold_back_validation(task, extra, off) == (task, extra, [])
+    # unlabelled text as a generator is read once: too few to validate on keeps all of it
+    _, unl, val = hold_back_validation(task[:3], (t for t in extra[:4]), DistillConfig())
+    assert unl == extra[:4] and val == []
+    # a line in both texts that is held back is trained on under neither
+    train, unl, val = hold_back_validation(task, task[:20] + extra[:20], cfg)
+    assert val and not set(val) & (set(train) | set(unl))
     with pytest.raises(ConfigError, match="val_unlabelled"):
         DistillConfig(val_unlabelled=-1)
 

@@ -258,7 +258,8 @@ _SOURCE_KEYS = {
 
 def _check_same_source(study_name: str, storage: str | None, task: dict[str, Any]) -> None:
     """Refuse, naming it, a model file, data or output folder that differs from the one the
-    study was created with (open_study, which refused the task, only says "another task")."""
+    study was created with, or a study that recorded no model file (open_study, which refused
+    the task, only says "another task")."""
     from slimkit.search.study import load_task
 
     try:

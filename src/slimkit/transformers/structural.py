@@ -66,7 +66,8 @@ class DistillConfig(SlimConfig):
     # ``eval_every`` steps and at step 0 by the Spearman correlation of its pairwise similarities
     # with the teacher's; the best-scoring weights are kept, so distillation never leaves the
     # student worse than pruning did. Measured on MiniLM at ffn_fraction 0.3, without it: held-out
-    # Spearman 0.9743 after pruning, 0.9644 after 600 steps. 0 = keep the last step.
+    # Spearman 0.9743 after pruning, 0.9644 after 600 steps. 0 = keep the last step (unless
+    # ``distill_`` is handed its validation sentences).
     val_fraction: float = 0.2
     # Lines of the unlabelled text also held back for that score (at most half of them; only
     # when ``val_fraction`` > 0). Measured on MiniLM at ffn_fraction 0.2: 35 task sentences alone
@@ -455,23 +456,25 @@ def hold_back_validation(
     """(training sentences, training unlabelled text, validation sentences).
 
     ``cfg.val_fraction`` of ``sentences`` and ``cfg.val_unlabelled`` lines of ``unlabelled``
-    (at most half of them), chosen by ``cfg.seed``; no validation when ``val_fraction`` is 0,
-    ``steps`` is 0 or fewer than MIN_VAL_SENTENCES would be held back. ``compress_structure``
-    holds them back before its scans: sentences the least-squares FFN refit has fitted score
-    the undistilled student (step 0) too well.
+    (at most half of them), chosen by ``cfg.seed``; a training line equal to a validation one
+    goes too. No validation when ``val_fraction`` is 0, ``steps`` is 0 or fewer than
+    MIN_VAL_SENTENCES would be held back. ``compress_structure`` holds them back before its
+    scans: sentences the least-squares FFN refit has fitted score the undistilled student
+    (step 0) too well.
     """
+    sentences, unlabelled = list(sentences), list(unlabelled)  # read once (a generator)
     if cfg.steps == 0 or cfg.val_fraction == 0:
-        return list(sentences), list(unlabelled), []
+        return sentences, unlabelled, []
     rng = random.Random(cfg.seed)
     train, val = _val_split(sentences, cfg.val_fraction, rng)
-    extra = list(unlabelled)
-    n_extra = min(cfg.val_unlabelled, len(extra) // 2)
-    if n_extra:
-        held = set(rng.sample(range(len(extra)), n_extra))
-        val += [extra[i] for i in sorted(held)]
-        extra = [t for i, t in enumerate(extra) if i not in held]
+    n_extra = min(cfg.val_unlabelled, len(unlabelled) // 2)
+    held = set(rng.sample(range(len(unlabelled)), n_extra))
+    val += [unlabelled[i] for i in sorted(held)]
     if len(val) < MIN_VAL_SENTENCES:
-        return list(sentences), list(unlabelled), []
+        return sentences, unlabelled, []
+    seen = set(val)  # a repeated line must not be trained on while it judges the steps
+    train = [t for t in train if t not in seen]
+    extra = [t for i, t in enumerate(unlabelled) if i not in held and t not in seen]
     return train, extra, val
 
 
@@ -505,7 +508,10 @@ def distill_(
         sentences, unlabelled, val = hold_back_validation(sentences, unlabelled, cfg)
     val = list(val)
     if cfg.val_fraction > 0 and not val:
-        log(f"distill: too few sentences to hold back {MIN_VAL_SENTENCES}; keeping the last step")
+        log(
+            f"distill: no validation sentences (fewer than {MIN_VAL_SENTENCES} to hold back, or "
+            "none given); keeping the last step"
+        )
     scores: dict[int, float] = {}
     best: dict[str, torch.Tensor] = {}
     out = DistillOutcome(float("nan"), float("nan"), val_spearman=scores)
