@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from slimkit.cli import main
 from slimkit.errors import ConfigError
@@ -162,6 +163,10 @@ def test_model_and_encoder_of_the_wrong_type(encoder):
         embed(None, encoder.tokenizer, ["a cat"])
     with pytest.raises(ConfigError, match=r"takes what load_encoder returns"):
         sentence_encoder("some/folder")
+    module = sentence_encoder(encoder)
+    for bad in (None, "some/folder"):  # were TypeErrors: "'NoneType' object is not callable"
+        with pytest.raises(ConfigError, match=r"tokenizer must be a Hugging Face tokenizer"):
+            embed(module, bad, ["a cat"])
 
 
 # ---- export / quantize --------------------------------------------------------------------------
@@ -177,6 +182,12 @@ def test_export_arguments_checked_before_exporting(sentence_module, encoder, tmp
         export_encoder(sentence_module, tok, out, num_heads=-1, hidden_size=384)
     with pytest.raises(ConfigError, match=r"max_length must be an integer >= 3"):
         export_encoder(sentence_module, tok, out, max_length=0)  # was written, unchecked
+    with pytest.raises(ConfigError, match=r"module must be a SentenceEncoder .* got Linear"):
+        export_encoder(torch.nn.Linear(4, 4), tok, out)  # was a TypeError from the tracer
+    with pytest.raises(ConfigError, match=r"module must be a SentenceEncoder .* got BertModel"):
+        export_encoder(sentence_module.model, tok, out)  # the bare HF model, without pooling
+    with pytest.raises(ConfigError, match=r"tokenizer must be a Hugging Face tokenizer"):
+        export_encoder(sentence_module, None, out)
     assert not out.exists()
 
 

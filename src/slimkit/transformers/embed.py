@@ -114,6 +114,11 @@ def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[
     """Pad to the longest sentence; sentences past ``max_length`` tokens are cut with a warning."""
     sentences = _sentence_list(sentences)
     check_max_length(max_length)
+    if not callable(tokenizer):  # None or a folder name: was "'NoneType' object is not callable"
+        raise ConfigError(
+            f"tokenizer must be a Hugging Face tokenizer (load_encoder(folder).tokenizer), but got "
+            f"{type(tokenizer).__name__}: {tokenizer!r:.80}"
+        )
     lengths = [len(ids) for ids in tokenizer(list(sentences), add_special_tokens=True)["input_ids"]]
     too_long = [i for i, n in enumerate(lengths) if n > max_length]
     if too_long:
