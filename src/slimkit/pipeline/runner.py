@@ -328,6 +328,8 @@ def compress(
         atomic.refuse_foreign_folder(out)
 
     if is_hf_recipe(recipe):  # one hf_compress stage over a Hugging Face encoder
+        if resume:
+            log("an hf_compress run is one stage: --resume runs it again from the start")
         return run_hf_recipe(recipe, plans, out, log)
     with _process_group() as (rank, world):
         return _compress(

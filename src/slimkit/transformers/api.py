@@ -140,6 +140,11 @@ def _check_compress_args(
     from slimkit.transformers.embed import _sentence_list
     from slimkit.transformers.int8 import check_calibration_sentences
 
+    if int8 is None and structural is None:  # two identical fp32 models, measured
+        raise ConfigError(
+            "int8 and structural are both None: nothing to compress; pass EncoderInt8() "
+            "(the default) and/or EncoderStructural(ffn_fraction=0.2)"
+        )
     for name, value, kind in (
         ("int8", int8, EncoderInt8),
         ("structural", structural, EncoderStructural),
@@ -151,6 +156,10 @@ def _check_compress_args(
                 f"{value!r:.80}; write {kind.__name__}(...)"
                 + (f" or {kind.__name__}.from_dict({{...}})" if kind is not MeasureConfig else "")
             )
+    if structural is not None:
+        from slimkit.transformers.structural import check_prunes_something
+
+        check_prunes_something(structural, None)  # keep_layers naming every layer: after loading
     if sentences is None:
         return None  # the packaged corpus
     sentences = (
@@ -191,13 +200,19 @@ def _compress_encoder(
     from slimkit.transformers.int8 import check_auto_exclude, quantize_encoder
     from slimkit.transformers.loader import load_encoder
     from slimkit.transformers.onnx_export import export_encoder
-    from slimkit.transformers.structural import check_keep_layers, compress_structure
+    from slimkit.transformers.structural import (
+        check_keep_layers,
+        check_prunes_something,
+        compress_structure,
+    )
 
     enc = load_encoder(folder)
     layers = enc.num_layers
-    if structural is not None and structural.keep_layers:  # before the fp32 export, not after
-        check_keep_layers(structural.keep_layers, enc.num_layers)
-        layers = len(structural.keep_layers)
+    if structural is not None:  # before the fp32 export, not after
+        check_prunes_something(structural, enc.num_layers)
+        if structural.keep_layers:
+            check_keep_layers(structural.keep_layers, enc.num_layers)
+            layers = len(structural.keep_layers)
     if int8 is not None:  # before the fp32 export and any distillation
         check_auto_exclude(int8, layers)
     sentences = list(sentences) if sentences is not None else load_corpus()

@@ -58,13 +58,9 @@ def ort_runner(
     onnx_path: str | os.PathLike[str], threads: int = 2, spinning: bool = True
 ) -> Runner:
     """int64 (B, T) ids and mask -> (B, D) float32 embeddings through :func:`ort_session`."""
-    sess = ort_session(onnx_path, threads, spinning)
-    names = [i.name for i in sess.get_inputs()]
+    from slimkit.transformers.embed import session_runner
 
-    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return sess.run(None, dict(zip(names, (ids, mask))))[0]
-
-    return run
+    return session_runner(ort_session(onnx_path, threads, spinning), onnx_path)
 
 
 def torch_runner(module: torch.nn.Module, threads: int = 2) -> Runner:

@@ -51,6 +51,16 @@ def pool(
     return nn.functional.normalize(emb, dim=-1) if normalize else emb
 
 
+def check_sentence_encoder(module: Any, name: str = "module") -> None:
+    """Refuse anything but a SentenceEncoder before the work that would fail deep inside on it
+    (a bare nn.Linear, the HF model without pooling, or load_encoder's Encoder itself)."""
+    if not isinstance(module, SentenceEncoder):
+        raise ConfigError(
+            f"{name} must be a SentenceEncoder (sentence_encoder(load_encoder(folder))), but got "
+            f"{type(module).__name__}"
+        )
+
+
 def sentence_encoder(encoder: Any) -> SentenceEncoder:
     """The exportable module of a loaded :class:`~slimkit.transformers.loader.Encoder`."""
     if not all(hasattr(encoder, a) for a in ("model", "pooling", "normalize")):
@@ -141,12 +151,28 @@ def ort_runner(onnx_path: str | os.PathLike[str], threads: int = 2) -> Runner:
     """A runner over an ONNX Runtime session: int64 (B, T) ids and mask -> (B, D) float32."""
     from slimkit.export.ort import make_session
 
-    sess = make_session(onnx_path, threads=threads)
-    names = [i.name for i in sess.get_inputs()]
+    return session_runner(make_session(onnx_path, threads=threads), onnx_path)
+
+
+def session_runner(sess: Any, onnx_path: str | os.PathLike[str]) -> Runner:
+    """A runner over ``sess`` once its graph is a sentence encoder's: inputs input_ids and
+    attention_mask, fed by name, and a (B, D) embedding first out (what slimkit exports)."""
+    from slimkit.transformers.onnx_export import INPUT_NAMES
+
+    names = sorted(i.name for i in sess.get_inputs())
+    out_shape = sess.get_outputs()[0].shape
+    # An encoder exported by another tool (say Optimum: token_type_ids in, last_hidden_state
+    # (B, T, D) out) failed inside ONNX Runtime or torch.cat, or gave 3-D "embeddings".
+    if names != sorted(INPUT_NAMES) or len(out_shape) != 2:
+        raise ConfigError(
+            f"{str(onnx_path)!r} is not a sentence-embedding graph: it takes inputs {names} and "
+            f"gives a first output of shape {out_shape}, where slimkit needs inputs "
+            f"{INPUT_NAMES} and a (batch, dim) embedding; export the model with "
+            "`slimkit hf export` or slimkit.transformers.export_encoder"
+        )
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = dict(zip(names, (ids, mask)))
-        return sess.run(None, feed)[0]
+        return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     return run
 

@@ -267,7 +267,11 @@ def sensitivity_scan(
     """``{unit: 1 - mean cosine}`` of embeddings with only ``unit`` int8-emulated, vs fp32;
     units in ``per_token_units`` are emulated with per-token ranges (``EncoderInt8.per_token``),
     as they will be quantized."""
+    from slimkit.transformers.embed import check_sentence_encoder
+    from slimkit.transformers.smooth import check_batches
 
+    check_sentence_encoder(module)
+    batches = check_batches(batches)
     module = module.eval()
     ref = torch.cat([module(b["input_ids"], b["attention_mask"]) for b in batches])
     out: dict[str, float] = {}

@@ -67,7 +67,15 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Check the folder is a supported HF encoder; return its parsed ``config.json``."""
     path = Path(folder)
     if not path.is_dir():
-        raise ConfigError(f"model folder {str(path)!r} does not exist or is not a directory")
+        hint = ""
+        if not path.exists() and len(path.parts) == 2 and not str(folder).startswith((".", "/")):
+            # "owner/name" reads as a Hub id: slimkit loads local folders only (runs offline).
+            hint = (
+                f"; slimkit loads local folders only and never downloads: if {str(folder)!r} is "
+                f"a Hugging Face Hub id, download it first (huggingface-cli download {folder} "
+                "--local-dir DIR) and pass DIR"
+            )
+        raise ConfigError(f"model folder {str(path)!r} does not exist or is not a directory{hint}")
     if not (path / "config.json").is_file():
         raise ConfigError(
             f"{str(path)!r} is not a Hugging Face model folder: config.json is missing "
@@ -101,20 +109,40 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+# The sentence-transformers modules (modules.json "type") slimkit's SentenceEncoder reproduces.
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
 def _pooling(path: Path) -> tuple[str, bool, int | None]:
     """(pooling, normalize, max_seq_length) from the sentence-transformers files, else defaults."""
     pooling, normalize, max_len = "mean", False, None
     pool_cfg = path / "1_Pooling" / "config.json"
     if pool_cfg.is_file():
         cfg = _read_json(pool_cfg)
-        if cfg.get("pooling_mode_cls_token"):
+        modes = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True)
+        # Max, sqrt-length, weighted-mean or combined pooling used to embed as mean pooling,
+        # and fidelity against that same wrong reference looked perfect.
+        if modes not in ([], ["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"]):
+            raise ConfigError(
+                f"{pool_cfg} asks for pooling {modes}, but slimkit embeds with one of "
+                "pooling_mode_mean_tokens or pooling_mode_cls_token; use a model with mean or "
+                "CLS pooling"
+            )
+        if modes == ["pooling_mode_cls_token"]:
             pooling = "cls"
     modules = path / "modules.json"
     if modules.is_file():
         mods = _read_json(modules, list)
-        normalize = any(
-            isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in mods
-        )
+        kinds = [str(m.get("type", "")) if isinstance(m, dict) else repr(m) for m in mods]
+        # A Dense or LayerNorm after pooling (LaBSE, many sentence-transformers models) used to
+        # be dropped without a word.
+        extra = [k for k in kinds if not k.endswith(SENTENCE_TRANSFORMERS_MODULES)]
+        if extra:
+            raise ConfigError(
+                f"{modules} lists modules {extra} after the encoder, but slimkit runs only "
+                f"{list(SENTENCE_TRANSFORMERS_MODULES)}; use a model without them"
+            )
+        normalize = any(k.endswith("Normalize") for k in kinds)
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_len = _read_json(sbert).get("max_seq_length")

@@ -114,16 +114,12 @@ def check_export_args(
 ) -> None:
     """Refuse, before the export, an output path that cannot be written and head/size values
     ORT's optimizer would trip on (0 = read them from the graph)."""
-    from slimkit.transformers.embed import SentenceEncoder, check_max_length
+    from slimkit.transformers.embed import check_max_length, check_sentence_encoder
 
     # Any other nn.Module (say a bare nn.Linear) would fail deep inside the tracer with a
     # TypeError about input_ids: the export feeds (input_ids, attention_mask) and reads the
     # encoder's config for the parity and fusion steps.
-    if not isinstance(module, SentenceEncoder):
-        raise ConfigError(
-            f"module must be a SentenceEncoder (sentence_encoder(load_encoder(folder))), but got "
-            f"{type(module).__name__}"
-        )
+    check_sentence_encoder(module)
     atomic.check_writable(path)
     check_max_length(max_length, module)
     for name, value in (("num_heads", num_heads), ("hidden_size", hidden_size)):

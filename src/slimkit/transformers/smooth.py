@@ -47,6 +47,30 @@ class InputScaledLinear(nn.Module):
 
 
 @torch.no_grad()
+def check_batches(batches: Any) -> list[dict]:
+    """``batches``: a non-empty list of tokenized batches, each {"input_ids", "attention_mask"}:
+    (B, T) tensors (sentences here failed with "string indices must be integers")."""
+    ok = (
+        isinstance(batches, (list, tuple))
+        and len(batches) > 0
+        and all(
+            isinstance(b, dict)
+            and isinstance(b.get("input_ids"), torch.Tensor)
+            and isinstance(b.get("attention_mask"), torch.Tensor)
+            for b in batches
+        )
+    )
+    if not ok:
+        first = batches[0] if isinstance(batches, (list, tuple)) and batches else batches
+        raise ConfigError(
+            "batches must be a non-empty list of tokenized batches {'input_ids', "
+            f"'attention_mask'}}, but got {type(batches).__name__} starting {first!r:.60}; "
+            "write [tokenize(tokenizer, sentences[i : i + 32], max_length) for i in "
+            "range(0, len(sentences), 32)]"
+        )
+    return list(batches)
+
+
 def input_absmax(
     model: nn.Module, names: Iterable[str], batches: Iterable[dict]
 ) -> dict[str, torch.Tensor]:
@@ -79,19 +103,31 @@ def smooth_encoder_(
     ``module`` is a SentenceEncoder (``module.model.encoder.layer[i]``); ``kinds`` choose among
     ``SMOOTHABLE`` suffixes.
     """
+    from slimkit.transformers.embed import check_sentence_encoder
+
+    check_sentence_encoder(module)
     check_range("alpha", alpha, 0.0, 1.0)
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in SMOOTHABLE]
     if bad:
         raise ConfigError(f"smoothing kinds must be among {list(SMOOTHABLE)}, but got {bad}")
+    batches = check_batches(batches)
     prefix = "model.encoder.layer"
     names = [f"{prefix}.{i}.{k}" for i in range(len(module.model.encoder.layer)) for k in kinds]
-    stats = input_absmax(module, names, batches)
     modules = dict(module.named_modules())
+    # A second smoothing (say smooth_encoder_ and then quantize_encoder, which smooths by
+    # default) met an InputScaledLinear and stopped on a bare assert.
+    done_before = [n for n in names if type(modules[n]) is not nn.Linear]
+    if done_before:
+        raise ConfigError(
+            f"{done_before[0]} is already smoothed ({type(modules[done_before[0]]).__name__}); "
+            "smooth a model once: pass the unsmoothed model, or EncoderInt8(smooth={'enabled': "
+            "False}) to quantize one smoothed already"
+        )
+    stats = input_absmax(module, names, batches)
     done = []
     for name in names:
         lin = modules[name]
-        assert isinstance(lin, nn.Linear)
         w_max = lin.weight.abs().amax(0).clamp(min=1e-5)  # (out, in) -> (in,)
         s = (stats[name].clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-3, max=1e3)
         if name.endswith("attention.output.dense"):

@@ -39,6 +39,7 @@ from torch import nn
 from slimkit.config import SlimConfig, check_int, check_range
 from slimkit.errors import ConfigError
 from slimkit.registry import Registry
+from slimkit.transformers.embed import check_sentence_encoder
 
 REGISTRY = Registry("transformer structural")
 FFN_CRITERIA = ("obs", "variance")
@@ -190,16 +191,38 @@ class StructuralResult:
 
 def check_keep_layers(keep: Sequence[int], n: int) -> None:
     """``keep`` must be a non-empty subset of the model's ``n`` encoder layers 0..n-1."""
-    bad = [i for i in keep if not 0 <= i < n]
-    if bad or not keep:
+    _check_indices("keep_layers", keep, n, "encoder layers")
+
+
+def check_prunes_something(cfg: EncoderStructural, n_layers: int | None) -> None:
+    """Refuse a config that keeps every layer, head and FFN neuron: distilling an unchanged
+    copy takes minutes and returns the model it started from. ``n_layers`` None (model not
+    loaded yet): only an empty ``keep_layers`` counts as keeping them all."""
+    every = list(range(n_layers)) if n_layers is not None else None
+    keeps_all = not cfg.keep_layers or sorted(cfg.keep_layers) == every
+    if keeps_all and cfg.head_fraction == 0 and cfg.ffn_fraction == 0:
         raise ConfigError(
-            f"keep_layers must be a non-empty subset of 0..{n - 1} (the model has {n} encoder "
-            f"layers), but got {list(keep)}; drop {bad} or pass layers from 0..{n - 1}"
+            f"structural prunes nothing: keep_layers {list(cfg.keep_layers) or 'all'}, "
+            "head_fraction 0, ffn_fraction 0; set ffn_fraction (e.g. 0.2), head_fraction or "
+            "keep_layers, or leave structural out for int8 alone"
+        )
+
+
+def _check_indices(name: str, idx: Any, n: int, what: str) -> None:
+    """``idx``: distinct ints in 0..n-1, at least one (a layer's heads, the encoder's layers)."""
+    if isinstance(idx, (str, bytes)) or not isinstance(idx, Sequence):
+        raise ConfigError(f"{name} must be a list of indices such as [0, 2], but got {idx!r:.80}")
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+    if bad or not idx or len(set(idx)) != len(idx):
+        raise ConfigError(
+            f"{name} must be a non-empty subset of 0..{n - 1}, each index once (the model has "
+            f"{n} {what}), but got {list(idx)}; pass distinct indices from 0..{n - 1}"
         )
 
 
 def drop_layers_(module: Any, keep: Sequence[int]) -> None:
     """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
+    check_sentence_encoder(module)
     layers = module.model.encoder.layer
     check_keep_layers(keep, len(layers))
     module.model.encoder.layer = nn.ModuleList([layers[i] for i in sorted(keep)])
@@ -256,8 +279,11 @@ def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
 
 def prune_heads_(module: Any, layer: int, keep_heads: Sequence[int]) -> None:
     """Keep heads ``keep_heads`` of encoder layer ``layer`` by slicing Q/K/V and the output proj."""
+    check_sentence_encoder(module)
+    _check_indices("layer", [layer], len(module.model.encoder.layer), "encoder layers")
     d = head_size(module)
     att = _attn(module, layer)
+    _check_indices("keep_heads", keep_heads, att.self.num_attention_heads, "heads in this layer")
     idx = torch.tensor([h * d + j for h in sorted(keep_heads) for j in range(d)])
     for name in ("query", "key", "value"):
         setattr(att.self, name, _slice_linear(getattr(att.self, name), idx, 0))
@@ -497,9 +523,17 @@ def distill_(
     the undistilled student, included); None = hold them back here (``hold_back_validation``),
     [] = keep the last step.
     """
-    from slimkit.transformers.embed import embed, pool, tokenize
+    from slimkit.transformers.embed import _sentence_list, embed, pool, tokenize
     from slimkit.transformers.fidelity import embedding_fidelity
 
+    check_sentence_encoder(student, "student")
+    check_sentence_encoder(teacher, "teacher")
+    if not isinstance(cfg, DistillConfig):
+        raise ConfigError(
+            f"cfg must be a DistillConfig, but got {type(cfg).__name__}: {cfg!r:.80}; write "
+            "DistillConfig(...) or DistillConfig.from_dict({...})"
+        )
+    sentences = _sentence_list(sentences, one_string_ok=False)  # not one by character
     if cfg.steps == 0:
         return DistillOutcome(float("nan"), float("nan"))
     torch.manual_seed(cfg.seed)
@@ -628,6 +662,8 @@ def compress_structure(
             f"cfg must be an EncoderStructural, but got {type(cfg).__name__}: {cfg!r:.80}; "
             "write EncoderStructural(...) or EncoderStructural.from_dict({...})"
         )
+    check_sentence_encoder(module)  # load_encoder's Encoder itself: was an AttributeError
+    check_prunes_something(cfg, len(module.model.encoder.layer))
     sentences = _sentence_list(sentences)  # a non-empty list of strings
     if not unlabelled and cfg.unlabelled_text:
         unlabelled = load_unlabelled_text(cfg.unlabelled_text)
