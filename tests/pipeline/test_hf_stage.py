@@ -53,10 +53,14 @@ def test_zoo_recipe_dump_has_no_hf_key():
         ),
         # were TypeErrors from inside the parser ("'bool' object is not iterable")
         (hf_recipe(structural={"distill": {"steps": 600}}), r"structural prunes nothing"),
+        (hf_recipe(structural={"ffn_fraction": 0.2, "distill": None}), r"distill must be a"),
         (hf_recipe(int8=True), r"hf_compress.int8 must be a mapping of options or null"),
         (hf_recipe(structural="light"), r"hf_compress.structural must be a mapping"),
         (hf_recipe(latency=[1, 32]), r"hf_compress.latency must be a mapping"),
-        (hf_recipe(latency={"batch_sizes": 32}), r"batch_sizes must be a list .* write \[32\]"),
+        (
+            hf_recipe(latency={"batch_sizes": 32}),
+            r"batch_sizes must be a list of batch sizes, but got 32; write e.g. batch_sizes: \[1, 32\]",
+        ),
         # keys only zoo recipes read were silently ignored
         ({**hf_recipe(), "max_accuracy_drop": 1}, r"max_accuracy_drop is not used by an HF"),
         (
@@ -94,6 +98,28 @@ def test_a_failed_hf_run_leaves_no_new_folder(tmp_path):
     with pytest.raises(ConfigError):  # a unit name with the model. prefix: found at run time
         compress(parse_recipe(hf_recipe(**bad)), tmp_path / "run", log=lambda s: None)
     assert not (tmp_path / "run").exists()  # was left holding only .slimkit-run
+
+
+def test_hf_run_interrupted_or_resumed_says_it_is_one_stage(tmp_path, monkeypatch, capsys):
+    import slimkit.pipeline
+    from slimkit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(hf_recipe(**TINY_STAGE)))
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slimkit.pipeline, "compress", interrupted)
+    assert main(["compress", str(recipe), "--out", str(tmp_path / "run")]) == 130
+    said = " ".join(capsys.readouterr().out.split())
+    assert "an hf_compress run is one stage" in said and "--resume" not in said
+    monkeypatch.undo()
+    lines: list[str] = []
+    r = parse_recipe({**hf_recipe(**TINY_STAGE), "model": {"hf": str(tmp_path / "none")}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        compress(r, tmp_path / "run", resume=True, log=lines.append)
+    assert lines == ["an hf_compress run is one stage: --resume runs it again from the start"]
 
 
 def test_hf_model_without_hf_stage_is_refused(tmp_path):

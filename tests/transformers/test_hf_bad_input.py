@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,14 @@ def test_broken_sentence_transformers_files(tmp_path):
     dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
     (folder / "modules.json").write_text(json.dumps([*mods, dense]))  # was dropped silently
     with pytest.raises(ConfigError, match=r"modules \['sentence_transformers.models.Dense'\]"):
+        load_encoder(folder)
+    sparse = "sentence_transformers.sparse_encoder.models."  # SPLADE: its names end the same way
+    splade = [
+        {**mods[0], "type": sparse + "MLMTransformer"},
+        {**mods[1], "type": sparse + "SpladePooling"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(splade))
+    with pytest.raises(ConfigError, match=r"MLMTransformer', .*SpladePooling'\], but slimkit"):
         load_encoder(folder)
     shutil.copyfile(default_model_folder() / "modules.json", folder / "modules.json")
     pool = folder / "1_Pooling" / "config.json"
@@ -296,7 +305,7 @@ def test_structural_functions_check_their_arguments(sentence_module, encoder):
         prune_heads_(m, 0, [0, 12])  # was a torch IndexError
     with pytest.raises(ConfigError, match=r"keep_heads must be a list of indices"):
         prune_heads_(m, 0, 8)  # was TypeError
-    with pytest.raises(ConfigError, match=r"layer must be .* subset of 0..5"):
+    with pytest.raises(ConfigError, match=r"layer must be an encoder layer index in 0..5"):
         prune_heads_(m, 6, [0])
     with pytest.raises(ConfigError, match=r"each index once"):
         drop_layers_(m, [0, 0])  # shared one layer twice, silently
@@ -304,6 +313,8 @@ def test_structural_functions_check_their_arguments(sentence_module, encoder):
         len(m.model.encoder.layer) == 6
         and m.model.encoder.layer[0].attention.self.query.out_features == 384
     )
+    prune_heads_(m, np.int64(1), np.array([0, 3]))  # numpy (and tensor) indices still work
+    assert m.model.encoder.layer[1].attention.self.num_attention_heads == 2
 
 
 def test_smoothing_twice_and_sentences_for_batches(sentence_module, encoder, sentences, tmp_path):
@@ -322,14 +333,19 @@ def test_smoothing_twice_and_sentences_for_batches(sentence_module, encoder, sen
     assert not out.exists()
 
 
-def test_keep_layers_naming_every_layer_prunes_nothing(sentence_module, encoder, tmp_path):
+def test_keep_layers_naming_every_layer_prunes_nothing(
+    sentence_module, encoder, tmp_path, monkeypatch
+):
+    from slimkit.transformers import onnx_export
+
     cfg = EncoderStructural(keep_layers=(0, 1, 2, 3, 4, 5))
     with pytest.raises(ConfigError, match=r"prunes nothing: keep_layers \[0, 1, 2, 3, 4, 5\]"):
         compress_structure(sentence_module, encoder.tokenizer, cfg, ["a cat", "a dog"])
-    out = tmp_path / "run"
-    with pytest.raises(ConfigError, match=r"prunes nothing"):  # before the fp32 export
+    out, exported = tmp_path / "run", []
+    monkeypatch.setattr(onnx_export, "export_encoder", lambda *a, **k: exported.append(a))
+    with pytest.raises(ConfigError, match=r"prunes nothing"):
         compress_encoder(None, out, structural=cfg, sentences=["a cat", "a dog"], measure=None)
-    assert not out.exists()
+    assert not out.exists() and exported == []  # refused before the 90 MB fp32 export
 
 
 def test_compress_structure_bad_sentences_and_config(sentence_module, encoder):

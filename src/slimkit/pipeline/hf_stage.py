@@ -64,7 +64,8 @@ def require_only_hf_stage(recipe: Recipe) -> None:
 # Recipe keys that only zoo recipes read, with what an HF recipe uses instead.
 _UNUSED_BY_HF = {
     "max_accuracy_drop": "an HF run has no accuracy; its fidelity is reported, not gated",
-    "data.batch_size": "set hf_compress.latency.batch_sizes",
+    "data.batch_size": "set hf_compress.structural.distill.batch_size (training) or "
+    "hf_compress.latency.batch_sizes (timing)",
     "data.test_samples": "data.train_samples caps the sentences, which serve every step",
     "data.calib_samples": "set hf_compress.int8.calib_sentences",
     "measure.latency_runs": "set hf_compress.latency.batches and .rounds",
@@ -133,17 +134,17 @@ def build_hf_stage(index: int, opts: dict[str, Any], recipe: Recipe) -> HFStageC
                 f"see examples/minilm.yaml"
             )
     if isinstance(structural, dict):  # the recipe's seed drives distillation unless set there
-        distill = structural.get("distill")
-        if distill is None or (isinstance(distill, dict) and "seed" not in distill):
-            structural = {**structural, "distill": {**(distill or {}), "seed": recipe.seed}}
+        distill = structural.get("distill", {})
+        if isinstance(distill, dict) and "seed" not in distill:  # distill: null stays refused
+            structural = {**structural, "distill": {**distill, "seed": recipe.seed}}
     latency = dict(opts.get("latency") or {})
     latency.setdefault("threads", recipe.measure.threads)
     if "batch_sizes" in latency:
         sizes = latency["batch_sizes"]
         if not isinstance(sizes, (list, tuple)):
             raise ConfigError(
-                f"latency.batch_sizes must be a list such as [1, 32], but got {sizes!r:.80}; "
-                f"write [{sizes!r:.40}]"
+                f"latency.batch_sizes must be a list of batch sizes, but got {sizes!r:.80}; "
+                "write e.g. batch_sizes: [1, 32]"
             )
         latency["batch_sizes"] = tuple(sizes)
     train_samples = recipe.data.train_samples

@@ -110,7 +110,11 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # The sentence-transformers modules (modules.json "type") slimkit's SentenceEncoder reproduces.
-SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+SENTENCE_TRANSFORMERS_MODULES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+)
 
 
 def _pooling(path: Path) -> tuple[str, bool, int | None]:
@@ -135,14 +139,15 @@ def _pooling(path: Path) -> tuple[str, bool, int | None]:
         mods = _read_json(modules, list)
         kinds = [str(m.get("type", "")) if isinstance(m, dict) else repr(m) for m in mods]
         # A Dense or LayerNorm after pooling (LaBSE, many sentence-transformers models) used to
-        # be dropped without a word.
-        extra = [k for k in kinds if not k.endswith(SENTENCE_TRANSFORMERS_MODULES)]
+        # be dropped without a word; full names, so SPLADE's MLMTransformer/SpladePooling
+        # (sentence_transformers.sparse_encoder.models) are refused too.
+        extra = [k for k in kinds if k not in SENTENCE_TRANSFORMERS_MODULES]
         if extra:
             raise ConfigError(
-                f"{modules} lists modules {extra} after the encoder, but slimkit runs only "
-                f"{list(SENTENCE_TRANSFORMERS_MODULES)}; use a model without them"
+                f"{modules} lists modules {extra}, but slimkit's sentence encoder reproduces "
+                f"only {list(SENTENCE_TRANSFORMERS_MODULES)}; use a model made of those"
             )
-        normalize = any(k.endswith("Normalize") for k in kinds)
+        normalize = SENTENCE_TRANSFORMERS_MODULES[2] in kinds
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_len = _read_json(sbert).get("max_seq_length")

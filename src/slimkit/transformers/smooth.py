@@ -46,7 +46,6 @@ class InputScaledLinear(nn.Module):
         return self.linear(x * self.inv_scale)
 
 
-@torch.no_grad()
 def check_batches(batches: Any) -> list[dict]:
     """``batches``: a non-empty list of tokenized batches, each {"input_ids", "attention_mask"}:
     (B, T) tensors (sentences here failed with "string indices must be integers")."""
@@ -71,6 +70,7 @@ def check_batches(batches: Any) -> list[dict]:
     return list(batches)
 
 
+@torch.no_grad()
 def input_absmax(
     model: nn.Module, names: Iterable[str], batches: Iterable[dict]
 ) -> dict[str, torch.Tensor]:

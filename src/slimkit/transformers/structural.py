@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -204,27 +206,43 @@ def check_prunes_something(cfg: EncoderStructural, n_layers: int | None) -> None
         raise ConfigError(
             f"structural prunes nothing: keep_layers {list(cfg.keep_layers) or 'all'}, "
             "head_fraction 0, ffn_fraction 0; set ffn_fraction (e.g. 0.2), head_fraction or "
-            "keep_layers, or leave structural out for int8 alone"
+            "keep_layers to fewer layers (for int8 alone: no structural config, or no "
+            "--keep-layers on the CLI)"
         )
 
 
-def _check_indices(name: str, idx: Any, n: int, what: str) -> None:
-    """``idx``: distinct ints in 0..n-1, at least one (a layer's heads, the encoder's layers)."""
+def _check_indices(name: str, idx: Any, n: int, what: str) -> list[int]:
+    """``idx``: distinct ints in 0..n-1, at least one (a layer's heads, the encoder's layers);
+    a list, tuple, numpy array or tensor of integers. Returns them as Python ints."""
+    if isinstance(idx, (torch.Tensor, np.ndarray)):
+        idx = idx.tolist()
     if isinstance(idx, (str, bytes)) or not isinstance(idx, Sequence):
         raise ConfigError(f"{name} must be a list of indices such as [0, 2], but got {idx!r:.80}")
-    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+    ok = [isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in idx]
+    bad = [i for i, good in zip(idx, ok) if not good or not 0 <= int(i) < n]
     if bad or not idx or len(set(idx)) != len(idx):
         raise ConfigError(
             f"{name} must be a non-empty subset of 0..{n - 1}, each index once (the model has "
             f"{n} {what}), but got {list(idx)}; pass distinct indices from 0..{n - 1}"
         )
+    return [int(i) for i in idx]
+
+
+def _check_layer(layer: Any, n: int) -> int:
+    """One encoder layer index in 0..n-1 (numpy integers too)."""
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < n:
+        raise ConfigError(
+            f"layer must be an encoder layer index in 0..{n - 1} (the model has {n} layers), "
+            f"but got {layer!r}"
+        )
+    return int(layer)
 
 
 def drop_layers_(module: Any, keep: Sequence[int]) -> None:
     """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
     check_sentence_encoder(module)
     layers = module.model.encoder.layer
-    check_keep_layers(keep, len(layers))
+    keep = _check_indices("keep_layers", keep, len(layers), "encoder layers")
     module.model.encoder.layer = nn.ModuleList([layers[i] for i in sorted(keep)])
     module.model.config.num_hidden_layers = len(keep)
 
@@ -280,10 +298,11 @@ def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
 def prune_heads_(module: Any, layer: int, keep_heads: Sequence[int]) -> None:
     """Keep heads ``keep_heads`` of encoder layer ``layer`` by slicing Q/K/V and the output proj."""
     check_sentence_encoder(module)
-    _check_indices("layer", [layer], len(module.model.encoder.layer), "encoder layers")
+    layer = _check_layer(layer, len(module.model.encoder.layer))
     d = head_size(module)
     att = _attn(module, layer)
-    _check_indices("keep_heads", keep_heads, att.self.num_attention_heads, "heads in this layer")
+    n_heads = att.self.num_attention_heads
+    keep_heads = _check_indices("keep_heads", keep_heads, n_heads, "heads in this layer")
     idx = torch.tensor([h * d + j for h in sorted(keep_heads) for j in range(d)])
     for name in ("query", "key", "value"):
         setattr(att.self, name, _slice_linear(getattr(att.self, name), idx, 0))
