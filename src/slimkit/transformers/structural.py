@@ -230,7 +230,11 @@ def _check_indices(name: str, idx: Any, n: int, what: str) -> list[int]:
 
 def _check_layer(layer: Any, n: int) -> int:
     """One encoder layer index in 0..n-1 (numpy integers too)."""
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= int(layer) < n:
+    if (
+        isinstance(layer, bool)
+        or not isinstance(layer, numbers.Integral)
+        or not 0 <= int(layer) < n
+    ):
         raise ConfigError(
             f"layer must be an encoder layer index in 0..{n - 1} (the model has {n} layers), "
             f"but got {layer!r}"
