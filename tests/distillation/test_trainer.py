@@ -240,3 +240,50 @@ def test_pruned_and_quantized_slimkit_models_as_teachers(digits_data, teacher):
         distill(student, compressed, digits_data, cfg)
         assert agreement(student, compressed, digits_data.test) > 0.7
         assert sum(len(m._forward_hooks) for m in compressed.modules()) == 0
+
+
+def test_a_pruned_student_stays_pruned_and_a_quantized_one_is_refused(digits_data, teacher):
+    import slimkit as sk
+
+    torch.manual_seed(0)
+    student = build_model("lenet300", image_size=8)
+    sk.prune_(student, sk.MagnitudePruning(sparsity=0.8))  # finalized: plain zeros, no masks
+    zeros = {n: p == 0 for n, p in student.named_parameters() if p.dim() > 1}
+    steps = []
+    cfg = DistillConfig(losses=(LogitKD(),), train=TrainConfig(epochs=1, lr=1e-2))
+    distill(student, teacher, digits_data, cfg, after_step=lambda m: steps.append(1))
+    assert steps  # the caller's own hook still runs
+    for n, p in student.named_parameters():
+        if n in zeros:  # was: every zero trained away (a dense model came back)
+            assert torch.equal(p == 0, zeros[n]), n
+    q = build_model("lenet300", image_size=8)
+    sk.quantize_(q, sk.LinearQuantization(bits=4))
+    with pytest.raises(ConfigError, match=r"already quantized .* quantize after"):
+        distill(q, teacher, digits_data, cfg)  # was: trained off the 4-bit grid silently
+
+
+def test_onnx_teacher_for_other_images_is_a_config_error(digits_data, teacher, tmp_path):
+    big = build_model("lenet5", image_size=28)
+    path = tmp_path / "mnist_teacher.onnx"
+    path.write_bytes(export_bytes(big, torch.zeros(1, 1, 28, 28)))
+    cfg = DistillConfig(losses=(LogitKD(),), train=TrainConfig(epochs=1))
+    student = build_model("lenet300", image_size=8)
+    # was onnxruntime's InvalidArgument traceback (an Exception, not a RuntimeError)
+    with pytest.raises(ConfigError, match=r"teacher does not take the data's inputs"):
+        distill(student, str(path), digits_data, cfg)
+
+
+def test_cli_distill_refuses_options_its_losses_never_read(teacher, tmp_path, capsys):
+    from slimkit import io as slim_io
+    from slimkit.cli import main
+
+    tpath, spath = tmp_path / "t.safetensors", tmp_path / "s.safetensors"
+    slim_io.save(teacher, tpath)
+    base = ["distill", "--teacher", str(tpath), "--student", "lenet300", "--dataset", "digits"]
+    # each ran logit KD alone and exited 0
+    assert main([*base, "--pair", "fc2=fc1", "--out", str(spath)]) == 2
+    assert "add --kd hint, layerwise or attention" in capsys.readouterr().err
+    hint = ["--kd", "hint", "--pair", "fc1=fc1", "--temperature", "2"]
+    assert main([*base, *hint, "--out", str(spath)]) == 2
+    assert "add --kd logit or drop them" in capsys.readouterr().err
+    assert not spath.exists()

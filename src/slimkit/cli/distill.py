@@ -53,9 +53,11 @@ def register(app: typer.Typer) -> None:
             as_teacher,
         )
         from slimkit.distillation import distill as run_distill
+        from slimkit.distillation.trainer import check_teacher
         from slimkit.errors import ConfigError
         from slimkit.metrics.accuracy import ort_accuracy
         from slimkit.models import ZOO
+        from slimkit.preconditions import check_fits, check_model
         from slimkit.training import TrainConfig, evaluate_accuracy
 
         if teacher in ZOO and not Path(teacher).exists():
@@ -72,9 +74,20 @@ def register(app: typer.Typer) -> None:
             else load_model_for(teacher, dataset, "--teacher")
         )
         s = load_model_for(student, dataset, "--student")
+        kinds = [parse_enum(KDKind, name, "--kd") for name in dict.fromkeys(kd)]
+        # Options the chosen losses never read were dropped silently (exit 0, logit KD alone).
+        if pair and kinds == [KDKind.LOGIT]:
+            raise ConfigError(
+                f"--pair {pair[0]} is read by the feature losses only, but --kd is logit alone; "
+                "add --kd hint, layerwise or attention (and keep --kd logit to combine them)"
+            )
+        if KDKind.LOGIT not in kinds and (temperature != 4.0 or alpha != 0.9):
+            raise ConfigError(
+                f"--temperature/--alpha set the logit loss, but --kd is "
+                f"{[k.value for k in kinds]}; add --kd logit or drop them"
+            )
         losses: list = []
-        for name in dict.fromkeys(kd):
-            kind = parse_enum(KDKind, name, "--kd")
+        for kind in kinds:
             if kind is KDKind.LOGIT:
                 losses.append(LogitKD(temperature=temperature, alpha=alpha))
             elif not pair:
@@ -86,6 +99,9 @@ def register(app: typer.Typer) -> None:
         cfg = DistillConfig(
             losses=tuple(losses), train=TrainConfig(epochs=epochs, lr=lr, seed=seed)
         )
+        check_model(s, "distill (student)")
+        check_fits(s, data, "distill (student)")
+        check_teacher(t, s, data)  # before ORT runs the teacher on the whole test set
         if isinstance(t, OnnxTeacher):
             t_acc = ort_accuracy(t.session, data.test)
         else:

@@ -244,7 +244,10 @@ def distill(
     """Train ``student`` in place against ``teacher`` on ``data.train``; returns it in eval mode.
 
     ``teacher``: an nn.Module (zoo, pruned or quantized slimkit model), a slimkit model file,
-    an ``.onnx`` file/bytes or an ORT InferenceSession (logit KD only).
+    an ``.onnx`` file/bytes or an ORT InferenceSession (logit KD only). A pruned student stays
+    pruned: weights that are zero in its pruned layers (``pruning.keep_zeros``) are put back
+    to zero after every step, before ``after_step``. A quantized student is refused: training
+    would move its weights off their grid (distill first, then quantize).
     """
     config = config or DistillConfig()
     if config.augment is not None and isinstance(teacher, CachedTeacher):
@@ -252,22 +255,29 @@ def distill(
             "a CachedTeacher memoises outputs per input, but augment warps every batch anew, so "
             "nothing would be reused; pass the teacher itself when augment is set"
         )
-    from slimkit.preconditions import check_fits, check_model
+    from slimkit.preconditions import check_fits, check_model, refuse_quantized
+    from slimkit.pruning.keep_zeros import chain, zero_keeper
 
     check_model(student, "distill (student)")
+    refuse_quantized(
+        student,
+        "distill (student)",
+        "distill the float model and quantize after, or use quantize's finetune_centroids",
+    )
     if teacher is student:
         raise ConfigError(
             "distill: the teacher is the student itself, so there is nothing to learn; pass a "
             "trained model (or copy.deepcopy(student) to distill from its current state)"
         )
     loss = DistillLoss(student, teacher, config.losses)  # checks the layer pairs first
+    after_step = chain(zero_keeper(student), after_step)  # was: a pruned student came back dense
     device = torch.device(config.train.device)
     student.to(device)
     if loss.teacher.module is not None:
         loss.teacher.module.to(device)
     try:
         check_fits(student, data, "distill (student)")
-        _check_teacher(loss.teacher, student, data)
+        check_teacher(loss.teacher, student, data)
         example = data.example_input(2).to(device)
         data = augment_bundle(data, config.augment, seed=config.train.seed)
         with loss.attached():
@@ -288,12 +298,16 @@ def distill(
     return student
 
 
-def _check_teacher(teacher: Any, student: nn.Module, data: DataBundle) -> None:
+def check_teacher(teacher: Any, student: nn.Module, data: DataBundle) -> None:
     """The teacher takes the data's inputs, gives finite logits, one per student output."""
     x = data.example_input(2)
     try:
         t_out = teacher(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch's and ONNX Runtime's own (Exception) kinds
+        if not isinstance(exc, (RuntimeError, ValueError, IndexError)) and not type(
+            exc
+        ).__module__.startswith("onnxruntime"):
+            raise
         raise ConfigError(
             f"distill: the teacher does not take the data's inputs of shape {tuple(x.shape)} "
             f"({str(exc).splitlines()[0]}); pass a teacher trained on this dataset"

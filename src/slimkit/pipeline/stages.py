@@ -31,6 +31,7 @@ from torch import nn
 
 from slimkit.config import SlimConfig
 from slimkit.errors import ConfigError, SlimkitError
+from slimkit.pruning.keep_zeros import zero_keeper
 from slimkit.training import TrainConfig, train
 
 if TYPE_CHECKING:
@@ -269,26 +270,6 @@ def fit(
     return model.eval()
 
 
-def _zero_keeper(model: nn.Module) -> Callable[[nn.Module], None] | None:
-    """after_step that keeps already-zero weights of sparse layers at zero (pruning survives)."""
-    masks = {}
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nz = m.weight.detach() != 0
-            if float((~nz).float().mean()) >= 0.1:
-                masks[name] = nz
-    if not masks:
-        return None
-    modules = dict(model.named_modules())
-
-    def keep(_m: nn.Module) -> None:
-        with torch.no_grad():
-            for name, mask in masks.items():
-                modules[name].weight.mul_(mask)
-
-    return keep
-
-
 def _is_weight_quantized(model: nn.Module) -> bool:
     from slimkit.preconditions import quantized_layers
 
@@ -306,7 +287,7 @@ def run_train(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module
             f"stages[{plan.index}].finetune would move quantized weights off their grid; use "
             "quantize's finetune_centroids option, or fine-tune before quantizing"
         )
-    keeper = _zero_keeper(model) if plan.kind == "finetune" else None
+    keeper = zero_keeper(model) if plan.kind == "finetune" else None
     return fit(
         model,
         _need_data(ctx),
@@ -371,7 +352,7 @@ def run_distill(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Modu
             f"stages[{plan.index}].distill needs a reference model: add a train stage before it"
         )
     teacher = copy.deepcopy(ctx.reference).eval()
-    distill(model, teacher, _need_data(ctx), plan.config, after_step=_zero_keeper(model))
+    distill(model, teacher, _need_data(ctx), plan.config)  # keeps pruned zeros itself
     return model.eval()
 
 
