@@ -99,6 +99,33 @@ def test_bad_ranks_state_the_bounds():
         make_config("svd", {"ratoi": 0.5})
 
 
+def test_a_rank_too_large_for_a_later_layer_leaves_the_model_as_it_was():
+    model = _lenet300()
+    before = {n: type(m) for n, m in model.named_modules()}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    # fc1 and fc2 take rank 16; fc3 (full rank 10) does not: fc1 and fc2 stayed factorised
+    with pytest.raises(ConfigError, match=r"layer 'fc3' must be in 1..10 .*ignore=\['fc3'\]"):
+        sk.decompose_(model, SVDDecomposition(rank=16))
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert decomposition_plan(model) == {}
+    sk.decompose_(model, SVDDecomposition(rank=16, ignore=["fc3"]))  # the fix the error gives
+    assert set(decomposition_plan(model)) == {"fc1", "fc2"}
+
+
+def test_data_that_is_not_a_bundle_of_these_images_is_refused_first():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = _lenet300()
+    loader = DataLoader(TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4).long()))
+    with pytest.raises(ConfigError, match=r"needs a DataBundle as data"):
+        sk.decompose_(model, SVDDecomposition(rank=4), data=loader)  # BN recalibration skipped
+    mnist = sk.load_dataset("mnist5k", train_samples=64, test_samples=64)
+    with pytest.raises(ConfigError, match=r"decompose_"):  # was a raw shape error, afterwards
+        sk.decompose_(model, SVDDecomposition(rank=4), data=mnist)
+    assert decomposition_plan(model) == {}
+
+
 def test_nan_weights_are_refused():
     model = _lenet300()
     model.fc2.weight.data[0, 0] = float("nan")

@@ -164,6 +164,30 @@ def replace_layers(
     """
     chosen = select_modules(model, cfg.targets, cfg.ignore, types)
     plans: list[LayerPlan] = []
+    # Each layer is replaced as soon as it is factorised (a data-driven fit of a later layer
+    # sees the earlier factors' outputs), and all are put back when a later one fails (say a
+    # fixed rank above its full rank): that used to leave a half-decomposed, unrecorded model.
+    replaced: list[tuple[str, nn.Module]] = []
+    try:
+        _replace_each(model, cfg, chosen, factorise, eligible, plans, replaced)
+    except BaseException:
+        for name, module in reversed(replaced):
+            set_module(model, name, module)
+        raise
+    record(model, plans)
+    return plans
+
+
+def _replace_each(
+    model: nn.Module,
+    cfg: Any,
+    chosen: dict[str, nn.Module],
+    factorise: Factorise,
+    eligible: Callable[[nn.Module], str | None],
+    plans: list[LayerPlan],
+    replaced: list[tuple[str, nn.Module]],
+) -> None:
+    """replace_layers' loop: appends a plan row per layer and (name, original) per swap."""
     for name, module in chosen.items():
         w = getattr(module, "weight", None)
         if w is not None and not torch.isfinite(w).all():
@@ -196,10 +220,9 @@ def replace_layers(
         else:
             new.train(module.training)
             set_module(model, name, new)
+            replaced.append((name, module))
             plan.applied = True
         plans.append(plan)
-    record(model, plans)
-    return plans
 
 
 def record(model: nn.Module, plans: list[LayerPlan]) -> None:

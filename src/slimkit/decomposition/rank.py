@@ -88,7 +88,8 @@ def check_fixed_rank(rank: int, full_rank: int, layer: str) -> None:
     if not 1 <= rank <= full_rank:
         raise ConfigError(
             f"rank for layer {layer!r} must be in 1..{full_rank} (its full rank), but got {rank}; "
-            "lower the rank or use ratio=... to scale it per layer"
+            f"lower the rank, use ratio=... to scale it per layer, or leave the layer out "
+            f"(ignore=[{layer!r}])"
         )
 
 
