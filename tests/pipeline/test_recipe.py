@@ -74,6 +74,17 @@ def test_examples_parse_and_round_trip():
             },
             ["stages[0].decompose", "needs training or calibration data"],
         ),
+        # refused only when the run reached it, after the stages before it
+        ({"stages": [{"distill": {}}]}, ["stages[0].distill", "needs a trained teacher"]),
+        # `train:` / `losses:` left empty were TypeErrors from inside the parser
+        (
+            {"stages": [{"train": {}}, {"distill": {"train": None}}]},
+            ["stages[1].distill", "train must be a mapping", "None"],
+        ),
+        (
+            {"stages": [{"train": {}}, {"distill": {"losses": None}}]},
+            ["stages[1].distill", "losses must be a list"],
+        ),
     ],
 )
 def test_bad_recipes_name_stage_key_value_and_choices(tiny, change, expect):
@@ -191,3 +202,25 @@ def test_compress_refuses_a_folder_of_the_users_files(tiny, tmp_path, capsys):
 def test_a_folder_given_as_the_recipe_is_named_a_folder(tmp_path, capsys):
     assert main(["compress", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "is a folder; pass the path of a YAML recipe" in capsys.readouterr().err
+
+
+def test_a_trained_model_file_is_the_distillation_teacher(tiny, tmp_path):
+    import json
+
+    import slimkit as sk
+    from slimkit.pipeline import compress
+
+    teacher = sk.build_model("lenet300", image_size=8)
+    sk.save(teacher, tmp_path / "trained.safetensors")
+    stages = [
+        {"prune": {"method": "magnitude", "sparsity": 0.5}},
+        {"distill": {"train": {"epochs": 1}}},  # was refused: "add a train stage before it"
+    ]
+    r = parse_recipe(tiny(model={"path": str(tmp_path / "trained.safetensors")}, stages=stages))
+    with pytest.raises(KeyboardInterrupt):  # stops after the prune stage, as a crash would
+        compress(r, tmp_path / "run", log=lambda s: None, stop_after=0)
+    compress(r, tmp_path / "run", resume=True, log=lambda s: None)  # the teacher is reloaded
+    gate = json.loads((tmp_path / "run" / "metrics.json").read_text())["gate"]
+    assert gate["reference_stage"] == -1  # the input model's row
+    student = sk.load(tmp_path / "run" / "checkpoints" / "stage_1.safetensors")
+    assert float((student.fc1.weight == 0).float().mean()) >= 0.5  # distillation kept the zeros

@@ -94,7 +94,13 @@ class DistillConfig(SlimConfig):
                 "['augment', 'losses', 'train']"
             )
         losses = []
-        for item in data.get("losses", [{"kind": "logit"}]):
+        items = data.get("losses", [{"kind": "logit"}])
+        if not isinstance(items, (list, tuple)):  # `losses:` left empty: was "not iterable"
+            raise ConfigError(
+                f"losses must be a list such as [{{kind: logit}}, {{kind: hint, pairs: "
+                f"[fc1=fc1]}}], but got {items!r}"
+            )
+        for item in items:
             if not isinstance(item, dict) or "kind" not in item:
                 raise ConfigError(
                     f"each loss must be a mapping with a 'kind' key, but got {item!r}"

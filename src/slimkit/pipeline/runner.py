@@ -301,6 +301,9 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
     return state
 
 
+INPUT_STAGE = -1  # reference_stage of the input model (its row's index; stage_input checkpoint)
+
+
 def compress(
     recipe: Recipe | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -381,6 +384,9 @@ def _compress(
             "artifacts": {},
             "notes": {},
         }
+        if recipe.model.path is not None:  # a trained model file: the teacher until a train
+            ctx.reference = copy.deepcopy(model).eval()  # stage makes a newer one
+            state["reference_stage"] = INPUT_STAGE
         if is_main:
             x = example_input(ctx, model)
             finite_gate(model, x, "input model")
@@ -394,8 +400,10 @@ def _compress(
         finished = int(state["finished"])
         name = "stage_input" if finished < 0 else f"stage_{finished}"
         model = _reload(ckdir / f"{name}.safetensors")
-        if state.get("reference_stage") is not None:
-            ctx.reference = _reload(ckdir / f"stage_{state['reference_stage']}.safetensors")
+        ref = state.get("reference_stage")
+        if ref is not None:
+            ref_name = "stage_input" if ref == INPUT_STAGE else f"stage_{ref}"
+            ctx.reference = _reload(ckdir / f"{ref_name}.safetensors")
         rows = state["rows"]
         start = finished + 1
         ctx.artifacts.update(state.get("artifacts", {}))

@@ -189,8 +189,16 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
             raise ConfigError(
                 f"teacher must be 'reference' (the model after the last train stage), but got {teacher!r}"
             )
-        train_opts = {"seed": recipe.seed, **opts.pop("train", {})}
-        config = DistillConfig.from_dict({**opts, "train": train_opts})
+        train = opts.pop("train", {})
+        if not isinstance(train, dict):  # `train:` left empty was a TypeError from **None
+            raise ConfigError(f"train must be a mapping of TrainConfig options, but got {train!r}")
+        kinds = [k for k, _ in recipe.stage_list()[:index]]
+        if "train" not in kinds and recipe.model.path is None:  # was refused at run time
+            raise ConfigError(
+                "needs a trained teacher: add a train stage before it (its model becomes the "
+                "teacher), or start from a trained model file (model: {path: trained.safetensors})"
+            )
+        config = DistillConfig.from_dict({**opts, "train": {"seed": recipe.seed, **train}})
         return StagePlan(index, kind, config, options={"teacher": teacher}, needs_data=True)
     if kind == "export":
         return StagePlan(index, kind, ExportOptions.from_dict(opts))
@@ -347,7 +355,7 @@ def run_decompose(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Mo
 def run_distill(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
     from slimkit.distillation.trainer import distill
 
-    if ctx.reference is None:
+    if ctx.reference is None:  # checked at load (a train stage or model.path comes first)
         raise ConfigError(
             f"stages[{plan.index}].distill needs a reference model: add a train stage before it"
         )
