@@ -95,6 +95,27 @@ def test_export_writes_head_tail_and_manifest(tmp_path):
     assert len(manifest["candidates"]) == 1
 
 
+def test_export_checks_before_it_writes_and_keeps_an_earlier_split_whole(tmp_path, monkeypatch):
+    from slimkit.decomposition import split
+    from slimkit.errors import ParityError
+
+    model, x = _resnet(), torch.randn(2, 1, 8, 8)
+    export_split(model, x, tmp_path, SplitConfig(at="layers.1.relu2", runs=3))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(split, "composition_diff", lambda *a: 1.0)  # the composed pair disagrees
+    with pytest.raises(ParityError, match="tail\\(head\\(x\\)\\) differs"):
+        export_split(model, x, tmp_path, SplitConfig(at="layers.0.relu2", runs=3))
+    # was: a new head and tail beside the old manifest (another cut)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    blocked = tmp_path / "blocked"
+    (blocked / "tail.onnx").mkdir(parents=True)
+    timed = []
+    monkeypatch.setattr(split, "plan_split", lambda *a: timed.append(1))
+    with pytest.raises(ConfigError, match="tail.onnx': it is a folder"):
+        export_split(model, x, blocked, SplitConfig(runs=3))
+    assert timed == []  # refused before every cut was timed (was: after)
+
+
 def test_bad_config():
     with pytest.raises(ConfigError, match="bandwidth_mbps"):
         SplitConfig(bandwidth_mbps=0)

@@ -278,21 +278,32 @@ def composition_diff(
 def export_split(
     model: nn.Module, example: torch.Tensor, out_dir: str | Path, cfg: SplitConfig | None = None
 ) -> SplitResult:
-    """Plan the split, write ``head.onnx``, ``tail.onnx`` and ``split.json`` into ``out_dir``."""
-    from slimkit.export.onnx import to_onnx
+    """Plan the split, write ``head.onnx``, ``tail.onnx`` and ``split.json`` into ``out_dir``.
+
+    All three files are checked before any is written (an earlier split there stays whole
+    when a check fails), and the output folder before the cuts are timed."""
+    from slimkit.export.onnx import checked_export_bytes
 
     cfg = cfg or SplitConfig()
+    out_dir = Path(out_dir)
+    for name in ("head.onnx", "tail.onnx", "split.json"):
+        atomic.check_writable(out_dir / name)  # a file in the way: before minutes of timing
     plan = plan_split(model, example, cfg)
     head, tail = split_model(model, example, plan.best.cut.name)
-    out = atomic.output_dir(out_dir)
-    head_path, tail_path = out / "head.onnx", out / "tail.onnx"
-    to_onnx(head, head_path, example, atol=cfg.atol)
-    to_onnx(tail, tail_path, head(example), atol=cfg.atol)
-    diff = composition_diff(model, str(head_path), str(tail_path), example)
+    head_onnx, _ = checked_export_bytes(head, example, atol=cfg.atol)
+    tail_onnx, _ = checked_export_bytes(tail, head(example), atol=cfg.atol)
+    diff = composition_diff(model, head_onnx, tail_onnx, example)
     if not diff <= cfg.atol:
         raise ParityError(
             f"tail(head(x)) differs from the whole model by {diff:.3g} > atol {cfg.atol:g}"
         )
+    out = atomic.output_dir(out_dir)
+    head_path, tail_path = out / "head.onnx", out / "tail.onnx"
+    # The manifest goes first and comes back last: a write cut short never pairs the new
+    # graphs with an earlier split's manifest (a different cut).
+    (out / "split.json").unlink(missing_ok=True)
+    atomic.write_bytes(head_path, head_onnx)
+    atomic.write_bytes(tail_path, tail_onnx)
     manifest = {
         "format": SPLIT_FORMAT,
         "head": head_path.name,

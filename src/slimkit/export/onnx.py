@@ -93,6 +93,23 @@ def to_onnx(
     Raises ParityError when the max |ORT - torch| over the example (and a batch of 3 copies,
     to exercise the dynamic batch) exceeds ``atol``.
     """
+    data, diff = checked_export_bytes(
+        model, example_inputs, opset=opset, atol=atol, check=check, dynamo=dynamo
+    )
+    atomic.write_bytes(path, data)
+    return ExportResult(str(Path(path)), len(data), diff, atol)
+
+
+def checked_export_bytes(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+    check: bool = True,
+    dynamo: bool = False,
+) -> tuple[bytes, float]:
+    """:func:`to_onnx` without the write: (ONNX bytes, max |ORT - torch|), parity checked."""
     from slimkit.preconditions import check_model
 
     check_model(model, "to_onnx")
@@ -131,8 +148,7 @@ def to_onnx(
             "A custom op or data-dependent control flow may not export; raise atol only if the "
             "difference is expected (e.g. quantized graphs)"
         )
-    atomic.write_bytes(path, data)
-    return ExportResult(str(Path(path)), len(data), diff, atol)
+    return data, diff
 
 
 @torch.no_grad()
