@@ -95,3 +95,16 @@ def test_a_method_with_nothing_to_decompose_and_a_last_layer_split_are_clear(cap
     # splitting after the last layer was blamed on a residual block
     assert main(["split", "lenet5", "--at", "fc2", "--out", str(tmp_path / "s")]) == 2
     assert "it is the model's last layer" in capsys.readouterr().err
+
+
+def test_decompose_that_shrinks_no_layer_and_runs_0_are_refused(capsys, tmp_path):
+    out = tmp_path / "d.safetensors"
+    argv = ["decompose", "lenet300", "--dataset", "digits", "--out", str(out), "--runs", "1"]
+    # ratio 1.0: every layer's factors would be larger, so all were skipped (exit 0, a copy)
+    assert main([*argv, "--set", "ratio=1.0"]) == 2
+    captured = capsys.readouterr()
+    assert "svd decomposed no layer (fc1: factors would hold" in captured.err
+    assert "would hold" in captured.out  # the table says why each layer was skipped
+    assert not out.exists()
+    assert main([*argv[:-2], "--runs", "0"]) == 2  # was refused by the timer, afterwards
+    assert "--runs must be at least 1" in capsys.readouterr().err

@@ -67,8 +67,11 @@ def register(app: typer.Typer) -> None:
         from slimkit import io as slim_io
         from slimkit.decomposition import decompose_, decomposition_plan, make_config
         from slimkit.decomposition.report import before_after
+        from slimkit.errors import ConfigError
 
         cfg = make_config(method, parse_sets(set_))
+        if runs < 1:  # was refused only after the decomposition, by the latency timer
+            raise ConfigError(f"--runs must be at least 1 (timed ORT runs), but got {runs}")
         refuse_overwrite({"the model": model}, {"--out": out})
         data = load_data(dataset) if use_data else None
         m = (
@@ -83,7 +86,7 @@ def register(app: typer.Typer) -> None:
         plan = decomposition_plan(m)
         print_table(
             f"{method} per layer",
-            ["layer", "rank", "params before", "params after", "applied", "rel. error"],
+            ["layer", "rank", "params before", "params after", "applied", "rel. error", "note"],
             [
                 [
                     k,
@@ -92,10 +95,18 @@ def register(app: typer.Typer) -> None:
                     v["params_after"],
                     str(v["applied"]),
                     v["rel_error"] if v["rel_error"] is not None else "-",
+                    v.get("reason") or "",
                 ]
                 for k, v in plan.items()
             ],
         )
+        skipped = [v for v in plan.values() if not v["applied"]]
+        if plan and len(skipped) == len(plan):  # was exit 0, an unchanged copy written
+            raise ConfigError(
+                f"{method} decomposed no layer ({skipped[0]['layer']}: {skipped[0]['reason']}); "
+                "nothing would get smaller at these settings: choose a smaller rank, e.g. "
+                "--set ratio=0.5"
+            )
         report = before_after(original, m, example, data, runs=runs)
         print_table(
             f"{model} before / after {method}",

@@ -278,12 +278,12 @@ def distill(
     loss = DistillLoss(student, teacher, config.losses)  # checks the layer pairs first
     after_step = chain(zero_keeper(student), after_step)  # was: a pruned student came back dense
     device = torch.device(config.train.device)
-    student.to(device)
-    if loss.teacher.module is not None:
-        loss.teacher.module.to(device)
     try:
-        check_fits(student, data, "distill (student)")
-        check_teacher(loss.teacher, student, data)
+        check_fits(student, data, "distill (student)")  # on the CPU, where the data's inputs
+        check_teacher(loss.teacher, student, data)  # are: before the models move to ``device``
+        student.to(device)
+        if loss.teacher.module is not None:
+            loss.teacher.module.to(device)
         example = data.example_input(2).to(device)
         data = augment_bundle(data, config.augment, seed=config.train.seed)
         with loss.attached():
