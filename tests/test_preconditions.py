@@ -84,6 +84,29 @@ def test_techniques_refuse_to_undo_quantization(digits):
     s = sk.quantize_(_lenet300(), sk.StaticInt8(calib_samples=32), data=digits)
     with pytest.raises(ConfigError, match="already holds int8 layers"):
         sk.quantize_(s, sk.LinearQuantization(bits=4))
+    d = sk.quantize_(_lenet300(), sk.DynamicInt8())  # was accepted, then exported as dynamic
+    with pytest.raises(ConfigError, match=r"already holds int8 layers \['fc1'"):
+        sk.quantize_(d, sk.StaticInt8(calib_samples=32), data=digits)
+
+
+def test_data_for_other_images_is_refused_before_the_model_changes(digits):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    for cfg in (sk.StaticInt8(calib_samples=32), sk.QATInt8()):
+        m = sk.build_model("lenet5", image_size=28, seed=0)
+        before = {n: type(x) for n, x in m.named_modules()}
+        # was torch's "mat1 and mat2 shapes cannot be multiplied" after BatchNorm was folded
+        # and fake-quant layers swapped in: a retry with the right data was then refused
+        with pytest.raises(ConfigError, match=r"quantize_: the model does not take the data's"):
+            sk.quantize_(m, cfg, data=digits)
+        assert {n: type(x) for n, x in m.named_modules()} == before
+    loader = DataLoader(TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4).long()))
+    with pytest.raises(ConfigError, match=r"inputs of shape \(1, 1, 8, 8\)"):
+        sk.quantize_(sk.build_model("lenet5", image_size=28), sk.StaticInt8(), data=loader)
+    with pytest.raises(ConfigError, match=r"prune_: the model does not take the data's"):
+        sk.prune_(
+            sk.build_model("lenet5", image_size=28), sk.TaylorPruning(sparsity=0.5), data=digits
+        )
 
 
 def test_nothing_to_decompose_and_bad_zoo_sizes_are_errors():

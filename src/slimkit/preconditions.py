@@ -85,10 +85,50 @@ def check_fits(model: nn.Module, data: Any, call: str) -> None:
             f"slimkit.data.from_tensors(...)), but got {type(data).__name__}"
         )
     x = data.example_input(1)
+    out = _probe(model, x, call)
+    classes = getattr(data, "num_classes", None)
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and isinstance(classes, int):
+        if out.shape[1] < classes:
+            raise ConfigError(
+                f"{call}: the model has {out.shape[1]} outputs, but the data has {classes} "
+                f"classes; build it with num_classes={classes}"
+            )
+
+
+def check_data_fits(model: nn.Module, data: Any, call: str) -> None:
+    """``check_fits`` for a DataBundle; for a DataLoader (batches of (x, y) or x) or a tensor of
+    inputs, one forward pass on its first sample. Other kinds are left to the handler. The
+    torch random state is kept, so a shuffled loader's later order is as it would have been."""
+    if data is None:
+        return
+    if all(hasattr(data, a) for a in ("train", "test", "example_input")):
+        check_fits(model, data, call)
+        return
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, torch.Tensor):
+        x = data[:1]
+    elif isinstance(data, DataLoader):
+        with torch.random.fork_rng(devices=[]):
+            batch = next(iter(data), None)
+        if batch is None:
+            raise ConfigError(f"{call}: the data loader yields no batch; pass a non-empty one")
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if not isinstance(x, torch.Tensor):
+            return
+        x = x[:1]
+    else:
+        return
+    _probe(model, x, call)
+
+
+def _probe(model: nn.Module, x: torch.Tensor, call: str) -> Any:
+    """model(x) in eval mode without gradients (state kept); a ConfigError naming the input
+    shape when the model does not take it."""
     was_training = model.training
     try:
         with torch.no_grad():
-            out = model.eval()(x)
+            return model.eval()(x)
     except (RuntimeError, ValueError, IndexError) as exc:
         fix = (
             f"; use a model built for these images (build_model(name, "
@@ -102,10 +142,3 @@ def check_fits(model: nn.Module, data: Any, call: str) -> None:
         ) from None
     finally:
         model.train(was_training)
-    classes = getattr(data, "num_classes", None)
-    if isinstance(out, torch.Tensor) and out.dim() == 2 and isinstance(classes, int):
-        if out.shape[1] < classes:
-            raise ConfigError(
-                f"{call}: the model has {out.shape[1]} outputs, but the data has {classes} "
-                f"classes; build it with num_classes={classes}"
-            )

@@ -105,3 +105,15 @@ def test_qat_config_rules():
         sk.quantize_(
             sk.build_model("lenet300", image_size=8), QATInt8(), data=torch.zeros(4, 1, 8, 8)
         )
+
+
+def test_qat_keeps_a_pruned_model_pruned(data):
+    torch.manual_seed(0)
+    model = sk.build_model("lenet300", image_size=8)
+    sk.prune_(model, sk.MagnitudePruning(sparsity=0.8))
+    zeros = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    cfg = QATInt8(train=TrainConfig(epochs=1, lr=1e-2, max_batches=5), calib_samples=64)
+    sk.quantize_(model, cfg, data=data)
+    for n, mask in zeros.items():  # was: the zeros trained back, a dense int8 model
+        w = dict(model.named_modules())[n].weight
+        assert torch.equal(w == 0, mask), n

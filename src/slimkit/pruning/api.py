@@ -17,7 +17,7 @@ PRUNERS = Registry("pruning")
 
 def prune_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     """Apply ``config`` to ``model`` in place and return it (handlers may take data=...)."""
-    from slimkit.preconditions import check_kwargs, check_model, refuse_quantized
+    from slimkit.preconditions import check_data_fits, check_kwargs, check_model, refuse_quantized
 
     handler = PRUNERS.lookup(config)
     check_model(model, "prune_")
@@ -25,5 +25,8 @@ def prune_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     refuse_quantized(
         model, "prune_", "prune first, then quantize: prune_(...), then quantize_(...)"
     )
+    # Images of another size failed inside the handler with torch's own error; StaticInt8
+    # and QAT had by then folded BatchNorm and swapped in fake-quant layers, in place.
+    check_data_fits(model, kwargs.get("data"), "prune_")
     result = handler(model, config, **kwargs)
     return model if result is None else result

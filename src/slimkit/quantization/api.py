@@ -18,16 +18,22 @@ QUANTIZERS = Registry("quantization")
 
 def quantize_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     """Apply ``config`` to ``model`` in place and return it (handlers may take data=...)."""
-    from slimkit.preconditions import check_kwargs, check_model, int8_layers
+    from slimkit.preconditions import check_data_fits, check_kwargs, check_model, int8_layers
 
     handler = QUANTIZERS.lookup(config)
     check_model(model, "quantize_")
     check_kwargs(kwargs, "quantize_")
-    int8 = int8_layers(model)
+    # DynamicInt8 keeps float layers (weights on the int8 grid) and records itself on the
+    # model only: its layers were missed, and a second quantizer went out the dynamic way.
+    dynamic = getattr(model, "slimkit_int8", None) or {}
+    int8 = int8_layers(model) or list(dynamic.get("layers", []))
     if int8:
         raise ConfigError(
             f"quantize_: the model already holds int8 layers {int8[:5]}; quantizing them "
             "again would drop it. Apply one quantizer to a float model"
         )
+    # Images of another size failed inside the handler with torch's own error; StaticInt8
+    # and QAT had by then folded BatchNorm and swapped in fake-quant layers, in place.
+    check_data_fits(model, kwargs.get("data"), "quantize_")
     result = handler(model, config, **kwargs)
     return model if result is None else result

@@ -97,13 +97,17 @@ def _qat_int8(model: nn.Module, config: QATInt8, *, data: Any = None, **_: Any) 
         if epoch + 1 >= config.freeze_observers_epoch:
             freeze_observers(m)
 
+    from slimkit.pruning.keep_zeros import chain, zero_keeper
+
     assert isinstance(config.train, TrainConfig)
     train(
         model,
         data,
         config.train,
         on_epoch_end=on_epoch_end,
-        after_step=sync_shared,
+        # A pruned model stays pruned: the straight-through gradient reaches its zero
+        # weights (0 is on the int8 grid) and training regrew them, densely.
+        after_step=chain(zero_keeper(model), sync_shared),
         description="qat int8",
     )
     return finish_qat(model)
