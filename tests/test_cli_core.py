@@ -189,3 +189,15 @@ def test_an_untrained_zoo_teacher_is_refused(capsys, tmp_path):
     assert main([*argv, "--out", str(out)]) == 2
     assert "is a zoo name, which builds an untrained model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_refuses_a_quantized_model_file(capsys, tmp_path):
+    import slimkit as sk
+
+    q = sk.quantize_(sk.build_model("lenet300", image_size=8), sk.KMeansQuantization(bits=2))
+    sk.save(q, tmp_path / "q.safetensors")
+    out = tmp_path / "t.safetensors"
+    argv = ["train", str(tmp_path / "q.safetensors"), "--dataset", "digits", "--out", str(out)]
+    assert main([*argv, "--epochs", "1"]) == 2  # trained off the codebook, saved as k-means
+    assert "slimkit train would rewrite layer(s)" in capsys.readouterr().err
+    assert not out.exists()

@@ -76,6 +76,23 @@ def test_examples_parse_and_round_trip():
         ),
         # refused only when the run reached it, after the stages before it
         ({"stages": [{"distill": {}}]}, ["stages[0].distill", "needs a trained teacher"]),
+        # train after quantize moved the weights off their grid silently; finetune, prune,
+        # decompose and distill were refused only when the run reached them
+        (
+            {"stages": [{"train": {}}, {"quantize": {"method": "kmeans"}}, {"train": {}}]},
+            ["stages[2].train comes after stages[1].quantize (kmeans)", "train before"],
+        ),
+        (
+            {
+                "stages": [
+                    {"train": {}},
+                    {"quantize": {"method": "linear", "bits": 4}},
+                    {"export": {}},
+                    {"finetune": {}},
+                ]
+            },
+            ["stages[3].finetune comes after stages[1].quantize", "finetune_centroids"],
+        ),
         # `train:` / `losses:` left empty were TypeErrors from inside the parser
         (
             {"stages": [{"train": {}}, {"distill": {"train": None}}]},

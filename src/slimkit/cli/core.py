@@ -60,6 +60,14 @@ def register(app: typer.Typer) -> None:
         refuse_overwrite({"the model": model}, {"--out": out})
         data = load_data(dataset)
         m = load_model_for(model, dataset)
+        from slimkit.preconditions import refuse_quantized
+
+        refuse_quantized(  # a quantized file came back float, still marked quantized
+            m,
+            "slimkit train",
+            "train the float model and quantize after (or quantize's "
+            "finetune_centroids to fine-tune a k-means codebook)",
+        )
         run_train(m, data, TrainConfig(epochs=epochs, lr=lr, seed=seed))
         acc = evaluate_accuracy(m, data.test)
         n = slim_io.save(m, out)

@@ -143,11 +143,13 @@ class Recipe(_Strict):
 
     def validate_stages(self) -> list[Any]:
         """Build every stage's config now; returns them (ConfigError names the bad stage)."""
-        from slimkit.pipeline.stages import build_stage
+        from slimkit.pipeline.stages import build_stage, check_stage_order
 
-        return [
+        plans = [
             build_stage(i, kind, opts, self) for i, (kind, opts) in enumerate(self.stage_list())
         ]
+        check_stage_order(plans)
+        return plans
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

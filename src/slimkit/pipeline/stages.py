@@ -124,6 +124,32 @@ def _train_config(opts: dict[str, Any], recipe: Recipe, field: str) -> TrainConf
     return TrainConfig.from_dict({"seed": recipe.seed, **opts})
 
 
+# What each stage kind would do to weights a quantize stage put on a grid, and the fix; the
+# run refused these when it reached them (after the stages before), and train not at all.
+_AFTER_QUANTIZE = {
+    "train": "train before quantizing",
+    "finetune": "use quantize's finetune_centroids option, or fine-tune before quantizing",
+    "prune": "prune first, then quantize",
+    "decompose": "decompose first, then quantize the factors",
+    "distill": "distill before quantizing",
+}
+
+
+def check_stage_order(plans: list[StagePlan]) -> None:
+    """Refuse, at load, a stage that would move weights an earlier quantize stage put on a
+    grid (all quantize methods record their layers), naming both stages and the fix."""
+    quantized = next((p for p in plans if p.kind == "quantize"), None)
+    if quantized is None:
+        return
+    later = next((p for p in plans[quantized.index + 1 :] if p.kind in _AFTER_QUANTIZE), None)
+    if later is not None:
+        raise ConfigError(
+            f"stages[{later.index}].{later.kind} comes after stages[{quantized.index}].quantize "
+            f"({quantized.method}) and would move the quantized weights off their grid (a "
+            f"float model would be saved as quantized); {_AFTER_QUANTIZE[later.kind]}"
+        )
+
+
 def build_stage(index: int, kind: str, options: dict[str, Any], recipe: Recipe) -> StagePlan:
     """Validate one stage's options by building its config; errors name the stage."""
     try:
