@@ -148,3 +148,13 @@ def test_auto_cli_checks_the_drop_in_points_and_the_model_size_before_any_work(t
     assert main([*auto, "--dataset", "mnist5k"]) == 2
     assert "takes 8x8 images, but --dataset mnist5k gives 28x28" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_auto_cli_refuses_a_zoo_name(tmp_path, capsys):
+    from slimkit.cli import main
+
+    out = tmp_path / "auto"
+    # an untrained model "met the goal" against its own ~10 % accuracy (exit 0)
+    assert main(["search", "auto", "lenet5", "--out", str(out), "--max-bytes", "20000"]) == 2
+    assert "builds an untrained model; train it first" in capsys.readouterr().err
+    assert not out.exists()

@@ -31,8 +31,11 @@ def nas_cmd(
 ):
     """Neural architecture search over slimkit's SearchNet space."""
     from slimkit import atomic
+    from slimkit.cli.common import refuse_overwrite
     from slimkit.search import DEFAULT_NAS_SPACE, NASConfig, SearchSpace, nas
 
+    if out is not None:  # checked after every trial before, and could overwrite --space
+        refuse_overwrite({"--space": str(space) if space else None}, {"--out": out})
     cfg = NASConfig(
         dataset=dataset,
         strategy=strategy,
@@ -48,10 +51,19 @@ def nas_cmd(
         storage=storage,
         study_name=study,
     )
+    # The front is over the study's own objectives (accuracy vs params for one objective).
+    objs = list(cfg.objectives) if len(cfg.objectives) > 1 else ["accuracy", "params"]
+    cols = list(dict.fromkeys([*objs, "params", "flops"]))
+    names = {"params": "params", "flops": "FLOPs", "latency_ms": "latency ms"}
     rows = [
-        [str(r["arch"]), r["accuracy"], int(r["params"]), int(r["flops"])] for r in result.pareto
+        [str(r["arch"]), *(r[c] if c in ("accuracy", "latency_ms") else int(r[c]) for c in cols)]
+        for r in result.pareto
     ]
-    print_table("Pareto front (accuracy vs params)", ["arch", "accuracy", "params", "FLOPs"], rows)
+    print_table(
+        f"Pareto front ({' vs '.join(objs)})",
+        ["arch", *(names.get(c, c) for c in cols)],
+        rows,
+    )
     console.print(
         f"best: {result.best['arch']} accuracy {result.best['accuracy']:.4f} params {int(result.best['params']):,}"
     )
@@ -147,6 +159,12 @@ def auto_cmd(
         raise ConfigError(
             f"--max-accuracy-drop is in percentage points and must be in 0..100, but got "
             f"{max_accuracy_drop:g}; e.g. --max-accuracy-drop 0.5 allows half a point"
+        )
+    if model in ZOO and not Path(model).exists():  # random weights: the drop meant nothing
+        raise ConfigError(
+            f"search auto takes a trained model file, but {model!r} is a zoo name, which builds "
+            f"an untrained model; train it first (slimkit train {model} --dataset {dataset} "
+            f"--out {model}.safetensors) and pass {model}.safetensors"
         )
     batch_size = 64
     data = load_data(dataset, batch_size)

@@ -314,6 +314,17 @@ def hpo(
     check_runs(cfg)  # bad input fails here, before a study (or a database) is created
     dirs = ["maximize"] if len(cfg.objectives) == 1 else ["maximize", "minimize"]
     task = {"kind": "hpo", "config": cfg.to_dict()}
+    if len(dirs) > 1 and cfg.pruner != "none":  # was dropped silently
+        import warnings
+
+        from slimkit.search.study import StrategyReplacedWarning
+
+        warnings.warn(
+            f"pruner {cfg.pruner!r} is not used: Optuna prunes single-objective studies only, "
+            f"and this one has objectives {list(cfg.objectives)}",
+            StrategyReplacedWarning,
+            stacklevel=2,
+        )
     pruner = make_pruner(cfg.pruner if len(dirs) == 1 else "none")
     objective = make_objective(cfg)  # before the study: a failure here leaves no empty study
     study = open_study(study_name, storage, dirs, task, sampler=sampler, pruner=pruner)
