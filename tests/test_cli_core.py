@@ -201,3 +201,19 @@ def test_train_refuses_a_quantized_model_file(capsys, tmp_path):
     assert main([*argv, "--epochs", "1"]) == 2  # trained off the codebook, saved as k-means
     assert "slimkit train would rewrite layer(s)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_writes_int8_onnx_for_an_int8_model_and_bench_refuses_it(capsys, tmp_path):
+    import onnx
+
+    import slimkit as sk
+
+    q = sk.quantize_(sk.build_model("lenet300", image_size=8), sk.DynamicInt8())
+    sk.save(q, tmp_path / "q.safetensors")
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(tmp_path / "q.safetensors"), "--out", str(out)]) == 0
+    assert "int8 ONNX" in capsys.readouterr().out  # was a plain fp32 graph
+    types = {t.data_type for t in onnx.load(str(out)).graph.initializer}
+    assert onnx.TensorProto.INT8 in types or onnx.TensorProto.UINT8 in types
+    assert main(["bench", str(tmp_path / "q.safetensors")]) == 2  # timed the fp32 export
+    assert "holds an int8 model" in capsys.readouterr().err

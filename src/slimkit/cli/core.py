@@ -40,6 +40,13 @@ def bench_rows(measurement):
     ]
 
 
+def _is_int8(model) -> bool:
+    """A model quantized by StaticInt8, QATInt8 or DynamicInt8 (exported as int8 ONNX)."""
+    from slimkit.preconditions import int8_layers
+
+    return bool(getattr(model, "slimkit_int8", None)) or bool(int8_layers(model))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
@@ -125,6 +132,15 @@ def register(app: typer.Typer) -> None:
         refuse_overwrite({"the model": model}, {"--out": out})
         m = load_model(model, image_size)
         size = getattr(m, "slimkit_arch", {}).get("kwargs", {}).get("image_size", image_size)
+        if _is_int8(m):  # was a plain fp32 graph (dynamic) or fp32 weights before Q/DQ (static)
+            from slimkit.quantization import export_int8_onnx
+
+            q = export_int8_onnx(m, out, torch.randn(1, 1, size, size))
+            console.print(
+                f"wrote {q.path} ({q.bytes:,} bytes): int8 ONNX, {q.int8_weights} int8 weight "
+                f"tensors ({q.int8_weight_bytes:,} B), {q.float_weight_bytes:,} B float"
+            )
+            return
         res = to_onnx(m, out, torch.randn(1, 1, size, size), atol=atol)
         console.print(
             f"wrote {res.path} ({res.bytes:,} bytes), max |ORT - torch| = {res.max_abs_diff:.3g}"
@@ -143,6 +159,13 @@ def register(app: typer.Typer) -> None:
         from slimkit.metrics import evaluate
 
         m = load_model(model, image_size)
+        if _is_int8(m):  # the fp32 export's latency was reported as this model's
+            from slimkit.errors import ConfigError
+
+            raise ConfigError(
+                f"{model!r} holds an int8 model, and bench times a float export; time its int8 "
+                f"ONNX instead: slimkit export {model} --out q.onnx, then run it in ONNX Runtime"
+            )
         size = getattr(m, "slimkit_arch", {}).get("kwargs", {}).get("image_size", image_size)
         meas = evaluate(m, example_input=torch.randn(1, 1, size, size), threads=threads, runs=runs)
         print_table(
