@@ -217,3 +217,19 @@ def test_export_writes_int8_onnx_for_an_int8_model_and_bench_refuses_it(capsys, 
     assert onnx.TensorProto.INT8 in types or onnx.TensorProto.UINT8 in types
     assert main(["bench", str(tmp_path / "q.safetensors")]) == 2  # timed the fp32 export
     assert "holds an int8 model" in capsys.readouterr().err
+
+
+def test_a_model_file_named_for_another_format_is_refused_before_any_work(capsys, tmp_path):
+    import pytest
+
+    import slimkit as sk
+    from slimkit.errors import ConfigError
+
+    for name in ("q.slim", "q.onnx", "q.pt"):  # safetensors was written under each name
+        out = tmp_path / name
+        argv = ["quantize", "lenet300", "--method", "kmeans"]
+        assert main([*argv, "--out", str(out)]) == 2
+        assert f"names a {out.suffix} file" in capsys.readouterr().err
+        assert not out.exists()
+    with pytest.raises(ConfigError, match=r"name it m.safetensors"):
+        sk.save(sk.build_model("lenet300", image_size=8), tmp_path / "m.slim")

@@ -32,6 +32,30 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+# Suffixes of other formats: save wrote safetensors under them, so `--out q.slim` gave a float
+# file named like a packed artifact, and `.onnx`/`.pt` files that load then refused.
+_OTHER_FORMATS = {
+    ".slim": "the packed .slim artifact is written by slimkit.export.slimformat.save, or a "
+    "recipe's export stage with formats: [slim]",
+    ".onnx": "ONNX comes from `slimkit export` / slimkit.export.onnx.to_onnx",
+    ".pt": "slimkit never writes pickles",
+    ".pth": "slimkit never writes pickles",
+    ".bin": "slimkit never writes pickles",
+    ".ckpt": "slimkit never writes pickles",
+    ".pkl": "slimkit never writes pickles",
+}
+
+
+def check_save_suffix(path: str | os.PathLike[str]) -> None:
+    """Refuse a model-file name whose suffix promises another format (a ConfigError with it)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in _OTHER_FORMATS:
+        raise ConfigError(
+            f"a slimkit model file is safetensors, but {str(path)!r} names a {suffix} file "
+            f"({_OTHER_FORMATS[suffix]}); name it {Path(path).stem}.safetensors"
+        )
+
+
 def save(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -50,6 +74,7 @@ def save(
         )
     if meta is not None and not isinstance(meta, dict):
         raise ConfigError(f"meta must be a dict of JSON values, but got {type(meta).__name__}")
+    check_save_suffix(path)
     # One metadata key: safetensors writes its metadata map in hash order, so several keys
     # would make two saves of the same model differ byte for byte.
     manifest = {

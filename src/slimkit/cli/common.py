@@ -82,19 +82,28 @@ def load_model_for(spec: str, dataset: str, flag: str = "the model"):
     return model
 
 
-def refuse_overwrite(inputs: dict[str, str | None], outputs: dict[str, Path | None]) -> None:
+def refuse_overwrite(
+    inputs: dict[str, str | None],
+    outputs: dict[str, Path | None],
+    model_file: str | None = None,
+) -> None:
     """Refuse, before any work, an output path that is an input file or another output: the run
     would replace the user's model (``distill --out`` = the teacher) or its own first file
     (``prune --sparse-out`` = ``--out``). Keys are how the user named each path ("--teacher",
     "the model"); zoo names and paths that do not exist yet are not inputs to protect. An output
     that could not be written at all (a folder, a file in the way) is refused here too, not
-    after the training it would have saved."""
+    after the training it would have saved. ``model_file``: the output key that names a slimkit
+    model file (safetensors), whose suffix must not promise another format."""
     from slimkit.atomic import check_writable
     from slimkit.errors import ConfigError
+    from slimkit.io import check_save_suffix
 
     for path in outputs.values():
         if path is not None:
             check_writable(path)
+    named_model = outputs.get(model_file) if model_file is not None else None
+    if named_model is not None:
+        check_save_suffix(named_model)  # `--out q.slim` wrote safetensors under that name
 
     seen: dict[Path, str] = {}
     named = [(k, Path(v)) for k, v in inputs.items() if v is not None and Path(v).is_file()]

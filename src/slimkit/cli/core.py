@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.training import TrainConfig, evaluate_accuracy
         from slimkit.training import train as run_train
 
-        refuse_overwrite({"the model": model}, {"--out": out})
+        refuse_overwrite({"the model": model}, {"--out": out}, model_file="--out")
         data = load_data(dataset)
         m = load_model_for(model, dataset)
         from slimkit.preconditions import refuse_quantized

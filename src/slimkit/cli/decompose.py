@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         cfg = make_config(method, parse_sets(set_))
         if runs < 1:  # was refused only after the decomposition, by the latency timer
             raise ConfigError(f"--runs must be at least 1 (timed ORT runs), but got {runs}")
-        refuse_overwrite({"the model": model}, {"--out": out})
+        refuse_overwrite({"the model": model}, {"--out": out}, model_file="--out")
         data = load_data(dataset) if use_data else None
         m = (
             load_model_for(model, dataset)

@@ -66,7 +66,9 @@ def register(app: typer.Typer) -> None:
                 f"nothing to distill. Train it first (slimkit train {teacher} --dataset {dataset} "
                 f"--out teacher.safetensors) and pass --teacher teacher.safetensors"
             )
-        refuse_overwrite({"--teacher": teacher, "--student": student}, {"--out": out})
+        refuse_overwrite(
+            {"--teacher": teacher, "--student": student}, {"--out": out}, model_file="--out"
+        )
         data = load_data(dataset)
         t = as_teacher(
             teacher

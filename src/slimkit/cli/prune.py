@@ -114,7 +114,9 @@ def register(app: typer.Typer) -> None:
         from slimkit.pruning.sparse_storage import save_sparse
 
         cfg = make_config(method, parse_sets(set_))
-        refuse_overwrite({"the model": model}, {"--out": out, "--sparse-out": sparse_out})
+        refuse_overwrite(
+            {"the model": model}, {"--out": out, "--sparse-out": sparse_out}, model_file="--out"
+        )
         data = load_data(dataset)
         net = load_model_for(model, dataset)
         before = measure_row("before", copy.deepcopy(net), data)

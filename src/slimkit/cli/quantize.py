@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.training import TrainConfig, evaluate_accuracy
 
         config = method_config(method, parse_sets(set_))
-        refuse_overwrite({"the model": model}, {"--out": out})
+        refuse_overwrite({"the model": model}, {"--out": out}, model_file="--out")
         bundle = load_data(data) if data else None
         m = load_model_for(model, data) if data else load_model(model, 28)
         original = copy.deepcopy(m).eval()
