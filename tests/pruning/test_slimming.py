@@ -80,3 +80,17 @@ def test_slimming_config_errors():
         NetworkSlimming(train={"epochz": 1})
     with pytest.raises(ConfigError, match="needs data=<DataBundle>"):
         sk.prune_(build_model("resnet", image_size=8), NetworkSlimming(train={"epochs": 1}))
+
+
+def test_a_target_typo_is_refused_before_the_l1_training(monkeypatch):
+    from slimkit.errors import TargetError
+    from slimkit.pruning import slimming
+
+    trained = []
+    monkeypatch.setattr(slimming, "train", lambda *a, **k: trained.append(1))
+    model = build_model("resnet", image_size=8)
+    data = sk.load_dataset("digits", train_samples=64, test_samples=32)
+    cfg = NetworkSlimming(ratio=0.5, train={"epochs": 3}, targets=["layers.0.conv9"])
+    with pytest.raises(TargetError, match="layers.0.conv9"):
+        sk.prune_(model, cfg, data=data)
+    assert trained == []  # was: 3 epochs of L1 training on the model first, in place

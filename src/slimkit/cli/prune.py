@@ -119,9 +119,10 @@ def register(app: typer.Typer) -> None:
         )
         data = load_data(dataset)
         net = load_model_for(model, dataset)
-        before = measure_row("before", copy.deepcopy(net), data)
-        prune_(net, cfg, data=data)
+        original = copy.deepcopy(net)
+        prune_(net, cfg, data=data)  # first: a bad target is refused before the measuring
         finalize_(net)
+        before = measure_row("before", original, data)
         n = slim_io.save(net, out)
         after = measure_row("after", net, data)
         print_table(f"prune {model} ({type(cfg).__name__})", COLUMNS, [before, after])

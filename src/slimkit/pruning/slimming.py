@@ -90,6 +90,14 @@ def _network_slimming(
             "NetworkSlimming ranks channels by their BatchNorm scale (gamma), but the model has "
             "no BatchNorm layer; use ChannelPruning(criterion='l1') (--method channel) instead"
         )
+    # Targets and the graph's supported layers are checked before the L1 training, which
+    # changes the model in place (a typo in targets was reported after the epochs).
+    from slimkit.config import select_modules
+    from slimkit.pruning.preflight import preflight
+    from slimkit.pruning.structured import PRUNABLE
+
+    select_modules(model, config.targets, config.ignore, PRUNABLE)
+    preflight(model)
     if config.train.epochs > 0:
         if not hasattr(data, "train"):
             raise ConfigError(
