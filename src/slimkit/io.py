@@ -203,6 +203,11 @@ def load(
     if not allow_nonfinite:
         check_finite(tensors, str(path))
     _load_state(model, tensors, path)
+    from slimkit.pruning.masks import attach_masks
+
+    # Masks come back as buffers; without their forward hooks a loaded masked model trained
+    # (and ran) dense while its masks still said pruned.
+    attach_masks(model)
     return model.eval()
 
 

@@ -107,7 +107,9 @@ def test_masks_survive_save_load_and_reattach(tmp_path):
     sk.prune_(model, MagnitudePruning(sparsity=0.8))
     sk.save(model, tmp_path / "m.safetensors")
     loaded = sk.load(tmp_path / "m.safetensors")
-    attach_masks(loaded)
+    # load attaches the hooks itself (a loaded masked model trained and ran dense without them)
+    assert all(len(loaded.get_submodule(n)._forward_pre_hooks) == 1 for n in LAYERS)
+    attach_masks(loaded)  # idempotent
     for n, mask in get_masks(model).items():
         assert torch.equal(get_masks(loaded)[n], mask)
     assert all(len(loaded.get_submodule(n)._forward_pre_hooks) == 1 for n in LAYERS)

@@ -471,12 +471,7 @@ def _compress(
 
 
 def _reload(path: Path) -> nn.Module:
-    model = slim_io.load(path)
-    if any(hasattr(m, "weight_mask") for m in model.modules()):
-        from slimkit.pruning import attach_masks
-
-        attach_masks(model)
-    return model
+    return slim_io.load(path)  # re-attaches pruning masks' hooks itself
 
 
 def _finish(
