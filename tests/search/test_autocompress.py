@@ -86,6 +86,21 @@ def test_resuming_adds_trials_without_redoing_or_re_enqueueing(trained, tmp_path
     for a, b in zip(first.trials, second.trials[:2], strict=True):
         assert a["choice"] == b["choice"] and a["bytes"] == b["bytes"]
     assert second.trials[2]["choice"] != second.trials[0]["choice"]
+    # another study into the same folder overwrote trial_N.slim and best.slim of this one
+    before = {p.name: p.read_bytes() for p in (tmp_path / "trials").iterdir()}
+    with pytest.raises(ConfigError, match=r"holds the trials and best.slim of study 'r'"):
+        auto_compress(model, data, cfg, tmp_path, storage=url, study_name="s")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "trials").iterdir()} == before
+
+
+def test_a_model_file_inside_out_is_refused(trained, tmp_path):
+    model, data = trained
+    cfg = AutoCompressConfig(max_bytes=60_000, n_trials=1, bits=(4,), **FAST)
+    inside = tmp_path / "auto" / "model.safetensors"
+    source = {"model": str(inside), "sha256": "0" * 64, "dataset": "digits"}
+    source |= {"batch_size": 64, "image_size": 8}
+    with pytest.raises(ConfigError, match=r"is inside --out .*best.slim over it"):
+        auto_compress(model, data, cfg, tmp_path / "auto", source=source)
 
 
 def test_over_budget_choice_is_measured_untrained_and_the_closest_is_saved(trained, tmp_path):

@@ -97,6 +97,30 @@ class AutoCompressResult:
     message: str
 
 
+STUDY_MARKER = ".slimkit-study"  # the name of the study whose trials and best.slim OUT holds
+
+
+def _check_out_is_this_studys(out: Path, study_name: str, source: dict | None) -> None:
+    """Refuse an ``out`` that another study's run wrote (its trial_N.slim and best.slim would
+    be overwritten: the natural next step after "created for another task" is a new --study
+    with the same --out), or that holds the model file being compressed."""
+    marker = out / STUDY_MARKER
+    if marker.is_file():
+        owner = marker.read_text(encoding="utf-8", errors="replace").strip()
+        if owner != study_name:
+            raise ConfigError(
+                f"{str(out)!r} holds the trials and best.slim of study {owner!r}; study "
+                f"{study_name!r} would overwrite them: give it another --out"
+            )
+    model = (source or {}).get("model")
+    if model is not None and out.resolve() in Path(model).resolve().parents:
+        raise ConfigError(
+            f"the model file {model!r} is inside --out {str(out)!r}, where the run writes "
+            "best.slim and trials (best.slim over it would break every resume); move the model "
+            "or choose another --out"
+        )
+
+
 def measure(model: nn.Module, data, folder: Path, cfg: AutoCompressConfig) -> dict[str, float]:
     from slimkit.export import slimformat
     from slimkit.training import evaluate_accuracy
@@ -313,6 +337,7 @@ def auto_compress(
     # Inputs first: a bad model, data or target writes nothing (no empty out/trials left).
     layers, plan = prepare(model, data, cfg)
     atomic.output_dir(out / "trials", create=False)
+    _check_out_is_this_studys(out, study_name, source)
     task: dict[str, Any] = {"kind": "auto", "config": cfg.to_dict(), "groups": plan.groups}
     if source is not None:
         keys = sorted(k for k in _SOURCE_KEYS if k != "out")
@@ -330,6 +355,7 @@ def auto_compress(
     # After the study is open: a refused resume creates no folder and evaluates nothing.
     dense_acc = evaluate_accuracy(model.eval(), data.test)
     atomic.output_dir(out / "trials")
+    atomic.write_text(out / STUDY_MARKER, study_name + "\n")
     if not study.trials:  # a new study (not a resume): trial 0 is the near-feasible start
         start = dict(plan.start)
         for g, names in plan.groups.items():
