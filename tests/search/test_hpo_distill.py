@@ -39,3 +39,10 @@ def test_trials_distill_from_the_teacher_at_their_temperature(tmp_path, capsys):
     with pytest.raises(ConfigError, match="does not run on 'mnist5k' images"):
         hpo(mnist, storage=f"sqlite:///{tmp_path / 'm.db'}")
     assert not (tmp_path / "m.db").exists()
+    # the teacher retrained in place: the study resumed, mixing trials of two teachers
+    argv = ["train", "lenet5", "--dataset", "digits", "--epochs", "1", "--seed", "1"]
+    assert main([*argv, "--out", str(tmp_path / "t2.safetensors")]) == 0
+    (tmp_path / "t2.safetensors").replace(teacher)
+    more = HPOConfig.from_dict({**cfg.to_dict(), "n_trials": 4})
+    with pytest.raises(ConfigError, match=r"is not the one study 'slimkit-hpo' was run with"):
+        hpo(more, storage=f"sqlite:///{tmp_path / 'h.db'}")

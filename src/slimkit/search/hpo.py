@@ -328,5 +328,30 @@ def hpo(
     pruner = make_pruner(cfg.pruner if len(dirs) == 1 else "none")
     objective = make_objective(cfg)  # before the study: a failure here leaves no empty study
     study = open_study(study_name, storage, dirs, task, sampler=sampler, pruner=pruner)
+    check_teacher_file(study, cfg)
     run_until(study, objective, cfg.n_trials)
     return study
+
+
+TEACHER_SHA_ATTR = "slimkit_teacher_sha256"
+
+
+def check_teacher_file(study: Any, cfg: HPOConfig) -> None:
+    """The teacher file's contents are the study's: the first run records their SHA-256, and a
+    resume or a worker whose file at that path differs (retrained in place, another machine's
+    copy) is refused; the path alone let trials of two teachers mix. Studies made before this
+    record nothing and are left as they are until a run records it."""
+    if cfg.teacher is None:
+        return
+    from slimkit.search.autocompress import file_sha256
+
+    sha = file_sha256(cfg.teacher)
+    recorded = study.user_attrs.get(TEACHER_SHA_ATTR)
+    if recorded is None:
+        study.set_user_attr(TEACHER_SHA_ATTR, sha)
+    elif recorded != sha:
+        raise ConfigError(
+            f"the teacher file {cfg.teacher!r} is not the one study {study.study_name!r} was run "
+            f"with (SHA-256 {sha[:12]}... vs recorded {recorded[:12]}...); put that file back, "
+            "or start a new --study for this teacher"
+        )

@@ -29,7 +29,7 @@ def run_worker(
     auto-compress study whose model file is gone or changed, or that has no file (API-created).
     """
     from slimkit.config import check_int
-    from slimkit.search.hpo import HPOConfig, make_pruner
+    from slimkit.search.hpo import HPOConfig, check_teacher_file, make_pruner
     from slimkit.search.hpo import make_objective as hpo_objective
     from slimkit.search.nas import NASConfig, directions
     from slimkit.search.nas import make_objective as nas_objective
@@ -58,6 +58,7 @@ def run_worker(
         dirs = ["maximize"] if len(hcfg.objectives) == 1 else ["maximize", "minimize"]
         pruner = make_pruner(hcfg.pruner)
         study = open_study(study_name, storage_obj, dirs, task, pruner=pruner, fresh_seed=True)
+        check_teacher_file(study, hcfg)
         objective = hpo_objective(hcfg)
         total = n_trials or hcfg.n_trials
     elif auto is not None:
