@@ -91,7 +91,7 @@ def test_examples_parse_and_round_trip():
                     {"finetune": {}},
                 ]
             },
-            ["stages[3].finetune comes after stages[1].quantize", "finetune_centroids"],
+            ["stages[3].finetune comes after stages[1].quantize", "fine-tune before quantizing"],
         ),
         # `train:` / `losses:` left empty were TypeErrors from inside the parser
         (
@@ -241,3 +241,18 @@ def test_a_trained_model_file_is_the_distillation_teacher(tiny, tmp_path):
     assert gate["reference_stage"] == -1  # the input model's row
     student = sk.load(tmp_path / "run" / "checkpoints" / "stage_1.safetensors")
     assert float((student.fc1.weight == 0).float().mean()) >= 0.5  # distillation kept the zeros
+
+
+def test_an_int8_dynamic_model_exports_as_int8_onnx_in_a_recipe(tiny, tmp_path):
+    import json
+
+    from slimkit.pipeline import compress
+
+    stages = [
+        {"train": {"epochs": 1}},
+        {"quantize": {"method": "int8-dynamic"}},
+        {"export": {"formats": ["onnx-int8"]}},  # refused as "already holds int8 layers"
+    ]
+    compress(parse_recipe(tiny(stages=stages)), tmp_path / "run", log=lambda s: None)
+    arts = json.loads((tmp_path / "run" / "metrics.json").read_text())["artifacts"]
+    assert arts["onnx-int8"]["bytes"] > 0

@@ -116,4 +116,4 @@ def test_qat_keeps_a_pruned_model_pruned(data):
     sk.quantize_(model, cfg, data=data)
     for n, mask in zeros.items():  # was: the zeros trained back, a dense int8 model
         w = dict(model.named_modules())[n].weight
-        assert torch.equal(w == 0, mask), n
+        assert (w[mask] == 0).all(), n  # (a kept weight may also round to 0 on the grid)

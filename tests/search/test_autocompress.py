@@ -93,14 +93,20 @@ def test_resuming_adds_trials_without_redoing_or_re_enqueueing(trained, tmp_path
     assert {p.name: p.read_bytes() for p in (tmp_path / "trials").iterdir()} == before
 
 
-def test_a_model_file_inside_out_is_refused(trained, tmp_path):
+def test_a_model_file_the_run_would_overwrite_is_refused(trained, tmp_path):
+    from slimkit.search.autocompress import _check_out_is_this_studys
+
     model, data = trained
     cfg = AutoCompressConfig(max_bytes=60_000, n_trials=1, bits=(4,), **FAST)
-    inside = tmp_path / "auto" / "model.safetensors"
-    source = {"model": str(inside), "sha256": "0" * 64, "dataset": "digits"}
-    source |= {"batch_size": 64, "image_size": 8}
-    with pytest.raises(ConfigError, match=r"is inside --out .*best.slim over it"):
+    source = {"model": str(tmp_path / "auto" / "best.slim"), "sha256": "0" * 64}
+    source |= {"dataset": "digits", "batch_size": 64, "image_size": 8}
+    with pytest.raises(ConfigError, match=r"is one the run writes into --out"):
         auto_compress(model, data, cfg, tmp_path / "auto", source=source)
+    trial = {"model": str(tmp_path / "auto" / "trials" / "trial_0.slim")}
+    with pytest.raises(ConfigError, match=r"is one the run writes into --out"):
+        _check_out_is_this_studys(tmp_path / "auto", "s", trial)
+    beside = {"model": str(tmp_path / "auto" / "model.safetensors")}  # not written: fine
+    _check_out_is_this_studys(tmp_path / "auto", "s", beside)
 
 
 def test_over_budget_choice_is_measured_untrained_and_the_closest_is_saved(trained, tmp_path):

@@ -60,9 +60,15 @@ def test_multi_objective_strategy_swap_is_said_and_out_checked_first(digits, tmp
     assert main([*argv, "--out", str(space)]) == 2  # would have overwritten the space file
     assert "--out" in capsys.readouterr().err and not db.exists()
     tiny = SearchSpace({"depth": (1,), "width": (8,), "kernel": (3,), "block": ("plain",)})
-    cfg = NASConfig(epochs=1, n_trials=1, objectives=("accuracy", "params"), strategy="evolution")
-    with pytest.warns(StrategyReplacedWarning, match=r"uses NSGA-II, not strategy 'evolution'"):
+    cfg = NASConfig(epochs=1, n_trials=1, objectives=("accuracy", "params"), strategy="reinforce")
+    with pytest.warns(StrategyReplacedWarning, match=r"uses NSGA-II, not strategy 'reinforce'"):
         nas(digits, cfg, space=tiny, storage=f"sqlite:///{tmp_path / 'w.db'}")
+    import warnings
+
+    default = NASConfig(epochs=1, n_trials=1, objectives=("accuracy", "params"))
+    with warnings.catch_warnings():  # the default strategy is replaced quietly (documented)
+        warnings.simplefilter("error", StrategyReplacedWarning)
+        nas(digits, default, space=tiny, storage=f"sqlite:///{tmp_path / 'd.db'}")
 
 
 def test_hpo_says_when_its_pruner_is_unused(monkeypatch):

@@ -7,6 +7,7 @@ slimkit split resnet --bandwidth-mbps 10 --out split_dir/
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -101,11 +102,13 @@ def register(app: typer.Typer) -> None:
             ],
         )
         skipped = [v for v in plan.values() if not v["applied"]]
+        ranked = any("would hold" in (v.get("reason") or "") for v in skipped)
+        ranked = ranked and "ratio" in {f.name for f in dataclasses.fields(cfg)}
         if plan and len(skipped) == len(plan):  # was exit 0, an unchanged copy written
             raise ConfigError(
                 f"{method} decomposed no layer ({skipped[0]['layer']}: {skipped[0]['reason']}); "
-                "nothing would get smaller at these settings: choose a smaller rank, e.g. "
-                "--set ratio=0.5"
+                "nothing would get smaller at these settings"
+                + (": choose a smaller rank, e.g. --set ratio=0.5" if ranked else "")
             )
         report = before_after(original, m, example, data, runs=runs)
         print_table(

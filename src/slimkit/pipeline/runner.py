@@ -401,6 +401,8 @@ def _compress(
         name = "stage_input" if finished < 0 else f"stage_{finished}"
         model = _reload(ckdir / f"{name}.safetensors")
         ref = state.get("reference_stage")
+        if ref is None and recipe.model.path is not None:  # a run started before it was set
+            ref = INPUT_STAGE
         if ref is not None:
             ref_name = "stage_input" if ref == INPUT_STAGE else f"stage_{ref}"
             ctx.reference = _reload(ckdir / f"{ref_name}.safetensors")

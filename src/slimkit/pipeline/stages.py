@@ -128,7 +128,8 @@ def _train_config(opts: dict[str, Any], recipe: Recipe, field: str) -> TrainConf
 # run refused these when it reached them (after the stages before), and train not at all.
 _AFTER_QUANTIZE = {
     "train": "train before quantizing",
-    "finetune": "use quantize's finetune_centroids option, or fine-tune before quantizing",
+    "finetune": "fine-tune before quantizing (for k-means, quantize's finetune_centroids "
+    "option tunes the codebook; for int8, QAT: method qat)",
     "prune": "prune first, then quantize",
     "decompose": "decompose first, then quantize the factors",
     "distill": "distill before quantizing",
@@ -459,7 +460,8 @@ def _export_int8(
     from slimkit.quantization.ptq import StaticInt8, export_int8_onnx
 
     m = model
-    if not any(isinstance(q, QUANT_TYPES) for q in model.modules()):
+    dynamic = bool(getattr(model, "slimkit_int8", None))  # DynamicInt8 keeps nn.Linear layers
+    if not dynamic and not any(isinstance(q, QUANT_TYPES) for q in model.modules()):
         from slimkit.quantization import quantize_
 
         m = copy.deepcopy(model)

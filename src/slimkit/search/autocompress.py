@@ -113,12 +113,15 @@ def _check_out_is_this_studys(out: Path, study_name: str, source: dict | None) -
                 f"{study_name!r} would overwrite them: give it another --out"
             )
     model = (source or {}).get("model")
-    if model is not None and out.resolve() in Path(model).resolve().parents:
-        raise ConfigError(
-            f"the model file {model!r} is inside --out {str(out)!r}, where the run writes "
-            "best.slim and trials (best.slim over it would break every resume); move the model "
-            "or choose another --out"
-        )
+    if model is not None:
+        path, root = Path(model).resolve(), out.resolve()
+        written = {root / "best.slim", root / "auto_compress.json", root / STUDY_MARKER}
+        if path in written or root / "trials" in path.parents:
+            raise ConfigError(
+                f"the model file {model!r} is one the run writes into --out {str(out)!r} "
+                "(best.slim, auto_compress.json or trials/): it would be overwritten and "
+                "every resume refused; move the model or choose another --out"
+            )
 
 
 def measure(model: nn.Module, data, folder: Path, cfg: AutoCompressConfig) -> dict[str, float]:
@@ -298,7 +301,8 @@ def _check_same_source(study_name: str, storage: str | None, task: dict[str, Any
             f"study {study_name!r} was made by auto_compress without a model file (from Python, "
             "or by a slimkit that did not record one), so 'slimkit search auto' and workers "
             "cannot reload its model; resume it from Python with auto_compress(model, data, "
-            f"cfg, out, study_name={study_name!r}) as it was made, or use a new --study name"
+            f"cfg, out, study_name={study_name!r}) as it was made, or use a new --study name "
+            "with a new --out"
         )
     for key, label in _SOURCE_KEYS.items():
         if old.get(key) != task["source"].get(key):
@@ -306,7 +310,7 @@ def _check_same_source(study_name: str, storage: str | None, task: dict[str, Any
                 f"study {study_name!r} was created with {label} {old.get(key)!r}, but this run "
                 f"gives {task['source'].get(key)!r}; resume it with the same model file, "
                 "--dataset and --out (same absolute paths, unchanged model file), or use a new "
-                "--study name"
+                "--study name with a new --out"
             )
 
 

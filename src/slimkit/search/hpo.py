@@ -314,7 +314,7 @@ def hpo(
     check_runs(cfg)  # bad input fails here, before a study (or a database) is created
     dirs = ["maximize"] if len(cfg.objectives) == 1 else ["maximize", "minimize"]
     task = {"kind": "hpo", "config": cfg.to_dict()}
-    if len(dirs) > 1 and cfg.pruner != "none":  # was dropped silently
+    if len(dirs) > 1 and cfg.pruner not in ("none", HPOConfig.pruner):  # a chosen one: said
         import warnings
 
         from slimkit.search.study import StrategyReplacedWarning

@@ -14,6 +14,8 @@ from typing import Any
 from slimkit.errors import ConfigError, SlimkitError, import_extra
 from slimkit.search.storage import default_url, make_storage, mask_url, sqlite_path
 
+_DEFAULT_STRATEGY = {"nas": "evolution", "hpo": "tpe"}  # NASConfig's and HPOConfig's defaults
+
 
 class StrategyReplacedWarning(UserWarning):
     """A multi-objective study runs NSGA-II instead of the single-objective strategy asked for."""
@@ -56,15 +58,16 @@ def open_study(
     if sampler is None:
         strategy = cfg.get("strategy", "tpe")
         if len(directions) > 1 and strategy in ("evolution", "reinforce", "tpe"):
-            # Said, not silent: comparing strategies on a multi-objective search compared
-            # NSGA-II with itself.
-            warnings.warn(
-                f"{len(directions)} objectives: the search uses NSGA-II, not strategy "
-                f"{strategy!r} (single-objective); pass --strategy nsga2 (strategy='nsga2') "
-                "to say so, or one objective to use it",
-                StrategyReplacedWarning,
-                stacklevel=2,
-            )
+            # A chosen strategy is said to be replaced, not silently (comparing strategies on a
+            # multi-objective search compared NSGA-II with itself); the default, quietly.
+            if strategy != _DEFAULT_STRATEGY.get(str(task.get("kind")), strategy):
+                warnings.warn(
+                    f"{len(directions)} objectives: the search uses NSGA-II, not strategy "
+                    f"{strategy!r} (single-objective); choose strategy nsga2 to say so, or one "
+                    "objective to use it",
+                    StrategyReplacedWarning,
+                    stacklevel=2,
+                )
             strategy = "nsga2"
         sampler = make_sampler(strategy, seed=cfg.get("seed"), **cfg.get("sampler_options", {}))
     new_file: Path | None = None
