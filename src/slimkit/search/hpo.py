@@ -114,8 +114,9 @@ class HPOConfig(SlimConfig):
         }
     )
     n_trials: int = 10
-    strategy: str = "tpe"
-    pruner: str = "median"  # "median" | "hyperband" | "none"
+    strategy: str = "tpe"  # two objectives: NSGA-II (said when chosen; this default quietly)
+    # "median" | "hyperband" | "none"; unused with two objectives (said when chosen)
+    pruner: str = "median"
     objectives: tuple[str, ...] = ("accuracy",)  # or ("accuracy", "bytes")
     seed: int = 0
     max_batches: int | None = None

@@ -58,6 +58,8 @@ class NASConfig(SlimConfig):
     epochs: int = 2
     lr: float = 3e-3
     n_trials: int = 20
+    # With more than one objective, evolution/reinforce/tpe run as NSGA-II (a chosen one with
+    # a StrategyReplacedWarning; this default quietly).
     strategy: str = "evolution"
     objectives: tuple[str, ...] = ("accuracy",)
     max_params: int | None = None
