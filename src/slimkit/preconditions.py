@@ -62,8 +62,13 @@ def quantized_layers(model: nn.Module) -> list[str]:
 
 
 def int8_layers(model: nn.Module) -> list[str]:
-    """Names of the layers holding int8 quantization (StaticInt8, QATInt8, DynamicInt8)."""
-    return [n for n, m in model.named_modules() if "int8" in (getattr(m, QUANT_ATTR, None) or {})]
+    """Names of the layers holding int8 quantization (StaticInt8, QATInt8, DynamicInt8).
+
+    StaticInt8/QATInt8 mark each layer; DynamicInt8 keeps float layers (weights on the int8
+    grid) and records them on the model only (``model.slimkit_int8["layers"]``)."""
+    marked = [n for n, m in model.named_modules() if "int8" in (getattr(m, QUANT_ATTR, None) or {})]
+    dynamic = getattr(model, "slimkit_int8", None) or {}
+    return marked or list(dynamic.get("layers", []))
 
 
 def refuse_quantized(model: nn.Module, call: str, fix: str) -> None:

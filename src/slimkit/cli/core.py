@@ -44,7 +44,7 @@ def _is_int8(model) -> bool:
     """A model quantized by StaticInt8, QATInt8 or DynamicInt8 (exported as int8 ONNX)."""
     from slimkit.preconditions import int8_layers
 
-    return bool(getattr(model, "slimkit_int8", None)) or bool(int8_layers(model))
+    return bool(int8_layers(model))
 
 
 def register(app: typer.Typer) -> None:

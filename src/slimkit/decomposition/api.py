@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from slimkit.errors import ConfigError, TargetError
+from slimkit.errors import TargetError
 from slimkit.registry import Registry
 
 DECOMPOSERS = Registry("decomposition")
@@ -37,15 +37,11 @@ def decompose_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     check_kwargs(kwargs, "decompose_")
     refuse_quantized(model, "decompose_", "decompose first, then quantize the factors")
     data = kwargs.get("data")
-    if data is not None:  # a DataLoader, or images of another size: was a raw error (or BN
-        # recalibration silently skipped) after the layers were replaced
-        if not hasattr(data, "calib"):
-            raise ConfigError(
-                f"decompose_ needs a DataBundle as data (slimkit.load_dataset('digits') or "
-                f"slimkit.data.from_tensors(...)), but got {type(data).__name__}"
-            )
-        if all(hasattr(data, a) for a in ("train", "test", "example_input")):
-            check_fits(model, data, "decompose_")
+    bundle = all(hasattr(data, a) for a in ("train", "test", "example_input"))
+    # A DataLoader (no .calib: refused as not a DataBundle), or images of another size: was a
+    # raw error, or a skipped BN recalibration, after the layers were replaced.
+    if data is not None and (bundle or not hasattr(data, "calib")):
+        check_fits(model, data, "decompose_")
     before = decomposition_plan(model)
     result = handler(model, config, **kwargs)
     model = model if result is None else result

@@ -456,12 +456,11 @@ def _export_int8(
     model: nn.Module, path: Path, x: torch.Tensor, ctx: StageContext
 ) -> dict[str, Any]:
     """Int8 QDQ ONNX: the model as is when already int8-quantized, else static PTQ of a copy."""
-    from slimkit.quantization.fakequant import QUANT_TYPES
+    from slimkit.preconditions import int8_layers
     from slimkit.quantization.ptq import StaticInt8, export_int8_onnx
 
     m = model
-    dynamic = bool(getattr(model, "slimkit_int8", None))  # DynamicInt8 keeps nn.Linear layers
-    if not dynamic and not any(isinstance(q, QUANT_TYPES) for q in model.modules()):
+    if not int8_layers(model):  # StaticInt8/QATInt8 layers, or DynamicInt8's float ones
         from slimkit.quantization import quantize_
 
         m = copy.deepcopy(model)

@@ -23,10 +23,7 @@ def quantize_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
     handler = QUANTIZERS.lookup(config)
     check_model(model, "quantize_")
     check_kwargs(kwargs, "quantize_")
-    # DynamicInt8 keeps float layers (weights on the int8 grid) and records itself on the
-    # model only: its layers were missed, and a second quantizer went out the dynamic way.
-    dynamic = getattr(model, "slimkit_int8", None) or {}
-    int8 = int8_layers(model) or list(dynamic.get("layers", []))
+    int8 = int8_layers(model)  # DynamicInt8's too: a second quantizer went out the dynamic way
     if int8:
         raise ConfigError(
             f"quantize_: the model already holds int8 layers {int8[:5]}; quantizing them "
