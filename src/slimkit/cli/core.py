@@ -40,13 +40,6 @@ def bench_rows(measurement):
     ]
 
 
-def _is_int8(model) -> bool:
-    """A model quantized by StaticInt8, QATInt8 or DynamicInt8 (exported as int8 ONNX)."""
-    from slimkit.preconditions import int8_layers
-
-    return bool(int8_layers(model))
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
@@ -132,7 +125,9 @@ def register(app: typer.Typer) -> None:
         refuse_overwrite({"the model": model}, {"--out": out})
         m = load_model(model, image_size)
         size = getattr(m, "slimkit_arch", {}).get("kwargs", {}).get("image_size", image_size)
-        if _is_int8(m):  # was a plain fp32 graph (dynamic) or fp32 weights before Q/DQ (static)
+        from slimkit.preconditions import int8_layers
+
+        if int8_layers(m):  # was a plain fp32 graph (dynamic) or fp32 weights before Q/DQ (static)
             from slimkit.quantization import export_int8_onnx
 
             q = export_int8_onnx(m, out, torch.randn(1, 1, size, size))
@@ -159,7 +154,9 @@ def register(app: typer.Typer) -> None:
         from slimkit.metrics import evaluate
 
         m = load_model(model, image_size)
-        if _is_int8(m):  # the fp32 export's latency was reported as this model's
+        from slimkit.preconditions import int8_layers
+
+        if int8_layers(m):  # the fp32 export's latency was reported as this model's
             from slimkit.errors import ConfigError
 
             raise ConfigError(

@@ -191,9 +191,10 @@ class StructuralResult:
 # ---- layer dropping ---------------------------------------------------------------------------
 
 
-def check_keep_layers(keep: Sequence[int], n: int) -> None:
-    """``keep`` must be a non-empty subset of the model's ``n`` encoder layers 0..n-1."""
-    _check_indices("keep_layers", keep, n, "encoder layers")
+def check_keep_layers(keep: Sequence[int], n: int) -> list[int]:
+    """``keep`` must be a non-empty subset of the model's ``n`` encoder layers 0..n-1; returns
+    it as Python ints."""
+    return _check_indices("keep_layers", keep, n, "encoder layers")
 
 
 def check_prunes_something(cfg: EncoderStructural, n_layers: int | None) -> None:
@@ -246,7 +247,7 @@ def drop_layers_(module: Any, keep: Sequence[int]) -> None:
     """Keep only encoder layers ``keep`` (in order) of a SentenceEncoder, in place."""
     check_sentence_encoder(module)
     layers = module.model.encoder.layer
-    keep = _check_indices("keep_layers", keep, len(layers), "encoder layers")
+    keep = check_keep_layers(keep, len(layers))
     module.model.encoder.layer = nn.ModuleList([layers[i] for i in sorted(keep)])
     module.model.config.num_hidden_layers = len(keep)
 
