@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from slimkit.search import NASConfig, SearchSpace
+from slimkit.search import NASConfig, SearchSpace, make_storage
 from slimkit.search.nas import directions
 from slimkit.search.study import open_study
 
@@ -42,7 +42,9 @@ def create(url, name, n_trials, epochs=1):
         "config": cfg.to_dict(),
         "space": {k: list(v) for k, v in SPACE.choices.items()},
     }
-    open_study(name, url, directions(cfg), task)
+    # A 1 s heartbeat, recorded in the study, which its workers then use: the killed worker's
+    # trial is failed 2 s after its last beat.
+    open_study(name, make_storage(url, heartbeat_interval=1), directions(cfg), task)
 
 
 def worker(url, name, n_trials):
@@ -59,8 +61,6 @@ def worker(url, name, n_trials):
         url,
         "--trials",
         str(n_trials),
-        "--heartbeat",
-        "1",
     ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -142,8 +142,15 @@ def auto_cmd(
     ),
     dataset: str = typer.Option("mnist5k"),
     max_bytes: int = typer.Option(None, help="size budget of the .slim artifact"),
-    max_latency_ms: float = typer.Option(None, help="ORT batch-1 latency budget"),
+    max_latency_ms: float = typer.Option(
+        None, help="ORT batch-1 latency budget; searches SVD ranks of Linear layers"
+    ),
     max_accuracy_drop: float = typer.Option(0.5, help="percentage points"),
+    rank_ratios: str = typer.Option(
+        None,
+        help="comma-separated SVD rank ratios in (0, 1] to search for Linear layers (1 = full "
+        "rank); default 1,0.5,0.25 with --max-latency-ms, else 1 (no rank search)",
+    ),
     trials: int = typer.Option(20),
     study: str = typer.Option("slimkit-auto"),
     storage: str = typer.Option(None),
@@ -185,6 +192,7 @@ def auto_cmd(
         max_accuracy_drop=max_accuracy_drop / 100,
         n_trials=trials,
         seed=seed,
+        rank_ratios=_rank_ratios(rank_ratios, max_latency_ms),
     )
     res = auto_compress(m, data, cfg, out, storage=storage, study_name=study, source=source)
     rows = [
@@ -202,6 +210,23 @@ def auto_cmd(
         )
 
 
+def _rank_ratios(spec: str | None, max_latency_ms: float | None) -> tuple[float, ...]:
+    """--rank-ratios as numbers. Not given: full rank only (the config's default), but a latency
+    budget searches ranks, since without them no trial could change the latency."""
+    from slimkit.errors import ConfigError
+    from slimkit.search.autocompress import LATENCY_RANK_RATIOS
+
+    if spec is None:
+        return LATENCY_RANK_RATIOS if max_latency_ms is not None else (1.0,)
+    try:
+        return tuple(float(x) for x in spec.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--rank-ratios must be comma-separated numbers in (0, 1] such as 1,0.5,0.25, but "
+            f"got {spec!r}"
+        ) from None
+
+
 @search_app.command(
     "worker",
     help=(
@@ -217,7 +242,9 @@ def worker_cmd(
     storage: str = typer.Option(..., help="SQLAlchemy URL shared by all workers"),
     trials: int = typer.Option(None, help="stop when the study has this many finished trials"),
     heartbeat: int = typer.Option(
-        10, help="seconds between heartbeats; a trial silent for 2x is failed and retried"
+        None,
+        help="seconds between heartbeats (default: the study's, 10); a trial silent for 2x is "
+        "failed and retried. Every process of a study must use the same value",
     ),
 ):
     """Join a stored study and run trials until it reaches its trial count."""

@@ -33,6 +33,11 @@ from torch import nn
 from slimkit.config import SlimConfig, check_int, check_range, select_modules
 from slimkit.errors import ConfigError
 
+# The rank search `slimkit search auto --max-latency-ms` runs unless --rank-ratios is given:
+# sparsity and k-means bits leave the exported model's dense matmuls (so its ORT latency) as
+# they are; only an SVD rank below 1.0 makes a Linear cheaper to run. 1.0 keeps trial 0 full rank.
+LATENCY_RANK_RATIOS = (1.0, 0.5, 0.25)
+
 
 @dataclasses.dataclass(frozen=True)
 class AutoCompressConfig(SlimConfig):
@@ -42,7 +47,8 @@ class AutoCompressConfig(SlimConfig):
     n_trials: int = 20
     bits: tuple[int, ...] = (3, 4, 5, 6)
     max_sparsity: float = 0.99
-    rank_ratios: tuple[float, ...] = (1.0,)  # add e.g. 0.5, 0.25 to search SVD ranks of Linears
+    # add e.g. 0.5, 0.25 to search SVD ranks of Linears: the only knob that moves latency
+    rank_ratios: tuple[float, ...] = (1.0,)
     max_groups: int = 4  # the largest layers get their own knobs, the rest share one group
     prune_steps: int = 4  # AGP steps to the final sparsity
     finetune_epochs: int = 2  # after each pruning step, masks held

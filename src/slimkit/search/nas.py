@@ -198,6 +198,14 @@ def summarize(study, cfg: NASConfig) -> NASResult:
     return NASResult(study.study_name, best, [rows[i] for i in front_idx], rows)
 
 
+def data_label(data) -> str:
+    """What a study records as the data of ``nas(data, ...)``: the DataBundle's name (the
+    packaged dataset's for load_dataset, the caller's for from_tensors/from_loaders, whose
+    defaults are 'tensors' and 'loaders'), or 'custom data' for an object without one."""
+    name = getattr(data, "name", None)
+    return name if isinstance(name, str) and name else "custom data"
+
+
 def nas(
     data=None,
     cfg: NASConfig | None = None,
@@ -217,9 +225,13 @@ def nas(
         from slimkit.data import load_dataset
 
         data = load_dataset(cfg.dataset)
+        label = cfg.dataset
+    else:
+        label = data_label(data)
     task = {
         "kind": "nas",
-        "config": cfg.to_dict(),
+        # The data the trials train on: cfg.dataset is not loaded when data is given.
+        "config": {**cfg.to_dict(), "dataset": label},
         "space": {k: list(v) for k, v in space.choices.items()},
     }
     objective = make_objective(space, data, cfg)  # before the study (no empty study on failure)

@@ -13,6 +13,11 @@ from pathlib import Path
 
 from slimkit.errors import ConfigError, import_extra
 
+# Seconds between a running trial's heartbeats. Every process of a study must use the same value:
+# each fails trials whose last beat is older than its own grace period (2x its interval), so a
+# process with a shorter one fails the others' live trials. A study records it (open_study).
+HEARTBEAT = 10
+
 _PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@")
 
 
@@ -55,7 +60,7 @@ def sqlite_path(url: str) -> Path | None:
 def make_storage(
     url: str | None = None,
     *,
-    heartbeat_interval: int = 10,
+    heartbeat_interval: int = HEARTBEAT,
     grace_period: int | None = None,
     max_retry: int = 1,
     create: bool = True,

@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import ConfigError, SlimkitError, import_extra
-from slimkit.search.storage import default_url, make_storage, mask_url, sqlite_path
+from slimkit.search.storage import HEARTBEAT, default_url, make_storage, mask_url, sqlite_path
 
 _DEFAULT_STRATEGY = {"nas": "evolution", "hpo": "tpe"}  # NASConfig's and HPOConfig's defaults
+
+
+# The heartbeat interval (s) of the run that created the study: every process of a study must
+# beat at the same interval (see storage.HEARTBEAT), so a worker reads it here.
+HEARTBEAT_ATTR = "slimkit_heartbeat"
 
 
 class StrategyReplacedWarning(UserWarning):
@@ -115,6 +120,10 @@ def open_study(
         )
         optuna.delete_study(study_name=name, storage=rdb)
         study, stored, existed = create(), None, False
+    beat = rdb.get_heartbeat_interval() if hasattr(rdb, "get_heartbeat_interval") else None
+    if beat is not None and HEARTBEAT_ATTR not in study.user_attrs:
+        # Before the task: a worker that finds the task also finds the heartbeat it must use.
+        study.set_user_attr(HEARTBEAT_ATTR, beat)
     task = json.loads(json.dumps(task))
     if stored != task:  # new, or a resume asking for another trial count: workers read it
         study.set_user_attr("slimkit_task", task)
@@ -190,12 +199,12 @@ def _identity(task: dict[str, Any]) -> str:
     return json.dumps(t, sort_keys=True)
 
 
-def load_task(name: str, storage: str | None) -> dict[str, Any]:
-    """The task stored in an existing study; a missing study or database creates nothing."""
+def _load_study(name: str, storage: str | None):
+    """An existing study; a missing study or database is a ConfigError and creates nothing."""
     optuna = import_extra("optuna", "search")
     rdb = make_storage(storage, create=False)
     try:
-        study = optuna.load_study(study_name=name, storage=rdb)
+        return optuna.load_study(study_name=name, storage=rdb)
     except KeyError:
         names = sorted(s.study_name for s in rdb.get_all_studies())
         raise ConfigError(
@@ -203,6 +212,18 @@ def load_task(name: str, storage: str | None) -> dict[str, Any]:
             f"(it holds {names or 'no study'}); give one of those names, or create the study "
             "first with slimkit search hpo|nas|auto --study NAME --storage URL"
         ) from None
+
+
+def stored_heartbeat(name: str, storage: str | None) -> int:
+    """The heartbeat interval (s) an existing study's processes use. Studies from before it was
+    recorded were all created with storage.HEARTBEAT (no slimkit run let it be changed)."""
+    value = _load_study(name, storage).user_attrs.get(HEARTBEAT_ATTR)
+    return value if isinstance(value, int) else HEARTBEAT
+
+
+def load_task(name: str, storage: str | None) -> dict[str, Any]:
+    """The task stored in an existing study; a missing study or database creates nothing."""
+    study = _load_study(name, storage)
     task = study.user_attrs.get("slimkit_task")
     if task is None:
         raise ConfigError(

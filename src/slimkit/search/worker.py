@@ -21,12 +21,18 @@ from slimkit.errors import ConfigError
 
 
 def run_worker(
-    study_name: str, storage: str | None, n_trials: int | None = None, *, heartbeat: int = 10
+    study_name: str,
+    storage: str | None,
+    n_trials: int | None = None,
+    *,
+    heartbeat: int | None = None,
 ) -> int:
     """Run trials of a stored study; returns the number of finished trials afterwards.
 
     A study (or database) that does not exist is a ConfigError, and nothing is created; so is an
     auto-compress study whose model file is gone or changed, or that has no file (API-created).
+    The worker beats at the study's heartbeat interval; ``heartbeat`` (None: the study's) other
+    than that is a ConfigError.
     """
     from slimkit.config import check_int
     from slimkit.search.hpo import HPOConfig, check_teacher_file, make_pruner
@@ -39,11 +45,15 @@ def run_worker(
 
     if n_trials is not None:
         check_int("trials", n_trials, 1, 100_000)
-    check_int("heartbeat", heartbeat, 1, 3600)
+    if heartbeat is not None:
+        check_int("heartbeat", heartbeat, 1, 3600)
     task = load_task(study_name, storage)
+    heartbeat = _study_heartbeat(study_name, storage, heartbeat)
     kind = task.get("kind")
     # Checked (and loaded) before the storage is opened for trials: a bad source adds nothing.
     auto = _auto_objective(study_name, task) if kind == "auto" else None
+    if kind == "nas":
+        _check_nas_data(study_name, task)
     storage_obj = make_storage(storage, heartbeat_interval=heartbeat)
     if kind == "nas":
         cfg = NASConfig.from_dict(task["config"])
@@ -86,6 +96,40 @@ def run_worker(
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _check_nas_data(study_name: str, task: dict[str, Any]) -> None:
+    """Refuse a NAS study made by ``nas(data, ...)`` with data that is no packaged dataset: the
+    study records the data's name, which a worker cannot load."""
+    from slimkit.data import dataset_names
+
+    label = task.get("config", {}).get("dataset")
+    if label not in dataset_names():
+        raise ConfigError(
+            f"study {study_name!r} was created by the Python API nas() with the in-memory data "
+            f"{label!r}, which a worker cannot load (it loads packaged datasets only: "
+            f"{dataset_names()}); add trials by calling nas(data, cfg, study_name="
+            f"{study_name!r}, storage=URL) again with that data, or create the study on a "
+            "packaged dataset: slimkit search nas --dataset NAME --study NEW_NAME --storage URL"
+        )
+
+
+def _study_heartbeat(study_name: str, storage: str | None, asked: int | None) -> int:
+    """The study's heartbeat interval; a worker asking for another one is refused. Each process
+    fails the trials silent for twice its own interval, so a shorter one would fail the other
+    processes' live trials (whose tell then raises in Optuna) and a longer one have its own
+    failed by them."""
+    from slimkit.search.study import stored_heartbeat
+
+    stored = stored_heartbeat(study_name, storage)
+    if asked is not None and asked != stored:
+        raise ConfigError(
+            f"heartbeat must be the study's, but got {asked} s while study {study_name!r} "
+            f"beats every {stored} s (the run that created it and every worker use it; with "
+            "another interval processes fail each other's live trials); leave --heartbeat out, "
+            f"and the worker uses the study's {stored} s"
+        )
+    return stored
 
 
 def _auto_objective(study_name: str, task: dict[str, Any]):
