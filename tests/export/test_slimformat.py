@@ -258,3 +258,58 @@ def test_an_8bit_kmeans_model_round_trips(tmp_path):
     loaded = slim_io.load(path)
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(model.eval()(x), loaded.eval()(x))
+
+
+def test_a_quantized_layer_trained_off_its_grid_is_refused_not_stored_as_float(tmp_path):
+    # The writer used to fall back to float for such a layer: a bigger file, and no word.
+    import slimkit as sk
+
+    model = sk.quantize_(
+        build_model("lenet300", image_size=8, seed=0), sk.LinearQuantization(bits=4)
+    )
+    with torch.no_grad():  # as an optimizer step after quantization would
+        model.fc2.weight[0, :3] += 1e-3
+    path = tmp_path / "out" / "m.slim"
+    with pytest.raises(NumericsError) as err:
+        slimformat.save(model, path)
+    msg = str(err.value)
+    assert "'fc2'" in msg and "4-bit linear quantized" in msg, msg
+    assert "3 of its 30000 weight values are off that grid" in msg, msg
+    assert "max deviation 0.001" in msg and "sk.quantize_" in msg, msg
+    assert not path.exists() and not (tmp_path / "out").exists()  # nothing half-written
+    assert list(tmp_path.iterdir()) == []
+
+    # An existing artifact under that name is left as it was.
+    good = sk.quantize_(
+        build_model("lenet300", image_size=8, seed=0), sk.LinearQuantization(bits=4)
+    )
+    slimformat.save(good, path)
+    before = path.read_bytes()
+    with pytest.raises(NumericsError, match="'fc2'"):
+        slimformat.save(model, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.slim"]
+
+    # Both stated fixes work: re-quantize, or drop the record to store the layer as float.
+    fixed = sk.quantize_(copy.deepcopy(model), sk.LinearQuantization(bits=4))
+    slimformat.save(fixed, tmp_path / "requantized.slim")
+    del model.fc2.slimkit_quant["weight"]
+    slimformat.save(model, tmp_path / "float.slim")
+    st = {r["name"]: r["encoding"] for r in slimformat.stats(tmp_path / "float.slim")["tensors"]}
+    assert st["fc1.weight"] == "quant" and st["fc2.weight"] == "dense"
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(slimformat.load(tmp_path / "float.slim")(x), model.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "config", ["KMeansQuantization", "Log2Quantization", "Float16Weights"], ids=str
+)
+def test_every_scheme_refuses_an_off_grid_weight_naming_the_layer(config):
+    import slimkit as sk
+
+    model = sk.quantize_(build_model("lenet300", image_size=8, seed=0), getattr(sk, config)())
+    slimformat.encode(model)  # on its grid: fine
+    with torch.no_grad():
+        model.fc3.weight[1, 1] += 1e-3
+    with pytest.raises(NumericsError, match=r"layer 'fc3' is recorded as \d+-bit .* off that grid"):
+        slimformat.encode(model)

@@ -10,7 +10,8 @@ state-dict tensor, in state-dict order. A tensor is stored as one of
 
 - ``quant``: a weight-quantized layer's integer codes (:func:`slimkit.quantization.codes.
   weight_codes`); its scale / zero point / codebook are the layer's own buffers, stored as
-  ``dense`` tensors and referenced by name;
+  ``dense`` tensors and referenced by name. A layer recorded as quantized whose weight left its
+  grid (trained or edited afterwards) is refused with an error, never stored as float;
 - ``palette``: a float tensor with at most 256 distinct values (a weight on any grid) as a sorted
   fp32 value table plus codes into it;
 - ``dense``: the exact bytes of the tensor (fp32 stays fp32, so ``load`` is bit-exact).
@@ -198,20 +199,102 @@ def _buffer_name(module: nn.Module, prefix: str, tensor: torch.Tensor) -> str | 
     return None
 
 
-def _quant_record(model: nn.Module, layer: str, module: nn.Module, t: torch.Tensor):
-    """Codes and manifest fields of a weight-quantized layer, or None to fall back."""
-    from slimkit.quantization.codes import dequantize, weight_codes
+def _quant_record(layer: str, module: nn.Module, t: torch.Tensor):
+    """Codes and manifest fields of a layer recorded as weight-quantized.
 
+    The record promises integer codes, so a weight that cannot be stored as them is refused
+    (never silently stored as float: the file would be larger than the user was told).
+    """
+    from slimkit.quantization.codes import dequantize, quant_info, weight_codes
+
+    info = quant_info(module, "weight") or {}
+    what = f"{info.get('bits')}-bit {info.get('scheme')}"
     try:
         qc = weight_codes(module, "weight")
-    except (ConfigError, NumericsError):
-        return None
+    except NumericsError:
+        raise _off_grid_error(layer, module, info) from None
+    except ConfigError as exc:
+        raise ConfigError(
+            f"cannot encode the .slim artifact: layer {layer!r} is recorded as {what} quantized, "
+            f"but its integer codes cannot be recovered ({exc}); {_fix(layer, module)}"
+        ) from None
     prefix = f"{layer}." if layer else ""
     params = {k: _buffer_name(module, prefix, v) for k, v in qc.params.items()}
-    if any(v is None for v in params.values()) or not torch.equal(dequantize(qc), t):
-        return None
+    missing = sorted(f"weight_{k}" for k, v in params.items() if v is None)
+    if missing:
+        raise ConfigError(
+            f"cannot encode the .slim artifact: layer {layer!r} is recorded as {what} quantized, "
+            f"but {missing} are not registered buffers of it, so the file cannot store them; "
+            f"{_fix(layer, module)}"
+        )
+    if not torch.equal(dequantize(qc), t):
+        raise NumericsError(
+            f"cannot encode the .slim artifact: the state-dict weight of layer {layer!r} differs "
+            f"from the layer's own {what} quantized weight; {_fix(layer, module)}"
+        )
     codes = qc.codes.numpy().astype(np.int64)
     return codes, qc.bits, {"encoding": "quant", "info": qc.info, "params": params}
+
+
+def _fix(layer: str, module: nn.Module) -> str:
+    """The fix for a quantized layer whose weight is not on its recorded grid."""
+    record = getattr(module, "slimkit_quant", None) or {}
+    if "int8" in record:  # fake-quant int8 layer (static PTQ / QAT)
+        redo = "snap it back with slimkit.quantization.qat.finish_qat(model)"
+    else:
+        redo = "re-run sk.quantize_ on the model after training or editing it"
+    return (
+        f"{redo}, or, to store the layer as float on purpose, remove its record: "
+        f"del model.get_submodule({layer!r}).slimkit_quant['weight']"
+    )
+
+
+def _nearest_on_grid(w: torch.Tensor, info: dict[str, Any], module: nn.Module) -> torch.Tensor:
+    """The recorded grid's value nearest each (finite) element of ``w``, for error messages."""
+    from slimkit.quantization.codes import QuantCodes, dequantize, log2_encode
+
+    scheme, bits = info.get("scheme"), int(info.get("bits", 8))
+    params = {
+        k: b.detach().cpu()
+        for k in ("scale", "zero_point", "codebook")
+        if isinstance(b := getattr(module, f"weight_{k}", None), torch.Tensor)
+    }
+    if scheme == "kmeans":
+        book = torch.sort(params["codebook"].float()).values  # (k,) ascending
+        mids = (book[:-1] + book[1:]) / 2
+        return book[torch.bucketize(w.contiguous(), mids.contiguous())]
+    if scheme in ("fp16", "bf16"):
+        return w.to(torch.float16 if scheme == "fp16" else torch.bfloat16).float()
+    if scheme == "log2":
+        codes = log2_encode(w, params["scale"], bits)
+    else:  # linear
+        q = torch.round(w.double() / params["scale"].double()) + params["zero_point"].double()
+        codes = q.clamp(0, (1 << bits) - 1)
+    return dequantize(QuantCodes(codes.to(torch.int32), bits, params, dict(info)))
+
+
+def _off_grid_error(layer: str, module: nn.Module, info: dict[str, Any]) -> NumericsError:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)  # weight_codes read it as one
+    w = weight.detach().cpu().float()
+    finite = torch.isfinite(w)
+    try:
+        near = _nearest_on_grid(torch.where(finite, w, torch.zeros(())), info, module)
+        off = finite & (near.view(torch.int32) != w.view(torch.int32))
+        dev = float((w - near).abs()[off].max()) if off.any() else 0.0
+        found = f"{int(off.sum())} of its {w.numel()} weight values are off that grid (max "
+        found += f"deviation {dev:.3g} from the nearest grid value"
+        found += ", -0.0 where the grid has 0.0)" if dev == 0.0 and off.any() else ")"
+    except Exception:  # noqa: BLE001 - a broken record: the message still names the layer
+        found = "its weight values are off that grid"
+    if not finite.all():
+        found += f" and {int((~finite).sum())} are NaN/inf"
+    return NumericsError(
+        f"cannot encode the .slim artifact: layer {layer!r} is recorded as "
+        f"{info.get('bits')}-bit {info.get('scheme')} quantized, but {found}; was it trained "
+        "or edited after quantization? It is not stored as float behind your back (the file "
+        f"would be larger than promised). Fix: {_fix(layer, module)}"
+    )
 
 
 def _palette_record(t: torch.Tensor):
@@ -229,6 +312,7 @@ def _palette_record(t: torch.Tensor):
 def encode(model: nn.Module) -> bytes:
     """The ``.slim`` bytes of ``model`` (zoo-built, see :mod:`slimkit.models.spec`)."""
     from slimkit.io import state_tensors
+    from slimkit.quantization.codes import quant_info
 
     spec = model_spec.describe(model)
     modules = dict(model.named_modules())
@@ -239,8 +323,9 @@ def encode(model: nn.Module) -> bytes:
         layer, _, leaf = name.rpartition(".")
         module = modules.get(layer)
         found = None
-        if leaf == "weight" and module is not None and getattr(module, "slimkit_quant", None):
-            found = _quant_record(model, layer, module, t)
+        if leaf == "weight" and module is not None and quant_info(module, "weight") is not None:
+            # Recorded as quantized: stored as its codes, or an error (never silently float).
+            found = _quant_record(layer, module, t)
         if found is None:
             found = _palette_record(t)
         if found is None:
