@@ -109,3 +109,35 @@ def test_prune_scan_command(tmp_path):
         == 0
     )
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("s.pdf", "--plot must end in .png (the sensitivity plot is written as PNG), but got"),
+        ("blocker/s.png", "'{tmp}/blocker' is a file, not a folder; choose another path"),
+        ("locked/s.png", "the folder '{tmp}/locked' is not writable; choose another path"),
+    ],
+)
+def test_prune_scan_refuses_bad_plot_before_any_work(tmp_path, capsys, monkeypatch, name, message):
+    import os
+
+    import slimkit.cli.prune as cli_prune
+    import slimkit.pruning.sensitivity as sens
+
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    # Tests may run as root, for whom every folder is writable: deny 'locked' by hand.
+    monkeypatch.setattr(
+        sens.os,
+        "access",
+        lambda p, mode: False if str(p).endswith("locked") else real_access(p, mode),
+    )
+    loads: list[str] = []
+    monkeypatch.setattr(cli_prune, "load_data", lambda n, *a, **k: loads.append(n))
+    argv = ["prune-scan", "lenet300", "--dataset", "digits", "--plot", str(tmp_path / name)]
+    assert main(argv) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert loads == []  # refused before the data, the model and the scan
+    assert not (tmp_path / "s.pdf").exists()

@@ -66,3 +66,49 @@ def test_grouped_conv_is_named():
 def test_zoo_models_and_depthwise_pass():
     for model in tiny_models().values():
         preflight(model)
+
+
+def test_masked_model_is_refused_before_any_change(tmp_path):
+    # Channel pruning used to slice the weights but not their 'weight_mask' buffers: the next
+    # training-mode forward failed on the shape mismatch (or a stale mask zeroed wrong weights).
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = sk.build_model("lenet5", image_size=8, seed=0)
+    sk.prune_(model, sk.MagnitudePruning(sparsity=0.5))
+    path = tmp_path / "masked.safetensors"
+    sk.save(model, path)
+    for masked in (model, sk.load(path)):  # load re-attaches the masks
+        before = copy.deepcopy(masked.state_dict())
+        with pytest.raises(
+            ConfigError,
+            match=r"layers \['conv1', .*\] still carry unstructured pruning masks \('weight_mask'\)"
+            r".*apply structured \(channel\) pruning before unstructured pruning, or fold the "
+            r"masks into zeros first with slimkit\.pruning\.finalize_\(model\)",
+        ):
+            sk.prune_(masked, ChannelPruning(ratio=0.5), example_inputs=x)
+        after = masked.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finalized_masks_then_channel_pruning_trains():
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = sk.build_model("lenet5", image_size=8, seed=0)
+    sk.prune_(model, sk.MagnitudePruning(sparsity=0.5))
+    sk.finalize_(model)
+    sk.prune_(model, ChannelPruning(ratio=0.5), example_inputs=x)
+    assert not any(hasattr(m, "weight_mask") for m in model.modules())
+    model.train()
+    assert torch.isfinite(model(x)).all()
+
+
+def test_parametrized_layer_is_refused():
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    model = sk.build_model("lenet5", image_size=8, seed=0)
+    parametrize.register_parametrization(model.conv1, "weight", Double())
+    with pytest.raises(ConfigError, match=r"layers \['conv1'\] hold torch\.nn\.utils\.parametrize"):
+        preflight(model)

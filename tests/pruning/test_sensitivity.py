@@ -41,3 +41,28 @@ def test_scan_targets_and_bad_input(trained, digits):
         sensitivity_scan(trained, digits, [1.0])
     with pytest.raises(ConfigError, match="at least one"):
         sensitivity_scan(trained, digits, [])
+
+
+class _CountingLoader:
+    """(x, y) batches that count how often the scan started reading them."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __iter__(self):
+        self.reads += 1
+        yield torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
+
+
+@pytest.mark.parametrize("name", ["sens.pdf", "blocker/sens.png", "."])
+def test_bad_plot_path_is_refused_before_the_scan(tmp_path, name):
+    # The plot path used to be checked only when writing, after the whole scan; a PNG was
+    # also written under any name (sens.pdf).
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    loader = _CountingLoader()
+    model = sk.build_model("lenet300", image_size=8, seed=0)
+    target = tmp_path if name == "." else tmp_path / name
+    with pytest.raises(ConfigError, match="must end in .png|is a file, not a folder|is a folder"):
+        sensitivity_scan(model, loader, [0.5], plot=target)
+    assert loader.reads == 0
+    assert not (tmp_path / "sens.pdf").exists()

@@ -76,3 +76,23 @@ def test_int8_dynamic_command_stores_codes(tmp_path, capsys):
     assert main(["quantize", "lenet300", "--method", "int8-dynamic", "--out", str(out)]) == 0
     layers = quantized_layers(sk.load(out))
     assert layers and {weight_codes(m).bits for m in layers.values()} == {8}
+
+
+def test_int8_static_command_reports_sqnr_of_quantization_alone(tmp_path, monkeypatch):
+    # `--method int8-static` folds BatchNorm before quantizing; the printed SQNR compared the
+    # int8 weights with the unfolded ones, so BN rescaling showed up as quantization noise.
+    import slimkit.cli.quantize as cli_quantize
+    from slimkit.testing import randomize_batchnorm
+
+    src = tmp_path / "bn.safetensors"
+    sk.save(randomize_batchnorm(sk.build_model("resnet", image_size=8, seed=0)), src)
+    tables: dict[str, list[list[object]]] = {}
+    monkeypatch.setattr(
+        cli_quantize, "print_table", lambda title, cols, rows: tables.setdefault(cols[0], rows)
+    )
+    args = ["quantize", str(src), "--method", "int8-static", "--data", "digits"]
+    args += ["--set", "calib_samples=64", "--out", str(tmp_path / "q8.safetensors")]
+    assert main(args) == 0
+    sqnr = {row[0]: row[4] for row in tables["layer"]}
+    assert len(sqnr) == 10 and "stem.0" in sqnr
+    assert min(sqnr.values()) > 40, sqnr  # int8 per channel, BN folding not counted as noise

@@ -196,3 +196,27 @@ def test_int8_layers_follow_the_shared_weight_convention(data, trained, tmp_path
         assert torch.equal(qc.codes.to(torch.int64) - 128, layer.int8_codes().to(torch.int64))
     n = slimformat.save(model, tmp_path / "m.slim")
     assert n < 0.3 * 4 * sum(p.numel() for p in model.parameters())  # int8 codes, not floats
+
+
+def test_weight_sqnr_is_measured_against_the_folded_weights():
+    # The report compared the int8 weights with the weights before BatchNorm folding, so a
+    # BN scale gamma / sqrt(var + eps) far from 1 read as quantization noise (~5 dB, not ~48).
+    from slimkit.config import get_module
+    from slimkit.decomposition.fusion import fuse_batchnorm
+    from slimkit.metrics.fidelity import sqnr_db
+    from slimkit.quantization.common import layer_reports
+
+    model = randomize_batchnorm(sk.build_model("resnet", image_size=8, seed=0)).eval()
+    original = copy.deepcopy(model)
+    x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    q = sk.quantize_(model, StaticInt8(calib_samples=32), data=x)
+    rows = {r.layer: r for r in layer_reports(original, q)}
+    assert len(rows) == len([m for m in q.modules() if isinstance(m, (QuantConv2d, QuantLinear))])
+    folded = copy.deepcopy(original)
+    fuse_batchnorm(folded)
+    for name, row in rows.items():
+        want = sqnr_db(get_module(folded, name).weight, get_module(q, name).weight)
+        assert row.weight_sqnr_db == pytest.approx(want), name
+        assert row.weight_sqnr_db > 40, name  # int8 per channel: quantization error only
+    # the reference is folded on a copy: the caller's original keeps its BatchNorms
+    assert any(isinstance(m, nn.BatchNorm2d) for m in original.modules())

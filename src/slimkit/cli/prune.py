@@ -147,6 +147,7 @@ def register(app: typer.Typer) -> None:
         """Per-layer sensitivity: accuracy with each layer pruned alone at each sparsity."""
         from slimkit.errors import ConfigError
         from slimkit.pruning import sensitivity_scan
+        from slimkit.pruning.sensitivity import check_plot_path
 
         try:
             levels = [float(s) for s in sparsities.split(",") if s.strip()]
@@ -154,6 +155,9 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--sparsities must be comma-separated numbers, but got {sparsities!r}"
             ) from None
+        # The scan takes minutes; a --plot it could not write was refused only after it.
+        refuse_overwrite({"the model": model}, {"--plot": plot})
+        check_plot_path(plot, "--plot")
         data = load_data(dataset)
         net = load_model_for(model, dataset)
         table = sensitivity_scan(net, data, levels, max_batches=max_batches, plot=plot)

@@ -5,6 +5,13 @@ changes through parameter-free ops (add, cat, pooling, activations, flatten). A 
 its own weights of another type (a custom layer with an ``nn.Parameter``), or a grouped conv whose
 groups cannot shrink consistently, would be traced as an opaque op and silently left with the old
 shapes, so it is named here before any work starts.
+
+A layer that still carries an unstructured pruning mask (slimkit's ``weight_mask`` buffer, which
+``torch.nn.utils.prune`` uses too) or a ``torch.nn.utils.parametrize`` parametrization is refused
+as well: the engine slices ``weight`` and ``bias`` only, so the mask would keep the old shape and
+the next training-mode forward (or ``slimkit.load``) fails, or a stale mask zeroes the wrong
+weights. Structured pruning goes first, unstructured after; or fold the masks with
+``finalize_(model)`` before removing channels.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from slimkit.errors import ConfigError
+from slimkit.pruning.masks import MASK, masked_layers
 
 # Types whose own parameters/buffers the engine knows how to slice (plus extra types that callers
 # register, e.g. slimkit's channel gates while they are inserted).
@@ -32,13 +41,34 @@ def _has_own_state(m: nn.Module) -> bool:
     return own_params or own_buffers
 
 
+def refuse_masks(model: nn.Module) -> None:
+    """Raise ConfigError naming every layer that carries a pruning mask or a parametrization."""
+    masked = [n or "<root>" for n in masked_layers(model)]
+    if masked:
+        raise ConfigError(
+            f"structural pruning changes layer shapes, but layers {masked} still carry "
+            f"unstructured pruning masks ({MASK!r}) that would keep their old shapes; apply "
+            "structured (channel) pruning before unstructured pruning, or fold the masks into "
+            "zeros first with slimkit.pruning.finalize_(model)"
+        )
+    wrapped = [n or "<root>" for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if wrapped:
+        raise ConfigError(
+            f"structural pruning changes layer shapes, but layers {wrapped} hold "
+            "torch.nn.utils.parametrize parametrizations, which it cannot resize; remove them "
+            "first (parametrize.remove_parametrizations)"
+        )
+
+
 def preflight(model: nn.Module, extra_supported: Iterable[type[nn.Module]] = ()) -> None:
     """Raise ConfigError naming the first layer the channel-pruning engine cannot handle.
 
-    Rules: every module holding its own parameters or buffers must be one of
-    Conv2d / Linear / BatchNorm1d / BatchNorm2d / LayerNorm; a Conv2d must have ``groups == 1`` or
-    be depthwise (``groups == in_channels == out_channels``).
+    Rules: no layer carries a pruning mask or parametrization (:func:`refuse_masks`); every
+    module holding its own parameters or buffers must be one of Conv2d / Linear / BatchNorm1d /
+    BatchNorm2d / LayerNorm; a Conv2d must have ``groups == 1`` or be depthwise
+    (``groups == in_channels == out_channels``).
     """
+    refuse_masks(model)
     supported = SUPPORTED + tuple(extra_supported)
     names = [t.__name__ for t in SUPPORTED]
     for name, m in model.named_modules():

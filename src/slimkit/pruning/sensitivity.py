@@ -12,6 +12,7 @@ import dataclasses
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,30 @@ from slimkit import atomic
 from slimkit.config import check_int, check_range, select_modules
 from slimkit.errors import ConfigError
 from slimkit.pruning.masks import _lowest_k_mask, weight_of
+
+PLOT_SUFFIX = ".png"  # SensitivityTable.plot always writes PNG bytes
+
+
+def check_plot_path(path: str | os.PathLike[str], what: str = "the plot path") -> Path:
+    """Refuse, before any work, a plot path :meth:`SensitivityTable.plot` could not write: a
+    folder, a file in the way of its folder, a folder this process may not write into, or a
+    name not ending in ``.png`` (the bytes are PNG whatever the name says). Writes nothing.
+    ``what``: how the user named the path (``"--plot"``), for the message."""
+    final = atomic.check_writable(path)
+    if final.suffix.lower() != PLOT_SUFFIX:
+        hint = final.with_suffix(PLOT_SUFFIX) if final.name else Path("sensitivity.png")
+        raise ConfigError(
+            f"{what} must end in {PLOT_SUFFIX} (the sensitivity plot is written as PNG), but got "
+            f"{str(final)!r}; name it e.g. {str(hint)!r}"
+        )
+    # The nearest folder that exists is where the file (or its missing folders) gets created.
+    existing = next((p for p in (final.parent, *final.parent.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write {str(final)!r}: the folder {str(existing)!r} is not writable; "
+            "choose another path"
+        )
+    return final
 
 
 @dataclasses.dataclass
@@ -52,6 +77,7 @@ class SensitivityTable:
         self, path: str | os.PathLike[str], title: str = "per-layer pruning sensitivity"
     ) -> None:
         """Write accuracy-vs-sparsity curves (one per layer) to a PNG file, atomically."""
+        check_plot_path(path)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -99,7 +125,8 @@ def sensitivity_scan(
 ) -> SensitivityTable:
     """Scan each chosen layer at each sparsity (magnitude, that layer only) on ``data.test``.
 
-    ``data`` is a DataBundle (its test split is used) or a loader of ``(x, y)``.
+    ``data`` is a DataBundle (its test split is used) or a loader of ``(x, y)``. A ``plot``
+    path that could not be written is refused before the scan (:func:`check_plot_path`).
     """
     if not sparsities:
         raise ConfigError("sparsities must list at least one value, but got an empty list")
@@ -107,6 +134,8 @@ def sensitivity_scan(
         check_range("sparsity", s, 0.0, 1.0, high_open=True)
     if max_batches is not None:
         check_int("max_batches", max_batches, 1, 10**9)
+    if plot is not None:
+        check_plot_path(plot)
     loader = getattr(data, "test", data)
     layers = select_modules(model, targets, ignore, types=(nn.Linear, nn.Conv2d))
     was_training = model.training

@@ -7,6 +7,7 @@ the stored weight is bit-exactly what the codes say) and calls :func:`attach`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -109,11 +110,46 @@ class LayerQuantReport:
         return dataclasses.asdict(self)
 
 
+def folded_reference(original: nn.Module, quantized: nn.Module) -> nn.Module:
+    """``original`` with each BatchNorm folded that ``quantized`` no longer has (now Identity).
+
+    Static int8 and QAT fold BatchNorm into the conv before quantizing, so their float
+    weights are ``W * gamma / sqrt(var + eps)``; measured against the unfolded ``W``, the SQNR
+    mixed that rescaling with the quantization error. Folded here by the same function as the
+    quantizer, on a copy: ``original`` is left as it is. Returned as is when nothing was folded.
+    """
+    from slimkit.config import get_module
+    from slimkit.decomposition.fusion import find_bn_pairs, fold_bn_into
+
+    after = dict(quantized.named_modules())
+    batchnorm = nn.modules.batchnorm._BatchNorm
+    if not any(
+        isinstance(m, batchnorm) and isinstance(after.get(n), nn.Identity)
+        for n, m in original.named_modules()
+    ):
+        return original
+    ref = copy.deepcopy(original).eval()
+    for layer_name, bn_name in find_bn_pairs(ref):
+        layer, bn = get_module(ref, layer_name), get_module(ref, bn_name)
+        if (
+            isinstance(layer, (nn.Conv2d, nn.Linear))
+            and isinstance(bn, batchnorm)
+            and isinstance(after.get(bn_name), nn.Identity)
+        ):
+            fold_bn_into(layer, bn)
+    return ref
+
+
 def layer_reports(original: nn.Module, quantized: nn.Module) -> list[LayerQuantReport]:
-    """Weight SQNR and packed bytes of every quantized layer of ``quantized`` vs ``original``."""
+    """Weight SQNR and packed bytes of every quantized layer of ``quantized`` vs ``original``.
+
+    The reference is ``original``'s float weight as the quantizer saw it: with the BatchNorms
+    the quantizer folded folded in too (:func:`folded_reference`), so the SQNR is quantization
+    error only.
+    """
     from slimkit.quantization.codes import packed_bytes, quant_info
 
-    before = dict(original.named_modules())
+    before = dict(folded_reference(original, quantized).named_modules())
     rows = []
     for layer, module in quantized.named_modules():
         info = quant_info(module)
