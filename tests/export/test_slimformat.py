@@ -274,7 +274,7 @@ def test_a_quantized_layer_trained_off_its_grid_is_refused_not_stored_as_float(t
         slimformat.save(model, path)
     msg = str(err.value)
     assert "'fc2'" in msg and "4-bit linear quantized" in msg, msg
-    assert "3 of its 30000 weight values are off that grid" in msg, msg
+    assert "of its 30000 weight values 3 are off that grid" in msg, msg
     assert "max deviation 0.001" in msg and "sk.quantize_" in msg, msg
     assert not path.exists() and not (tmp_path / "out").exists()  # nothing half-written
     assert list(tmp_path.iterdir()) == []
@@ -293,7 +293,8 @@ def test_a_quantized_layer_trained_off_its_grid_is_refused_not_stored_as_float(t
     # Both stated fixes work: re-quantize, or drop the record to store the layer as float.
     fixed = sk.quantize_(copy.deepcopy(model), sk.LinearQuantization(bits=4))
     slimformat.save(fixed, tmp_path / "requantized.slim")
-    del model.fc2.slimkit_quant["weight"]
+    assert "del model.get_submodule('fc2').slimkit_quant" in msg, msg
+    del model.get_submodule("fc2").slimkit_quant
     slimformat.save(model, tmp_path / "float.slim")
     st = {r["name"]: r["encoding"] for r in slimformat.stats(tmp_path / "float.slim")["tensors"]}
     assert st["fc1.weight"] == "quant" and st["fc2.weight"] == "dense"
@@ -312,4 +313,24 @@ def test_every_scheme_refuses_an_off_grid_weight_naming_the_layer(config):
     with torch.no_grad():
         model.fc3.weight[1, 1] += 1e-3
     with pytest.raises(NumericsError, match=r"layer 'fc3' is recorded as \d+-bit .* off that grid"):
+        slimformat.encode(model)
+
+
+def test_nan_weights_are_named_as_such_and_dynamic_int8_gets_its_own_fix():
+    import slimkit as sk
+
+    model = sk.quantize_(build_model("lenet300", image_size=8, seed=0), sk.LinearQuantization())
+    with torch.no_grad():
+        model.fc3.weight[0, 0] = float("nan")
+    with pytest.raises(NumericsError) as err:
+        slimformat.encode(model)
+    assert "of its 1000 weight values 1 are NaN/inf;" in str(err.value), str(err.value)
+    assert "off that grid" not in str(err.value)
+
+    # DynamicInt8 layers: quantize_ refuses an int8 model, so "re-run sk.quantize_" was no fix.
+    model = sk.quantize_(build_model("lenet300", image_size=8, seed=0), sk.DynamicInt8())
+    slimformat.encode(model)
+    with torch.no_grad():
+        model.fc3.weight[0, 0] += 1e-3
+    with pytest.raises(NumericsError, match="apply DynamicInt8 again to the float model"):
         slimformat.encode(model)

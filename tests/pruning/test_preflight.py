@@ -112,3 +112,16 @@ def test_parametrized_layer_is_refused():
     parametrize.register_parametrization(model.conv1, "weight", Double())
     with pytest.raises(ConfigError, match=r"layers \['conv1'\] hold torch\.nn\.utils\.parametrize"):
         preflight(model)
+
+
+def test_torch_pruned_layer_gets_torch_s_own_fix():
+    # finalize_ removes slimkit's masks; torch.nn.utils.prune keeps weight_orig and its own hook,
+    # so the fix named for them is torch's prune.remove.
+    from torch.nn.utils import prune
+
+    model = sk.build_model("lenet5", image_size=8, seed=0)
+    prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    with pytest.raises(ConfigError, match=r"torch\.nn\.utils\.prune\.remove\(layer, 'weight'\)"):
+        preflight(model)
+    prune.remove(model.conv1, "weight")
+    preflight(model)  # the fix named works

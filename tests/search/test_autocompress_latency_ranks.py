@@ -64,3 +64,25 @@ def test_rank_ratios_that_are_not_numbers_are_refused(model_file, tmp_path, capf
     argv = auto_argv(model_file, tmp_path, "--max-latency-ms", "5", "--rank-ratios", "1,half")
     assert main(argv) == 2
     assert "--rank-ratios must be comma-separated numbers in (0, 1]" in capfd.readouterr().err
+
+
+def test_bad_rank_ratios_are_refused_before_the_data_loads(model_file, tmp_path, monkeypatch):
+    import slimkit.cli.common as common
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the data loaded before the options were checked")
+
+    monkeypatch.setattr(common, "load_data", no_load)
+    for spec in ("1,half", "1,1.5"):
+        argv = auto_argv(model_file, tmp_path, "--max-latency-ms", "5", "--rank-ratios", spec)
+        assert main(argv) == 2
+
+
+def test_the_api_says_a_latency_budget_without_ranks_is_only_checked(tmp_path):
+    cfg = autocompress.AutoCompressConfig(max_latency_ms=5.0)  # rank_ratios (1.0,)
+    model = build_model("lenet300", image_size=8, seed=0)
+    with (
+        pytest.warns(UserWarning, match="budget is only checked.*rank_ratios=\\(1.0, 0.5, 0.25\\)"),
+        pytest.raises(ConfigError),
+    ):
+        autocompress.auto_compress(model, "not data", cfg, tmp_path / "out")

@@ -41,7 +41,8 @@ def test_study_for_another_task_is_refused(digits, tmp_path):
         storage=url,
         study_name="s",
     )
-    with pytest.raises(ConfigError, match="created for another task"):
+    # The refusal names what differs, so the user knows which option to give back.
+    with pytest.raises(ConfigError, match=r"another task \(epochs: study 1, this run 2\)"):
         nas(
             digits,
             NASConfig(epochs=2, n_trials=1, strategy="random"),

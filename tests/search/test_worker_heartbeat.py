@@ -46,3 +46,34 @@ def test_a_worker_beats_at_the_interval_the_study_recorded(tmp_path, monkeypatch
     monkeypatch.setattr(storage_module, "make_storage", spy)
     assert run_worker("s", url, 2) == 2
     assert opened == [3]
+
+
+def test_an_api_run_on_another_heartbeat_is_refused_before_any_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    hpo(ONE_TRIAL, storage=url, study_name="s")
+    other = storage_module.make_storage(url, heartbeat_interval=1)
+    more = HPOConfig(**{**ONE_TRIAL.to_dict(), "n_trials": 2})
+    with pytest.raises(ConfigError, match=r"beats every 10 s, but this storage beats every 1 s"):
+        hpo(more, storage=other, study_name="s")
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
+
+
+def test_a_study_from_before_the_record_takes_the_interval_asked_for(tmp_path, monkeypatch):
+    import sqlite3
+
+    path = tmp_path / "h.db"
+    url = f"sqlite:///{path}"
+    hpo(ONE_TRIAL, storage=url, study_name="s")
+    with sqlite3.connect(path) as conn:  # as written before studies recorded their interval
+        conn.execute("DELETE FROM study_user_attributes WHERE key = 'slimkit_heartbeat'")
+    opened = []
+    make_storage = storage_module.make_storage
+
+    def spy(url=None, **kwargs):
+        opened.append(kwargs.get("heartbeat_interval"))
+        return make_storage(url, **kwargs)
+
+    monkeypatch.setattr(storage_module, "make_storage", spy)
+    assert run_worker("s", url, 2, heartbeat=3) == 2
+    assert run_worker("s", url, 3) == 3  # the first worker recorded its 3 s: this one beats so
+    assert opened == [3, 3]

@@ -173,6 +173,15 @@ def auto_cmd(
             f"an untrained model; train it first (slimkit train {model} --dataset {dataset} "
             f"--out {model}.safetensors) and pass {model}.safetensors"
         )
+    # Options are checked (the config validates itself) before the data and model load.
+    cfg = AutoCompressConfig(
+        max_bytes=max_bytes,
+        max_latency_ms=max_latency_ms,
+        max_accuracy_drop=max_accuracy_drop / 100,
+        n_trials=trials,
+        seed=seed,
+        rank_ratios=_rank_ratios(rank_ratios, max_latency_ms),
+    )
     batch_size = 64
     data = load_data(dataset, batch_size)
     m = load_model_for(model, dataset)
@@ -186,14 +195,6 @@ def auto_cmd(
             "batch_size": batch_size,
             "image_size": image_size_of(dataset),
         }
-    cfg = AutoCompressConfig(
-        max_bytes=max_bytes,
-        max_latency_ms=max_latency_ms,
-        max_accuracy_drop=max_accuracy_drop / 100,
-        n_trials=trials,
-        seed=seed,
-        rank_ratios=_rank_ratios(rank_ratios, max_latency_ms),
-    )
     res = auto_compress(m, data, cfg, out, storage=storage, study_name=study, source=source)
     rows = [
         [r["number"], int(r["bytes"]), r["accuracy"]]

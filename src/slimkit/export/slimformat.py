@@ -199,7 +199,7 @@ def _buffer_name(module: nn.Module, prefix: str, tensor: torch.Tensor) -> str | 
     return None
 
 
-def _quant_record(layer: str, module: nn.Module, t: torch.Tensor):
+def _quant_record(layer: str, module: nn.Module, t: torch.Tensor, fix: str):
     """Codes and manifest fields of a layer recorded as weight-quantized.
 
     The record promises integer codes, so a weight that cannot be stored as them is refused
@@ -212,11 +212,11 @@ def _quant_record(layer: str, module: nn.Module, t: torch.Tensor):
     try:
         qc = weight_codes(module, "weight")
     except NumericsError:
-        raise _off_grid_error(layer, module, info) from None
+        raise _off_grid_error(layer, module, info, fix) from None
     except ConfigError as exc:
         raise ConfigError(
             f"cannot encode the .slim artifact: layer {layer!r} is recorded as {what} quantized, "
-            f"but its integer codes cannot be recovered ({exc}); {_fix(layer, module)}"
+            f"but its integer codes cannot be recovered ({exc}); {fix}"
         ) from None
     prefix = f"{layer}." if layer else ""
     params = {k: _buffer_name(module, prefix, v) for k, v in qc.params.items()}
@@ -225,75 +225,62 @@ def _quant_record(layer: str, module: nn.Module, t: torch.Tensor):
         raise ConfigError(
             f"cannot encode the .slim artifact: layer {layer!r} is recorded as {what} quantized, "
             f"but {missing} are not registered buffers of it, so the file cannot store them; "
-            f"{_fix(layer, module)}"
+            f"{fix}"
         )
     if not torch.equal(dequantize(qc), t):
         raise NumericsError(
             f"cannot encode the .slim artifact: the state-dict weight of layer {layer!r} differs "
-            f"from the layer's own {what} quantized weight; {_fix(layer, module)}"
+            f"from the layer's own {what} quantized weight; {fix}"
         )
     codes = qc.codes.numpy().astype(np.int64)
     return codes, qc.bits, {"encoding": "quant", "info": qc.info, "params": params}
 
 
-def _fix(layer: str, module: nn.Module) -> str:
-    """The fix for a quantized layer whose weight is not on its recorded grid."""
+def _fix(layer: str, module: nn.Module, dynamic: bool) -> str:
+    """The fix for a quantized layer whose weight is not on its recorded grid. ``dynamic``: the
+    layer is one of DynamicInt8's (recorded on the model too, and quantize_ refuses int8)."""
     record = getattr(module, "slimkit_quant", None) or {}
+    if dynamic:
+        return (
+            "sk.quantize_ refuses an int8 model, so apply DynamicInt8 again to the float model "
+            "(after training or editing it), not to this one"
+        )
     if "int8" in record:  # fake-quant int8 layer (static PTQ / QAT)
         redo = "snap it back with slimkit.quantization.qat.finish_qat(model)"
     else:
         redo = "re-run sk.quantize_ on the model after training or editing it"
-    return (
-        f"{redo}, or, to store the layer as float on purpose, remove its record: "
-        f"del model.get_submodule({layer!r}).slimkit_quant['weight']"
-    )
+    # An emptied record still marks the layer as quantized (preconditions.quantized_layers).
+    record_ref = f"model.get_submodule({layer!r}).slimkit_quant"
+    drop = f"del {record_ref}" if set(record) <= {"weight"} else f"del {record_ref}['weight']"
+    return f"{redo}, or, to store the layer as float on purpose, remove its record: {drop}"
 
 
-def _nearest_on_grid(w: torch.Tensor, info: dict[str, Any], module: nn.Module) -> torch.Tensor:
-    """The recorded grid's value nearest each (finite) element of ``w``, for error messages."""
-    from slimkit.quantization.codes import QuantCodes, dequantize, log2_encode
+def _off_grid_error(layer: str, module: nn.Module, info: dict[str, Any], fix: str) -> NumericsError:
+    from slimkit.quantization.codes import dequantize, nearest_codes
 
-    scheme, bits = info.get("scheme"), int(info.get("bits", 8))
-    params = {
-        k: b.detach().cpu()
-        for k in ("scale", "zero_point", "codebook")
-        if isinstance(b := getattr(module, f"weight_{k}", None), torch.Tensor)
-    }
-    if scheme == "kmeans":
-        book = torch.sort(params["codebook"].float()).values  # (k,) ascending
-        mids = (book[:-1] + book[1:]) / 2
-        return book[torch.bucketize(w.contiguous(), mids.contiguous())]
-    if scheme in ("fp16", "bf16"):
-        return w.to(torch.float16 if scheme == "fp16" else torch.bfloat16).float()
-    if scheme == "log2":
-        codes = log2_encode(w, params["scale"], bits)
-    else:  # linear
-        q = torch.round(w.double() / params["scale"].double()) + params["zero_point"].double()
-        codes = q.clamp(0, (1 << bits) - 1)
-    return dequantize(QuantCodes(codes.to(torch.int32), bits, params, dict(info)))
-
-
-def _off_grid_error(layer: str, module: nn.Module, info: dict[str, Any]) -> NumericsError:
     weight = module.weight
     assert isinstance(weight, torch.Tensor)  # weight_codes read it as one
     w = weight.detach().cpu().float()
     finite = torch.isfinite(w)
+    bad = [f"{int((~finite).sum())} are NaN/inf"] if not finite.all() else []
     try:
-        near = _nearest_on_grid(torch.where(finite, w, torch.zeros(())), info, module)
+        near = dequantize(nearest_codes(module, "weight", torch.where(finite, w, 0.0)))
         off = finite & (near.view(torch.int32) != w.view(torch.int32))
-        dev = float((w - near).abs()[off].max()) if off.any() else 0.0
-        found = f"{int(off.sum())} of its {w.numel()} weight values are off that grid (max "
-        found += f"deviation {dev:.3g} from the nearest grid value"
-        found += ", -0.0 where the grid has 0.0)" if dev == 0.0 and off.any() else ")"
+        if off.any():
+            dev = float((w - near).abs()[off].max())
+            bad.insert(
+                0,
+                f"{int(off.sum())} are off that grid (max deviation {dev:.3g} from the "
+                "nearest grid value" + (", -0.0 where the grid has 0.0)" if dev == 0 else ")"),
+            )
     except Exception:  # noqa: BLE001 - a broken record: the message still names the layer
-        found = "its weight values are off that grid"
-    if not finite.all():
-        found += f" and {int((~finite).sum())} are NaN/inf"
+        bad = bad or ["some are off that grid"]
+    found = f"of its {w.numel()} weight values " + " and ".join(bad or ["some are off that grid"])
     return NumericsError(
         f"cannot encode the .slim artifact: layer {layer!r} is recorded as "
         f"{info.get('bits')}-bit {info.get('scheme')} quantized, but {found}; was it trained "
         "or edited after quantization? It is not stored as float behind your back (the file "
-        f"would be larger than promised). Fix: {_fix(layer, module)}"
+        f"would be larger than promised). Fix: {fix}"
     )
 
 
@@ -316,6 +303,7 @@ def encode(model: nn.Module) -> bytes:
 
     spec = model_spec.describe(model)
     modules = dict(model.named_modules())
+    dynamic = set((getattr(model, "slimkit_int8", None) or {}).get("layers", []))  # DynamicInt8
     payload = _Payload()
     records = []
     _CACHE.clear()
@@ -325,7 +313,7 @@ def encode(model: nn.Module) -> bytes:
         found = None
         if leaf == "weight" and module is not None and quant_info(module, "weight") is not None:
             # Recorded as quantized: stored as its codes, or an error (never silently float).
-            found = _quant_record(layer, module, t)
+            found = _quant_record(layer, module, t, _fix(layer, module, layer in dynamic))
         if found is None:
             found = _palette_record(t)
         if found is None:

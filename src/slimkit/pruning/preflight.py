@@ -43,13 +43,21 @@ def _has_own_state(m: nn.Module) -> bool:
 
 def refuse_masks(model: nn.Module) -> None:
     """Raise ConfigError naming every layer that carries a pruning mask or a parametrization."""
-    masked = [n or "<root>" for n in masked_layers(model)]
+    layers = masked_layers(model)
+    masked = [n or "<root>" for n in layers]
     if masked:
+        # torch.nn.utils.prune keeps weight_orig and a hook of its own, which finalize_ leaves.
+        torch_pruned = [n or "<root>" for n, m in layers.items() if hasattr(m, "weight_orig")]
+        fold = (
+            f"torch.nn.utils.prune.remove(layer, 'weight') on each of {torch_pruned}"
+            if torch_pruned
+            else "slimkit.pruning.finalize_(model) (in a recipe: finalize: true on the prune stage)"
+        )
         raise ConfigError(
             f"structural pruning changes layer shapes, but layers {masked} still carry "
             f"unstructured pruning masks ({MASK!r}) that would keep their old shapes; apply "
-            "structured (channel) pruning before unstructured pruning, or fold the masks into "
-            "zeros first with slimkit.pruning.finalize_(model)"
+            f"structured (channel) pruning before unstructured pruning, or fold the masks into "
+            f"zeros first with {fold}"
         )
     wrapped = [n or "<root>" for n, m in model.named_modules() if parametrize.is_parametrized(m)]
     if wrapped:

@@ -192,6 +192,24 @@ def quantized_layers(model: nn.Module, name: str = "weight") -> dict[str, nn.Mod
 
 def weight_codes(module: nn.Module, name: str = "weight") -> QuantCodes:
     """Recover the integer codes of ``module.<name>``; dequantizing them reproduces it exactly."""
+    result = nearest_codes(module, name)
+    w = getattr(module, name).detach().cpu().to(torch.float32)
+    if not torch.equal(dequantize(result).view(torch.int32), w.view(torch.int32)):
+        bad = int((dequantize(result) != w).sum())
+        raise NumericsError(
+            f"{name} of this {type(module).__name__} has {bad} value(s) off its "
+            f"{result.info['scheme']} {result.bits}-bit grid (was it trained or edited after "
+            "quantization?); re-quantize the layer (sk.quantize_) before exporting codes"
+        )
+    return result
+
+
+def nearest_codes(
+    module: nn.Module, name: str = "weight", values: torch.Tensor | None = None
+) -> QuantCodes:
+    """The codes of the recorded grid's value nearest each element of ``values`` (default
+    ``module.<name>``): exactly its codes when it is on the grid (see :func:`weight_codes`);
+    for a weight that left it, the grid it should be on (for an error's deviation)."""
     info = quant_info(module, name)
     if info is None:
         raise ConfigError(
@@ -210,18 +228,11 @@ def weight_codes(module: nn.Module, name: str = "weight") -> QuantCodes:
                 "the layer was edited after quantization, re-quantize it"
             )
         params[key] = buf.detach().cpu()
-    w = getattr(module, name).detach().cpu().to(torch.float32)
+    w = getattr(module, name) if values is None else values
+    w = w.detach().cpu().to(torch.float32)
     finder = {"linear": _codes_linear, "log2": _codes_log2, "kmeans": _codes_kmeans}
     raw = finder[scheme](w, info, params) if scheme in finder else _codes_half(w, info, params)
-    result = QuantCodes(raw.to(torch.int32), int(info["bits"]), params, dict(info))
-    if not torch.equal(dequantize(result).view(torch.int32), w.view(torch.int32)):
-        bad = int((dequantize(result) != w).sum())
-        raise NumericsError(
-            f"{name} of this {type(module).__name__} has {bad} value(s) off its {scheme} "
-            f"{info['bits']}-bit grid (was it trained or edited after quantization?); "
-            "re-quantize the layer (sk.quantize_) before exporting codes"
-        )
-    return result
+    return QuantCodes(raw.to(torch.int32), int(info["bits"]), params, dict(info))
 
 
 def packed_bytes(module: nn.Module, name: str = "weight") -> int:

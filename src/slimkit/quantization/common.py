@@ -111,15 +111,15 @@ class LayerQuantReport:
 
 
 def folded_reference(original: nn.Module, quantized: nn.Module) -> nn.Module:
-    """``original`` with each BatchNorm folded that ``quantized`` no longer has (now Identity).
+    """``original`` with its BatchNorms folded, when ``quantized`` had them folded (now Identity).
 
-    Static int8 and QAT fold BatchNorm into the conv before quantizing, so their float
-    weights are ``W * gamma / sqrt(var + eps)``; measured against the unfolded ``W``, the SQNR
-    mixed that rescaling with the quantization error. Folded here by the same function as the
-    quantizer, on a copy: ``original`` is left as it is. Returned as is when nothing was folded.
+    Static int8 and QAT fold every BatchNorm into its conv before quantizing
+    (:func:`~slimkit.decomposition.fusion.fuse_batchnorm`), so their float weights are
+    ``W * gamma / sqrt(var + eps)``; measured against the unfolded ``W``, the SQNR mixed that
+    rescaling into the quantization error. Folded here by the same function, on a copy:
+    ``original`` is left as it is, and returned as is when nothing was folded.
     """
-    from slimkit.config import get_module
-    from slimkit.decomposition.fusion import find_bn_pairs, fold_bn_into
+    from slimkit.decomposition.fusion import fuse_batchnorm
 
     after = dict(quantized.named_modules())
     batchnorm = nn.modules.batchnorm._BatchNorm
@@ -129,23 +129,16 @@ def folded_reference(original: nn.Module, quantized: nn.Module) -> nn.Module:
     ):
         return original
     ref = copy.deepcopy(original).eval()
-    for layer_name, bn_name in find_bn_pairs(ref):
-        layer, bn = get_module(ref, layer_name), get_module(ref, bn_name)
-        if (
-            isinstance(layer, (nn.Conv2d, nn.Linear))
-            and isinstance(bn, batchnorm)
-            and isinstance(after.get(bn_name), nn.Identity)
-        ):
-            fold_bn_into(layer, bn)
+    fuse_batchnorm(ref)
     return ref
 
 
 def layer_reports(original: nn.Module, quantized: nn.Module) -> list[LayerQuantReport]:
     """Weight SQNR and packed bytes of every quantized layer of ``quantized`` vs ``original``.
 
-    The reference is ``original``'s float weight as the quantizer saw it: with the BatchNorms
-    the quantizer folded folded in too (:func:`folded_reference`), so the SQNR is quantization
-    error only.
+    The reference is ``original``'s float weight as the quantizer saw it, with the BatchNorms
+    it folded folded in too (:func:`folded_reference`). So the SQNR is post-training
+    quantization's error alone; after QAT it also holds what the training changed.
     """
     from slimkit.quantization.codes import packed_bytes, quant_info
 

@@ -344,6 +344,14 @@ def auto_compress(
     from slimkit.training import evaluate_accuracy
 
     out = Path(out_dir)
+    if cfg.max_latency_ms is not None and max(cfg.rank_ratios) == min(cfg.rank_ratios) == 1.0:
+        warnings.warn(
+            f"max_latency_ms={cfg.max_latency_ms:g} with rank_ratios={cfg.rank_ratios}: no "
+            "searched setting changes latency (sparsity and k-means bits keep the dense "
+            "matmuls), so the budget is only checked; to search SVD ranks, set rank_ratios="
+            f"{LATENCY_RANK_RATIOS}",
+            stacklevel=2,
+        )
     # Inputs first: a bad model, data or target writes nothing (no empty out/trials left).
     layers, plan = prepare(model, data, cfg)
     atomic.output_dir(out / "trials", create=False)

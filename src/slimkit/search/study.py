@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import ConfigError, SlimkitError, import_extra
-from slimkit.search.storage import HEARTBEAT, default_url, make_storage, mask_url, sqlite_path
+from slimkit.search.storage import default_url, make_storage, mask_url, sqlite_path
 
 _DEFAULT_STRATEGY = {"nas": "evolution", "hpo": "tpe"}  # NASConfig's and HPOConfig's defaults
 
@@ -108,8 +108,8 @@ def open_study(
             )
         if any(t.state != TrialState.FAIL for t in trials):
             raise ConfigError(
-                f"study {name!r} in {label} was created for another "
-                "task; use a new --study name or the same options"
+                f"study {name!r} in {label} was created for another task "
+                f"({_differences(stored, task)}); use a new --study name or the same options"
             )
         warnings.warn(
             StudyReplacedWarning(
@@ -121,7 +121,16 @@ def open_study(
         optuna.delete_study(study_name=name, storage=rdb)
         study, stored, existed = create(), None, False
     beat = rdb.get_heartbeat_interval() if hasattr(rdb, "get_heartbeat_interval") else None
-    if beat is not None and HEARTBEAT_ATTR not in study.user_attrs:
+    recorded = study.user_attrs.get(HEARTBEAT_ATTR)
+    if beat is not None and recorded is not None and beat != recorded:
+        # An API run with make_storage(url, heartbeat_interval=...) joining a study that beats
+        # at another interval would fail the other processes' live trials (see storage.HEARTBEAT).
+        raise ConfigError(
+            f"study {name!r} in {label} beats every {recorded} s, but this storage beats every "
+            f"{beat} s; every process of a study must use the same interval: open the storage "
+            f"with make_storage(url, heartbeat_interval={recorded})"
+        )
+    if beat is not None and recorded is None:
         # Before the task: a worker that finds the task also finds the heartbeat it must use.
         study.set_user_attr(HEARTBEAT_ATTR, beat)
     task = json.loads(json.dumps(task))
@@ -192,6 +201,22 @@ def _unlink_if_still_empty(path: Path) -> None:
         conn.close()
 
 
+def _differences(stored: dict[str, Any], task: dict[str, Any], most: int = 4) -> str:
+    """What tells two tasks apart, for the refusal: ``key: study X, this run Y`` per config key
+    (then per other top-level key), so a user sees which option to give back."""
+    a, b = json.loads(json.dumps(stored)), json.loads(json.dumps(task))
+    ca, cb = a.pop("config", {}), b.pop("config", {})
+    ca.pop("n_trials", None), cb.pop("n_trials", None)
+    diffs = [
+        f"{key}: study {side_a.get(key)!r}, this run {side_b.get(key)!r}"
+        for side_a, side_b in ((ca, cb), (a, b))
+        for key in sorted(set(side_a) | set(side_b))
+        if side_a.get(key) != side_b.get(key)
+    ]
+    more = f", and {len(diffs) - most} more" if len(diffs) > most else ""
+    return "; ".join(diffs[:most]) + more if diffs else "its task differs"
+
+
 def _identity(task: dict[str, Any]) -> str:
     """The task without its trial count: asking an existing study for more trials is a resume."""
     t = json.loads(json.dumps(task))
@@ -214,11 +239,11 @@ def _load_study(name: str, storage: str | None):
         ) from None
 
 
-def stored_heartbeat(name: str, storage: str | None) -> int:
-    """The heartbeat interval (s) an existing study's processes use. Studies from before it was
-    recorded were all created with storage.HEARTBEAT (no slimkit run let it be changed)."""
+def stored_heartbeat(name: str, storage: str | None) -> int | None:
+    """The heartbeat interval (s) an existing study's processes use, or None for a study made
+    before it was recorded (the CLI made those at storage.HEARTBEAT, the API at any value)."""
     value = _load_study(name, storage).user_attrs.get(HEARTBEAT_ATTR)
-    return value if isinstance(value, int) else HEARTBEAT
+    return value if isinstance(value, int) else None
 
 
 def load_task(name: str, storage: str | None) -> dict[str, Any]:

@@ -118,10 +118,14 @@ def _study_heartbeat(study_name: str, storage: str | None, asked: int | None) ->
     """The study's heartbeat interval; a worker asking for another one is refused. Each process
     fails the trials silent for twice its own interval, so a shorter one would fail the other
     processes' live trials (whose tell then raises in Optuna) and a longer one have its own
-    failed by them."""
+    failed by them. A study made before the interval was recorded takes the one asked for
+    (the CLI made those at storage.HEARTBEAT, the default here)."""
+    from slimkit.search.storage import HEARTBEAT
     from slimkit.search.study import stored_heartbeat
 
     stored = stored_heartbeat(study_name, storage)
+    if stored is None:
+        return HEARTBEAT if asked is None else asked
     if asked is not None and asked != stored:
         raise ConfigError(
             f"heartbeat must be the study's, but got {asked} s while study {study_name!r} "
