@@ -71,16 +71,21 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             from slimkit.pipeline.hf_stage import is_hf_recipe
 
+            # The same recipe file and --set overrides: without them the digest differs and
+            # --resume is refused. Quoted for a POSIX shell (paths with spaces).
+            again = command_line(recipe, out, set_)
             if is_hf_recipe(r):  # one stage: nothing is kept to resume from
-                console.print(
+                message = (
                     f"interrupted; an hf_compress run is one stage and kept nothing of this run in "
-                    f"{out}. Run it again with: slimkit compress {recipe} --out {out}"
+                    f"{out}. Run it again with: {again}"
                 )
             else:
-                console.print(
+                message = (
                     f"interrupted; finished stages are checkpointed in {out}. Continue with: "
-                    f"slimkit compress {recipe} --out {out} --resume"
+                    f"{again} --resume"
                 )
+            # One line, printed as is: rich would wrap it and read "[...]" in a path as markup.
+            console.print(message, soft_wrap=True, markup=False, highlight=False)
             raise typer.Exit(130) from None
         except AccuracyGateError:
             metrics_path = out / "metrics.json"
@@ -93,11 +98,26 @@ def register(app: typer.Typer) -> None:
         if result.report is None:  # a non-zero torchrun rank
             return
         _print(result.rows, out)
+        ratio = result.metrics.get("compression_ratio")
+        of = result.metrics.get("compression_ratio_of")
         console.print(
-            f"compression ratio {result.metrics['compression_ratio'] or 0:.1f}x "
-            f"(dense fp32 {result.metrics['dense_fp32_bytes']:,} B)"
+            f"compression ratio {'-' if ratio is None else f'{ratio:.1f}x'} "  # None: not measured
+            f"(dense fp32 {result.metrics['dense_fp32_bytes']:,} B"
+            + (f" / {of}" if of else "")
+            + ")",
+            markup=False,
         )
         console.print(f"report: {result.report.resolve()}")
+
+
+def command_line(recipe: Path, out: Path, overrides: list[str]) -> str:
+    """``slimkit compress RECIPE --out DIR [--set K=V ...]``, each argument shell-quoted."""
+    import shlex
+
+    args = ["slimkit", "compress", str(recipe), "--out", str(out)]
+    for item in overrides:
+        args += ["--set", item]
+    return shlex.join(args)
 
 
 def _print(rows, out: Path) -> None:

@@ -221,9 +221,9 @@ def run_hf_recipe(
         "compression_ratio": fp32_bytes / final_bytes,
         "gate": {"passed": True},
     }
+    atomic.write_json(out / "metrics.json", metrics)  # first: a report that fails keeps it
     report = out / "report.html"
     atomic.write_text(report, _report_html(recipe.name, measured, enc_metrics))
-    atomic.write_json(out / "metrics.json", metrics)
     return RunResult(out, [], metrics, report, True)
 
 

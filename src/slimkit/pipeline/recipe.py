@@ -57,7 +57,7 @@ class ModelSection(_Strict):
     zoo: str | None = None
     path: str | None = None
     hf: str | None = ""
-    image_size: int | None = None  # default: from the dataset (28 mnist5k, 8 digits)
+    image_size: int | None = Field(None, ge=1)  # default: from the dataset (28 mnist5k, 8 digits)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -143,13 +143,63 @@ class Recipe(_Strict):
 
     def validate_stages(self) -> list[Any]:
         """Build every stage's config now; returns them (ConfigError names the bad stage)."""
+        from slimkit.pipeline.hf_stage import is_hf_recipe
         from slimkit.pipeline.stages import build_stage, check_stage_order
 
+        hf = is_hf_recipe(self)
+        if not hf:  # an HF recipe refuses these keys itself (refuse_unused_recipe_keys)
+            check_model_section(self.model)
         plans = [
             build_stage(i, kind, opts, self) for i, (kind, opts) in enumerate(self.stage_list())
         ]
         check_stage_order(plans)
+        if not hf:
+            check_gate(self)
         return plans
+
+
+def check_model_section(m: ModelSection) -> None:
+    """Refuse model keys the runner would ignore or pass twice (they were silently dropped, or a
+    Python TypeError from the zoo call)."""
+    if (m.zoo is None) == (m.path is None):
+        raise ConfigError(
+            f"model must give exactly one of zoo or path, but got zoo={m.zoo!r}, path={m.path!r}"
+        )
+    if m.path is not None:
+        key = "image_size" if m.image_size is not None else "kwargs" if m.kwargs else None
+        if key is not None:
+            raise ConfigError(
+                f"model.{key} only applies to a zoo model, but the model is the file {m.path!r}, "
+                f"which keeps the architecture it was saved with (got {key}="
+                f"{getattr(m, key)!r}); remove model.{key}"
+            )
+    elif "image_size" in m.kwargs:
+        raise ConfigError(
+            f"model.kwargs.image_size duplicates model.image_size, but got "
+            f"kwargs.image_size={m.kwargs['image_size']!r}; write it as model.image_size: "
+            f"{m.kwargs['image_size']!r} instead"
+        )
+
+
+def check_gate(recipe: Recipe) -> None:
+    """``max_accuracy_drop`` must compare two measured accuracies, the first of a trained model
+    (a gate that cannot fail, or against chance accuracy, said PASS)."""
+    limit = recipe.max_accuracy_drop
+    if limit is None:
+        return
+    if recipe.data is None:
+        raise ConfigError(
+            f"max_accuracy_drop = {limit:g} needs accuracy measured on test data, but the recipe "
+            "has data: null, so the gate could never fail; add data: {dataset: mnist5k} (or the "
+            "model's dataset), or remove max_accuracy_drop"
+        )
+    if recipe.model.zoo is not None and "train" not in [k for k, _ in recipe.stage_list()]:
+        raise ConfigError(
+            f"max_accuracy_drop = {limit:g} compares against a trained reference, but "
+            f"model: {{zoo: {recipe.model.zoo}}} builds an untrained model and no train stage "
+            "trains it (its accuracy is chance); add a train stage first, start from a trained "
+            "file (model: {path: trained.safetensors}), or remove max_accuracy_drop"
+        )
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

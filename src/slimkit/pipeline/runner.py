@@ -37,7 +37,14 @@ from slimkit import atomic
 from slimkit import io as slim_io
 from slimkit.errors import AccuracyGateError, ConfigError, NumericsError, SlimkitError
 from slimkit.pipeline.recipe import Recipe
-from slimkit.pipeline.stages import StageContext, StagePlan, deployable, example_input, run_stage
+from slimkit.pipeline.stages import (
+    StageContext,
+    StagePlan,
+    check_int8_export_data,
+    deployable,
+    example_input,
+    run_stage,
+)
 from slimkit.training import evaluate_accuracy, seed_everything
 
 STATE = "state.json"
@@ -81,9 +88,9 @@ def load_model(recipe: Recipe) -> nn.Module:
         )
     if m.path is not None:
         return slim_io.load(m.path)
-    size = m.image_size or (
-        8 if recipe.data is not None and recipe.data.dataset == "digits" else 28
-    )
+    size = m.image_size  # >= 1 (schema); an explicit value is never replaced
+    if size is None:
+        size = 8 if recipe.data is not None and recipe.data.dataset == "digits" else 28
     seed_everything(recipe.seed)
     return build_model(str(m.zoo), image_size=size, **m.kwargs)
 
@@ -224,6 +231,8 @@ def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) ->
     from slimkit.export.onnx import export_bytes, parity
     from slimkit.metrics import count_flops, count_nonzeros, count_params
     from slimkit.metrics.latency import ort_latency
+    from slimkit.preconditions import int8_layers
+    from slimkit.quantization.ptq import export_int8_onnx
 
     final = deployable(model)
     x = example_input(ctx, final)
@@ -249,11 +258,16 @@ def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) ->
         row["slim_error"] = slim_error
     if ctx.recipe.measure.onnx:
         try:
-            data = export_bytes(final, x)
-            row["onnx_max_diff"] = parity(final, data, x)
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / "m.onnx"
-                p.write_bytes(data)
+                if int8_layers(final):  # the int8 graph it ships as (export), not a float one
+                    export_int8_onnx(final, p, x)
+                    data = p.read_bytes()
+                    row["onnx_int8"] = True
+                else:
+                    data = export_bytes(final, x)
+                    p.write_bytes(data)
+                row["onnx_max_diff"] = parity(final, data, x)
                 lat = ort_latency(
                     p,
                     x,
@@ -300,6 +314,9 @@ def _read_state(out: Path, recipe: Recipe) -> dict[str, Any] | None:
     state["digest"] = recipe.digest()
     return state
 
+
+# Stage kinds that change the model (export and benchmark only read it).
+MODEL_CHANGING = ("train", "finetune", "prune", "quantize", "decompose", "distill")
 
 INPUT_STAGE = -1  # reference_stage of the input model (its row's index; stage_input checkpoint)
 
@@ -359,15 +376,17 @@ def _compress(
 ) -> RunResult:
     is_main = rank == 0
     state = _read_state(out, recipe) if resume else None
-    # Load inputs before touching the folder: a bad model path or dataset writes nothing.
+    # Load and check inputs before touching the folder: a bad model path or dataset, or a model
+    # that does not take the data's images, writes nothing.
     data = load_data(recipe)
     model = load_model(recipe)
+    if data is not None:
+        _check_fits(recipe, model, data)
+    check_int8_export_data(plans, model, data)
     if is_main:
         atomic.mark_run_folder(atomic.output_dir(out))
-    if is_main and state is None:  # a fresh run: drop an earlier run's checkpoints, only those
-        for old in (out / "checkpoints").glob("stage_*"):
-            old.unlink()
-        (out / STATE).unlink(missing_ok=True)
+    if is_main and state is None:
+        _forget_previous_run(out)
     ckdir = out / "checkpoints"
     ctx = StageContext(recipe, data, out, reference=None, is_main=is_main)
 
@@ -456,10 +475,12 @@ def _compress(
         _sync(model)
         return RunResult(out, rows, {}, None, True)
     metrics = _finish(recipe, model, ctx, state, rows)
+    for warning in metrics["warnings"]:
+        log(f"warning: {warning}")
     from slimkit.report.html import write_report
 
+    atomic.write_json(out / "metrics.json", metrics)  # first: a report that fails keeps it
     report = write_report(metrics, out)
-    atomic.write_json(out / "metrics.json", metrics)
     _sync(model)
     result = RunResult(out, rows, metrics, report, metrics["gate"]["passed"])
     if not result.passed:
@@ -470,6 +491,62 @@ def _compress(
             f"artifacts and the report ({report}) are saved and marked failing"
         )
     return result
+
+
+def _check_fits(recipe: Recipe, model: nn.Module, data: Any) -> None:
+    """The model takes the data's images (a torch traceback from the first stage, after the
+    previous run was already deleted); the fix names the recipe's keys."""
+    from slimkit.preconditions import check_fits
+
+    m, d = recipe.model, recipe.data
+    assert d is not None
+    source = f"model {m.path!r}" if m.path is not None else f"zoo model {m.zoo!r}"
+    try:
+        check_fits(model, data, f"{source} on data.dataset {d.dataset!r}")
+    except ConfigError as exc:
+        fix = (
+            "use a model file built for this dataset's images, or a dataset of its image size"
+            if m.path is not None
+            else "drop model.image_size (it then follows the dataset) or set it to the "
+            "dataset's image size"
+        )
+        raise ConfigError(f"{exc}; in the recipe: {fix}") from None
+
+
+# Top-level files every pipeline run writes, and the file names its export stages write (an
+# HF run writes model_fp32.onnx and model.onnx).
+RUN_REPORTS = ("metrics.json", "report.html")
+ARTIFACT_NAMES = frozenset(
+    {"model.slim", "model.onnx", "model.int8.onnx", "model.safetensors", "model_fp32.onnx"}
+)
+
+
+def _forget_previous_run(out: Path) -> None:
+    """A fresh run in a folder an earlier run wrote: delete that run's checkpoints, its reports
+    and the artifacts its state.json / metrics.json recorded, so none of them sits beside the
+    new run's files as if it were theirs. Only files slimkit wrote: a recorded path is deleted
+    when it lies inside ``out`` and has an artifact's name; other files stay."""
+    recorded: list[str] = []
+    for name in (STATE, "metrics.json"):
+        try:
+            doc = json.loads((out / name).read_text())
+        except (OSError, ValueError):  # missing or unreadable: nothing recorded there
+            continue
+        arts = doc.get("artifacts") if isinstance(doc, dict) else None
+        if isinstance(arts, dict):
+            recorded += [a["path"] for a in arts.values() if isinstance(a, dict) and "path" in a]
+    root = out.resolve()
+    for rel in recorded:
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            continue
+        path = out / rel
+        inside = path.parent.resolve().is_relative_to(root)  # no symlinked folder out of it
+        if path.name in ARTIFACT_NAMES and inside and (path.is_file() or path.is_symlink()):
+            path.unlink()  # a symlink itself, never its target
+    for old in (out / "checkpoints").glob("stage_*"):
+        old.unlink()
+    for name in (*RUN_REPORTS, STATE):
+        (out / name).unlink(missing_ok=True)
 
 
 def _reload(path: Path) -> nn.Module:
@@ -491,12 +568,42 @@ def _finish(
     limit = recipe.max_accuracy_drop
     passed = limit is None or drop is None or drop <= limit + 1e-9
     slim = ctx.artifacts.get("slim")
+    warnings: list[str] = []
+    slim_row = None
+    if slim is not None:  # the row of the model it was written from (export changes nothing)
+        slim_row = next((r for r in rows if r["index"] == slim.get("stage")), None)
     if slim is not None and ctx.data is not None:
         # The artifact itself, loaded back: its accuracy must equal the measured one.
         from slimkit.export import slimformat
 
         loaded = slimformat.load(ctx.out / slim["path"])
         slim["accuracy"] = evaluate_accuracy(loaded, ctx.data.test)
+        measured = None if slim_row is None else slim_row.get("accuracy")
+        if measured is not None and slim["accuracy"] != measured:
+            warnings.append(
+                f"{slim['path']} loaded back scores {slim['accuracy']:.4f}, but the model it was "
+                f"written from measured {measured:.4f}: the artifact does not reproduce it"
+            )
+    if slim is not None and slim_row is not None:
+        changed = [
+            f"stages[{r['index']}].{r['stage']}"
+            for r in rows
+            if r["index"] > slim_row["index"] and r["stage"] in MODEL_CHANGING
+        ]
+        if changed:
+            warnings.append(
+                f"{slim['path']} was written at stages[{slim_row['index']}], and "
+                f"{', '.join(changed)} changed the model after it: the compression ratio "
+                "describes that earlier model, the final accuracy the later one; export at the end"
+            )
+    if slim is not None:
+        ratio_of = f"{slim['path']}" + (
+            f" (stages[{slim_row['index']}])" if slim_row is not None else ""
+        )
+    elif final_row.get("bytes_slim"):
+        ratio_of = f"the final model's .slim (stages[{final_row['index']}], not exported)"
+    else:
+        ratio_of = None
     dense = rows[0]["params"] * 4
     return {
         "name": recipe.name,
@@ -510,6 +617,8 @@ def _finish(
         "compression_ratio": dense / slim["bytes"]
         if slim
         else (dense / final_row["bytes_slim"] if final_row.get("bytes_slim") else None),
+        "compression_ratio_of": ratio_of,
+        "warnings": warnings,
         "hist_before": state.get("hist_before"),
         "hist_after": weight_histogram(deployable(model)),
         "gate": {

@@ -118,6 +118,48 @@ def _methods(kind: str) -> dict[str, type[SlimConfig]]:
     return DECOMP
 
 
+def _int8_configs() -> tuple[type, ...]:
+    from slimkit.quantization.dynamic import DynamicInt8
+    from slimkit.quantization.ptq import StaticInt8
+    from slimkit.quantization.qat import QATInt8
+
+    return (StaticInt8, DynamicInt8, QATInt8)
+
+
+def _int8_before(recipe: Recipe, index: int) -> bool:
+    """Whether a quantize stage before ``index`` makes the model int8 (StaticInt8, DynamicInt8
+    or QATInt8 under any of their method names)."""
+    methods = _methods("quantize")
+    int8 = _int8_configs()
+    return any(
+        kind == "quantize"
+        and isinstance(opts, dict)
+        and isinstance(opts.get("method"), str)
+        and issubclass(methods.get(opts["method"], object), int8)
+        for kind, opts in recipe.stage_list()[:index]
+    )
+
+
+def check_int8_export_data(plans: list[StagePlan], model: nn.Module, data: Any) -> None:
+    """With data: null, an onnx-int8 export of a float model file cannot calibrate: refuse it
+    when the model is loaded, before the output folder is touched (was an AssertionError)."""
+    from slimkit.preconditions import int8_layers
+
+    if data is not None or int8_layers(model):
+        return
+    int8 = _int8_configs()
+    for plan in plans:
+        if plan.kind == "quantize" and isinstance(plan.config, int8):
+            return  # every later export sees an int8 model
+        if plan.kind == "export" and "onnx-int8" in plan.config.formats:
+            raise ConfigError(
+                f"stages[{plan.index}].export: formats onnx-int8 makes the float model "
+                "int8 with static PTQ, which calibrates on data, but the recipe has data: null "
+                "and the model file holds no int8 layers; add data: {dataset: ...}, quantize it "
+                "first (quantize: {method: int8-dynamic} needs no data), or drop onnx-int8"
+            )
+
+
 def _train_config(opts: dict[str, Any], recipe: Recipe, field: str) -> TrainConfig:
     if not isinstance(opts, dict):
         raise ConfigError(f"{field} must be a mapping of TrainConfig options, but got {opts!r}")
@@ -176,7 +218,13 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
         extra: dict[str, Any] = {}
         needs = False
         if kind == "prune":
-            extra["finalize"] = bool(opts.pop("finalize", True))
+            finalize = opts.pop("finalize", True)
+            if not isinstance(finalize, bool):  # bool("false") was True
+                raise ConfigError(
+                    f"finalize must be true or false, but got {finalize!r}; write it unquoted "
+                    "(finalize: false keeps the pruning masks)"
+                )
+            extra["finalize"] = finalize
             needs = method in _PRUNE_NEEDS_DATA
             scan = opts.pop("sensitivity", None)
             if scan is not None and scan is not False:
@@ -228,7 +276,22 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
         config = DistillConfig.from_dict({**opts, "train": {"seed": recipe.seed, **train}})
         return StagePlan(index, kind, config, options={"teacher": teacher}, needs_data=True)
     if kind == "export":
-        return StagePlan(index, kind, ExportOptions.from_dict(opts))
+        export = ExportOptions.from_dict(opts)
+        # onnx-int8 of a float model quantizes a copy with static PTQ, calibrated on data. A
+        # model file may already be int8: checked when it is loaded (check_int8_export_data).
+        needs = (
+            "onnx-int8" in export.formats
+            and recipe.model.path is None
+            and not _int8_before(recipe, index)
+        )
+        if needs and recipe.data is None:
+            raise ConfigError(
+                "formats onnx-int8 makes a float model int8 with static PTQ, which calibrates "
+                "on data, but the recipe has data: null; add e.g. data: {dataset: mnist5k}, "
+                "quantize it first (quantize: {method: int8-dynamic} needs no data), or drop "
+                "onnx-int8"
+            )
+        return StagePlan(index, kind, export, needs_data=needs)
     if kind == "benchmark":
         return StagePlan(index, kind, BenchmarkOptions.from_dict(opts))
     if kind == "hf_compress":
@@ -412,7 +475,9 @@ def deployable(model: nn.Module) -> nn.Module:
 def run_export(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Module:
     from slimkit import io as slim_io
     from slimkit.export import slimformat
-    from slimkit.export.onnx import to_onnx
+    from slimkit.export.onnx import parity, to_onnx
+    from slimkit.preconditions import int8_layers
+    from slimkit.quantization.ptq import export_int8_onnx
 
     opts: ExportOptions = plan.config
     folder = (ctx.out / opts.dir).resolve()
@@ -438,6 +503,17 @@ def run_export(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Modul
                 "path": str(path.relative_to(ctx.out.resolve())),
                 "bytes": slim_io.save(final, path),
             }
+        elif fmt == "onnx" and int8_layers(final):
+            # The int8 graph, as `slimkit export` writes it: a float export of an int8 model
+            # shipped (and timed) fp32 weights and float matmuls.
+            path = folder / "model.onnx"
+            q = export_int8_onnx(final, path, x)
+            files[fmt] = {
+                "path": str(path.relative_to(ctx.out.resolve())),
+                "bytes": q.bytes,
+                "int8": True,
+                "max_abs_diff": parity(final, path, x),  # int8 kernels vs torch: measured
+            }
         elif fmt == "onnx":
             path = folder / "model.onnx"
             res = to_onnx(final, path, x, atol=1e-3)
@@ -448,6 +524,8 @@ def run_export(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Modul
             }
         elif fmt == "onnx-int8":
             files[fmt] = _export_int8(final, folder / "model.int8.onnx", x, ctx)
+    for info in files.values():
+        info["stage"] = plan.index  # later stages may change the model this file holds
     ctx.artifacts.update(files)
     return model
 
@@ -463,8 +541,13 @@ def _export_int8(
     if not int8_layers(model):  # StaticInt8/QATInt8 layers, or DynamicInt8's float ones
         from slimkit.quantization import quantize_
 
+        if ctx.data is None:  # refused at load (build_stage, check_int8_export_data)
+            raise ConfigError(
+                "onnx-int8 of a float model calibrates static int8 on data, but the recipe has "
+                "data: null; add data: {dataset: ...} or quantize the model first"
+            )
         m = copy.deepcopy(model)
-        calib = min(256, len(_need_data(ctx).calib.dataset))  # type: ignore[arg-type]
+        calib = min(256, len(ctx.data.calib.dataset))  # type: ignore[arg-type]
         quantize_(m, StaticInt8(calib_samples=calib), data=ctx.data)
     res = export_int8_onnx(m, path, x)
     out = {"path": str(path.relative_to(ctx.out.resolve())), "bytes": path.stat().st_size}
@@ -497,6 +580,8 @@ def run_benchmark(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Mo
 
     from slimkit.export.onnx import to_onnx
     from slimkit.metrics.latency import ort_latency, torch_latency
+    from slimkit.preconditions import int8_layers
+    from slimkit.quantization.ptq import export_int8_onnx
 
     if not ctx.is_main:
         return model
@@ -506,8 +591,12 @@ def run_benchmark(plan: StagePlan, model: nn.Module, ctx: StageContext) -> nn.Mo
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "m.onnx"
-        to_onnx(final, onnx_path, x, atol=1e-3)
-        targets = {"onnx": onnx_path}
+        if int8_layers(final):  # time the int8 graph this model ships as, not a float one
+            export_int8_onnx(final, onnx_path, x)
+            targets = {"onnx (int8)": onnx_path}
+        else:
+            to_onnx(final, onnx_path, x, atol=1e-3)
+            targets = {"onnx": onnx_path}
         int8 = ctx.artifacts.get("onnx-int8")
         if int8:
             targets["onnx-int8"] = ctx.out / int8["path"]

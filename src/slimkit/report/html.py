@@ -48,6 +48,10 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}x"  # "-x" when nothing was measured
+
+
 def _img(png: bytes | None, alt: str) -> str:
     if png is None:
         return ""
@@ -87,7 +91,14 @@ def render(metrics: dict[str, Any]) -> str:
         f"<p>Result: {verdict}. Accuracy drop {drop} (limit: {_fmt(gate['max_drop_pp'])} pp; "
         f"reference {_fmt(gate['reference_accuracy'])}, final {_fmt(gate['final_accuracy'])}). "
         f"Dense fp32: {metrics['dense_fp32_bytes']:,} bytes; compression ratio "
-        f"<b>{_fmt(metrics['compression_ratio'])}x</b> (dense fp32 bytes / .slim file bytes).</p>",
+        f"<b>{_ratio(metrics.get('compression_ratio'))}</b> (dense fp32 bytes / .slim file bytes"
+        + (
+            f" of {html.escape(metrics['compression_ratio_of'])}"
+            if metrics.get("compression_ratio_of")
+            else ""
+        )
+        + ").</p>",
+        *(f'<p class="fail">Warning: {html.escape(w)}</p>' for w in metrics.get("warnings") or []),
         "<h2>Per-stage measurements</h2>",
         "<p>Every figure is measured on files written by the run: bytes on disk, ONNX Runtime "
         "latency (median), accuracy on the test split.</p>",

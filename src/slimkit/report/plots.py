@@ -40,11 +40,12 @@ def _label_bars(
 
 
 def accuracy_vs_bytes(rows: list[dict[str, Any]]) -> bytes | None:
-    """Accuracy against .slim bytes on disk, one point per stage."""
+    """Accuracy against .slim bytes on disk, one point per stage (a stage whose .slim could not
+    be written has no size: left out, not drawn at x=None, which failed inside savefig)."""
     pts = [
         (r["bytes_slim"], r["accuracy"], f"{r['index']}:{r['stage']}")
         for r in rows
-        if r.get("accuracy") is not None
+        if r.get("accuracy") is not None and r.get("bytes_slim") is not None
     ]
     if not pts:
         return None
