@@ -100,6 +100,65 @@ def to_onnx(
     return ExportResult(str(Path(path)), len(data), diff, atol)
 
 
+def _expected_input(model: nn.Module) -> tuple[int, ...] | None:
+    """The input shape a zoo model was built for, (1, in_channels, image_size, image_size)."""
+    import inspect
+
+    from slimkit.models.zoo import ZOO
+
+    arch = getattr(model, "slimkit_arch", None)
+    if not isinstance(arch, dict) or arch.get("zoo") not in ZOO:
+        return None
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(ZOO[arch["zoo"]]).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    kw = {**defaults, **(arch.get("kwargs") or {})}
+    size, channels = kw.get("image_size"), kw.get("in_channels")
+    if not (isinstance(size, int) and isinstance(channels, int)):
+        return None
+    return (1, channels, size, size)
+
+
+def _check_example(model: nn.Module, example_inputs: object) -> torch.Tensor:
+    """``example_inputs`` is one non-empty float32 batch the model takes (one forward pass, as
+    ``check_fits`` does); returned detached, so parity can turn it into numpy."""
+    from slimkit.errors import ConfigError
+    from slimkit.preconditions import _probe
+
+    expected = _expected_input(model)
+    shape = expected or (1, 1, 28, 28)
+    like = f"torch.randn{shape}"
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dtype != torch.float32:
+        # ONNX Runtime is fed float32 (parity, latency, accuracy): a float64 example would export
+        # a float64 graph input, and torch fails on the float32 weights first anyway.
+        got = type(example_inputs).__name__
+        if isinstance(example_inputs, torch.Tensor):
+            got += f" of {str(example_inputs.dtype).removeprefix('torch.')}"
+        fix = "convert it with .float()" if isinstance(example_inputs, torch.Tensor) else ""
+        raise ConfigError(
+            "to_onnx needs example_inputs as a float32 torch.Tensor of one input batch, e.g. "
+            f"{like}, but got {got}" + (f"; {fix}" if fix else "")
+        )
+    if example_inputs.dim() == 0 or example_inputs.shape[0] < 1:
+        raise ConfigError(
+            "to_onnx needs example_inputs as one input batch of at least 1 sample, e.g. "
+            f"{like}, but got shape {tuple(example_inputs.shape)}"
+        )
+    x = example_inputs.detach()  # requires_grad=True would break parity's x.numpy()
+    try:
+        _probe(model, x, "to_onnx")
+    except ConfigError as exc:
+        if expected is None:
+            raise
+        raise ConfigError(
+            f"{exc}; this model was built for inputs of shape (N, {', '.join(map(str, shape[1:]))}"
+            f"): pass example_inputs such as {like}"
+        ) from None
+    return x
+
+
 def checked_export_bytes(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -121,14 +180,6 @@ def checked_export_bytes(
             f"opset must be an integer in 11..{top}, but got {opset!r}; the default "
             f"{DEFAULT_OPSET} suits ONNX Runtime"
         )
-    if not isinstance(example_inputs, torch.Tensor) or not example_inputs.is_floating_point():
-        from slimkit.errors import ConfigError
-
-        raise ConfigError(
-            "to_onnx needs example_inputs as a float torch.Tensor of one input batch, e.g. "
-            f"torch.randn(1, 1, 28, 28), but got {type(example_inputs).__name__}"
-            + (f" of {example_inputs.dtype}" if isinstance(example_inputs, torch.Tensor) else "")
-        )
     if check and not (isinstance(atol, (int, float)) and 0 < atol < float("inf")):
         from slimkit.errors import ConfigError
 
@@ -136,6 +187,7 @@ def checked_export_bytes(
             f"atol (the parity tolerance) must be a positive number, but got {atol!r}; "
             "pass e.g. --atol 1e-4 (float32 graphs) or 1e-2 (quantized graphs)"
         )
+    example_inputs = _check_example(model, example_inputs)
     was_training = model.training  # export and parity run in eval mode; give it back as it came
     try:
         data = export_bytes(model, example_inputs, opset=opset, dynamo=dynamo)
@@ -159,6 +211,7 @@ def parity(
     from slimkit.export.ort import make_session
 
     sess = make_session(onnx_model, threads=1)
+    example_inputs = example_inputs.detach()  # x.numpy() refuses a tensor that requires grad
     worst = 0.0
     for x in (example_inputs, torch.cat([example_inputs] * 3)):
         ref = model.eval()(x).float().numpy()

@@ -31,6 +31,21 @@ def check_external_data(model: onnx.ModelProto, folder: Path) -> None:
             )
 
 
+def refuse_external_data(model: onnx.ModelProto) -> None:
+    """ONNX given as bytes has no folder of its own: ONNX Runtime would look for any external
+    data file (absolute, '..' or relative to the working folder) wherever its location points,
+    so bytes must hold all their weights."""
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            raise UnsafeFileError(
+                f"ONNX tensor {tensor.name!r} of the ONNX bytes given points its external data "
+                f"at {loc!r}; bytes have no model folder to keep it in, so external data is "
+                "refused there. Pass the path of the .onnx file (with its data files beside it) "
+                "instead"
+            )
+
+
 def _parse(load, what: str) -> onnx.ModelProto:
     """Run ``load``; a file that is not an ONNX protobuf is a ConfigError naming it, not
     protobuf's DecodeError."""
@@ -50,7 +65,7 @@ def load_checked(source: bytes | str | os.PathLike[str]) -> onnx.ModelProto:
     """Load an ONNX model without external data, check paths, then run the ONNX checker."""
     if isinstance(source, bytes):
         model = _parse(lambda: onnx.load_from_string(source), "the ONNX bytes given")
-        folder = Path.cwd()
+        refuse_external_data(model)
     else:
         path = Path(source)
         if not path.is_file():
@@ -67,12 +82,31 @@ def load_checked(source: bytes | str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
+OPTIMIZATIONS = ("none", "basic", "extended", "all")  # ONNX Runtime graph optimization levels
+
+
+def check_threads(threads: object) -> int:
+    """``threads`` is a whole number in 1..256. ONNX Runtime reads 0 as "its default pool" (all
+    cores), so a report saying threads=0 would not describe what ran."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
+        raise ConfigError(
+            f"threads must be 1..256, but got {threads!r}; pass the number of intra-op threads, "
+            f"e.g. 1 for steady timings or the machine's {os.cpu_count()} cores"
+        )
+    return threads
+
+
 def make_session(
     source: bytes | str | os.PathLike[str], *, threads: int = 2, optimization: str = "all"
 ):
     """An InferenceSession on CPU with ``threads`` intra-op threads, after the checks above."""
     import onnxruntime as ort
 
+    check_threads(threads)
+    if not isinstance(optimization, str) or optimization not in OPTIMIZATIONS:
+        raise ConfigError(
+            f"optimization must be one of {list(OPTIMIZATIONS)}, but got {optimization!r}"
+        )
     model = load_checked(source)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

@@ -17,4 +17,8 @@ def ort_accuracy(session, loader) -> float:
         logits = session.run(None, {name: x.numpy().astype(np.float32)})[0]
         correct += int((logits.argmax(1) == y.numpy()).sum())
         total += len(y)
-    return correct / max(total, 1)
+    if total == 0:  # as evaluate_accuracy: 0.0 would read as a measured accuracy
+        from slimkit.errors import ConfigError
+
+        raise ConfigError("cannot evaluate accuracy on an empty loader (0 samples)")
+    return correct / total

@@ -53,10 +53,22 @@ def compare_outputs(reference: torch.Tensor, approx: torch.Tensor) -> Fidelity:
 @torch.no_grad()
 def model_fidelity(reference_model, model, loader, max_batches: int | None = None) -> Fidelity:
     """Fidelity of ``model`` against ``reference_model`` on the inputs of ``loader``."""
+    from slimkit.errors import ConfigError
+
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ConfigError(
+            f"max_batches must be None (the whole loader) or at least 1, but got {max_batches!r}"
+        )
     refs, outs = [], []
     for i, (x, _) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         refs.append(reference_model.eval()(x).float())
         outs.append(model.eval()(x).float())
+    if sum(len(r) for r in refs) == 0:
+        raise ConfigError(
+            "cannot compare outputs on an empty loader (0 samples); pass a non-empty one"
+        )
     return compare_outputs(torch.cat(refs), torch.cat(outs))

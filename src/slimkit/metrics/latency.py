@@ -45,6 +45,30 @@ def _time(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
     return times
 
 
+def _check_batch(batch: object) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            f"batch must be a batch size of at least 1, but got {batch!r}; pass e.g. 1 or 64"
+        )
+    return batch
+
+
+def _check_threads(threads: object) -> int:
+    """``threads`` in 1..256, the rule of ``slimkit.export.ort.check_threads`` (kept here so torch
+    timing does not import onnx): 0 fell back silently to a default pool, ONNX Runtime's being
+    every core, while the result reported threads=0."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
+        from slimkit.errors import ConfigError
+
+        raise ConfigError(
+            f"threads must be 1..256, but got {threads!r}; pass the number of intra-op threads, "
+            f"e.g. 1 for steady timings or the machine's {os.cpu_count()} cores"
+        )
+    return threads
+
+
 def _summary(runner: str, batch: int, threads: int, times: list[float]) -> Latency:
     times_sorted = sorted(times)
     p90 = times_sorted[min(len(times_sorted) - 1, int(0.9 * len(times_sorted)))]
@@ -61,10 +85,15 @@ def torch_latency(
     warmup: int = 5,
     runs: int = 30,
 ) -> Latency:
-    """Median eager latency of ``model`` on a batch built by repeating ``example[:1]``."""
+    """Median eager latency of ``model`` on a batch built by repeating ``example[:1]``.
+
+    ``threads=None`` uses torch's current intra-op thread count (and reports it)."""
+    _check_batch(batch)
+    if threads is not None:
+        _check_threads(threads)
     x = example[:1].repeat(batch, *([1] * (example.dim() - 1)))
     old = torch.get_num_threads()
-    n = threads or old
+    n = old if threads is None else threads
     torch.set_num_threads(n)
     try:
         model.eval()
@@ -86,8 +115,10 @@ def ort_latency(
     """Median ONNX Runtime latency of the model file at ``onnx_path``."""
     from slimkit.export.ort import make_session
 
+    _check_batch(batch)
+    _check_threads(threads)  # ORT reads 0 as its default pool; the row would say threads=0
     sess = make_session(onnx_path, threads=threads)
-    arr = example.numpy() if isinstance(example, torch.Tensor) else example
+    arr = example.detach().numpy() if isinstance(example, torch.Tensor) else example
     x = np.repeat(arr[:1], batch, axis=0).astype(np.float32)
     name = sess.get_inputs()[0].name
     times = _time(lambda: sess.run(None, {name: x}), warmup, runs)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit import atomic
+from slimkit.errors import ConfigError
 from slimkit.metrics.flops import count_flops
 from slimkit.metrics.latency import ort_latency, torch_latency
 from slimkit.metrics.size import count_nonzeros, count_params, file_bytes
@@ -40,6 +42,20 @@ class Measurement:
         return None
 
 
+def _check_workdir(folder: Path, with_onnx: bool) -> None:
+    """Create ``folder`` (a ConfigError naming a file in the way); refuse to replace a
+    model.safetensors / model.onnx already there: it may be the user's own model."""
+    atomic.output_dir(folder)
+    names = ["model.safetensors"] + (["model.onnx"] if with_onnx else [])
+    taken = [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    if taken:
+        raise ConfigError(
+            f"workdir {str(folder)!r} already holds {' and '.join(taken)}; evaluate writes "
+            f"{' and '.join(names)} there and would replace it. Pass a new or empty folder as "
+            "workdir, or none (a temporary folder is used)"
+        )
+
+
 def evaluate(
     model: nn.Module,
     data=None,
@@ -51,11 +67,14 @@ def evaluate(
     runs: int = 30,
     workdir: str | os.PathLike[str] | None = None,
 ) -> Measurement:
-    """Measure ``model``: writes it (safetensors, ONNX) to ``workdir`` and times what it wrote."""
+    """Measure ``model``: writes it (safetensors, ONNX) and times what it wrote.
+
+    The files go to a temporary folder, or to ``workdir`` (created if missing) as
+    model.safetensors and model.onnx; files of those names already there are refused, not
+    replaced."""
     from slimkit import io as slim_io
-    from slimkit.errors import ConfigError
     from slimkit.export.onnx import to_onnx
-    from slimkit.preconditions import check_model
+    from slimkit.preconditions import _probe, check_model
     from slimkit.training import evaluate_accuracy
 
     check_model(model, "evaluate")
@@ -78,16 +97,29 @@ def evaluate(
                 "neither"
             )
         example_input = data.example_input(1)
+    if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
+        raise ConfigError(
+            "evaluate needs example_input as a float torch.Tensor of one input batch, e.g. "
+            f"torch.randn(1, 1, 28, 28), but got {type(example_input).__name__}"
+        )
+    _probe(model, example_input.detach(), "evaluate")  # a shape error here, not in count_flops
+    if workdir is not None:
+        if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+            raise ConfigError(
+                f"workdir must be a folder path (or None for a temporary folder), but got "
+                f"{workdir!r}"
+            )
+        _check_workdir(Path(workdir), "ort" in runners)
     model = model.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(workdir or tmp)
+        folder = Path(tmp if workdir is None else workdir)
         st_path = folder / "model.safetensors"
         try:
             slim_io.save(model, st_path)
-        except Exception:  # not a zoo model: weights only
-            from safetensors.torch import save_file
+        except ConfigError:  # not a zoo model (no spec to rebuild it from): weights only
+            from safetensors.torch import save as st_save
 
-            save_file(slim_io.state_tensors(model), str(st_path))
+            atomic.write_bytes(st_path, st_save(slim_io.state_tensors(model)))
         m = Measurement(
             params=count_params(model),
             nonzeros=count_nonzeros(model),
