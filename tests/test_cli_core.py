@@ -233,3 +233,28 @@ def test_a_model_file_named_for_another_format_is_refused_before_any_work(capsys
         assert not out.exists()
     with pytest.raises(ConfigError, match=r"name it m.safetensors"):
         sk.save(sk.build_model("lenet300", image_size=8), tmp_path / "m.slim")
+
+
+def test_train_seed_sets_the_zoo_models_initial_weights(capsys, tmp_path):
+    # --seed reached only train(); a zoo model was built from torch's default seed, so
+    # `--epochs 0 --seed 1` and `--seed 2` wrote the same file.
+    import torch
+
+    from slimkit import io as slim_io
+
+    def weights(seed: int, name: str) -> torch.Tensor:
+        out = tmp_path / name
+        argv = ["train", "lenet300", "--dataset", "digits", "--epochs", "0", "--out", str(out)]
+        torch.manual_seed(0)  # the same global state: only --seed may tell the runs apart
+        assert main([*argv, "--seed", str(seed)]) == 0
+        return slim_io.load(out).fc1.weight.detach()
+
+    a, b, again = (
+        weights(1, "a.safetensors"),
+        weights(2, "b.safetensors"),
+        weights(1, "c.safetensors"),
+    )
+    assert not torch.equal(a, b)
+    assert torch.equal(a, again)
+    assert main(["train", "lenet300", "--dataset", "digits", "--seed", "-1"]) == 2
+    assert "seed must be" in capsys.readouterr().err

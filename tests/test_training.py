@@ -1,5 +1,8 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
+from slimkit.errors import NumericsError
 from slimkit.models import build_model
 from slimkit.training import TrainConfig, evaluate_accuracy, train
 
@@ -31,3 +34,14 @@ def test_momentum_is_adamw_beta1_and_sgd_momentum():
     assert make_optimizer(m, TrainConfig(momentum=0.5)).param_groups[0]["betas"] == (0.5, 0.999)
     sgd = make_optimizer(m, TrainConfig(optimizer="sgd", momentum=0.5))
     assert sgd.param_groups[0]["momentum"] == 0.5
+
+
+def test_gradients_that_overflow_on_the_last_step_are_refused(digits):
+    # The loss is checked before backward: a finite loss whose gradient is NaN/inf (here
+    # sqrt at 0) on the last step returned NaN weights without a word.
+    def loss_fn(model, x, y, logits):
+        return F.cross_entropy(logits, y) + torch.sqrt(logits[:, 0] * 0).sum()
+
+    m = build_model("lenet300", image_size=8, seed=0)
+    with pytest.raises(NumericsError, match=r"training left NaN/inf in layer 'fc\d'.*lower the"):
+        train(m, digits, TrainConfig(epochs=1, max_batches=1), loss_fn=loss_fn)

@@ -121,10 +121,16 @@ def train(
     model.to(device)
     if cfg.epochs == 0:
         return model.eval()
-    opt = make_optimizer(model, cfg, list(extra_params))
     steps_per_epoch = (
         len(data.train) if cfg.max_batches is None else min(cfg.max_batches, len(data.train))
     )
+    if steps_per_epoch == 0:  # ran no step and returned the untrained model, silently
+        raise ConfigError(
+            f"{description}: the training loader yields no batch (len 0), so {cfg.epochs} "
+            "epoch(s) would not change the model; pass a non-empty loader (with drop_last=True "
+            "it needs at least batch_size samples), or epochs=0 to skip training"
+        )
+    opt = make_optimizer(model, cfg, list(extra_params))
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -161,7 +167,22 @@ def train(
                 advance(1)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
+    _check_finite_after(model, cfg, description)
     return model.eval()
+
+
+def _check_finite_after(model: nn.Module, cfg: TrainConfig, description: str) -> None:
+    """The loss is checked before each backward pass, so a last step whose loss was finite but
+    whose gradients overflowed left NaN/inf weights that were returned without a word."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p.detach()).all():
+            layer, _, leaf = name.rpartition(".")
+            raise NumericsError(
+                f"{description}: training left NaN/inf in layer {layer or '(root)'!r}'s {leaf} "
+                f"(the loss was finite, but the gradients of the last step(s) overflowed); "
+                f"lower the learning rate (lr={cfg.lr:g}), or check the data, any teacher and a "
+                "custom loss for values whose gradient is not finite"
+            )
 
 
 @torch.no_grad()
@@ -180,4 +201,15 @@ def evaluate_accuracy(model: nn.Module, loader, device: str = "cpu") -> float:
     logits, labels = predict(model, loader, device)
     if len(labels) == 0:
         raise ConfigError("cannot evaluate accuracy on an empty loader (0 samples)")
+    if labels.dim() != 1:  # (N, 1) against (N,) broadcast to an N x N table: accuracy ~0.1
+        fix = "y.squeeze(1)" if labels.dim() == 2 and labels.shape[1] == 1 else "y.argmax(1)"
+        raise ConfigError(
+            f"accuracy needs labels of shape (N,), one class index per sample, but the loader "
+            f"gives shape {tuple(labels.shape)}; pass class indices ({fix})"
+        )
+    if logits.dim() != 2 or len(logits) != len(labels):
+        raise ConfigError(
+            f"accuracy needs the model's outputs as (N, classes) scores for the N={len(labels)} "
+            f"labels, but got shape {tuple(logits.shape)}"
+        )
     return float((logits.argmax(1) == labels).float().mean())

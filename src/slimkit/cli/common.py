@@ -13,8 +13,11 @@ console = Console()
 IMAGE_SIZES = (4, 256)  # the zoo's input sides that make sense (digits is 8, MNIST 28)
 
 
-def load_model(spec: str, image_size: int | None = None):
-    """``spec`` is a zoo name (``lenet5``) or a path to a slimkit file (.safetensors / .slim)."""
+def load_model(spec: str, image_size: int | None = None, seed: int | None = None):
+    """``spec`` is a zoo name (``lenet5``) or a path to a slimkit file (.safetensors / .slim).
+
+    ``seed`` sets a zoo model's initial weights (a command's ``--seed``; None: torch's global
+    random state); a file's weights are its own."""
     from slimkit import io as slim_io
     from slimkit.errors import ConfigError
     from slimkit.models import ZOO, build_model
@@ -28,7 +31,7 @@ def load_model(spec: str, image_size: int | None = None):
                     "pass the side of your images (28 for mnist5k, 8 for digits)"
                 )
         kwargs = {"image_size": image_size} if image_size else {}
-        model = build_model(spec, **kwargs)
+        model = build_model(spec, seed=seed, **kwargs)
         _probe(model, spec, input_side(model))
         return model
     path = Path(spec)
@@ -62,14 +65,14 @@ def _probe(model, spec: str, side: int) -> None:
     model.train()
 
 
-def load_model_for(spec: str, dataset: str, flag: str = "the model"):
+def load_model_for(spec: str, dataset: str, flag: str = "the model", seed: int | None = None):
     """:func:`load_model` for a command that feeds it ``dataset``: a model file built for
     another image size is refused up front (``eval m.safetensors --dataset digits`` on an
-    MNIST model), instead of failing in torch's first matmul."""
+    MNIST model), instead of failing in torch's first matmul. ``seed``: see :func:`load_model`."""
     from slimkit.errors import ConfigError
 
     want = image_size_of(dataset)
-    model = load_model(spec, want)
+    model = load_model(spec, want, seed)
     side = input_side(model)
     if side != want:
         other = [d for d in ("mnist5k", "digits") if image_size_of(d) == side]
@@ -125,6 +128,15 @@ def load_data(name: str, batch_size: int = 64):
 
 
 def image_size_of(dataset: str) -> int:
+    """The image side of a packaged dataset; an unknown name is refused (it meant 28x28, so
+    ``decompose lenet5 --dataset digit`` wrote a model for MNIST's images)."""
+    from slimkit.data import dataset_names
+    from slimkit.errors import ConfigError
+
+    if dataset not in dataset_names():
+        raise ConfigError(
+            f"unknown dataset {dataset!r} for --dataset; valid names are {dataset_names()}"
+        )
     return 8 if dataset == "digits" else 28
 
 

@@ -57,9 +57,11 @@ def register(app: typer.Typer) -> None:
         from slimkit.training import TrainConfig, evaluate_accuracy
         from slimkit.training import train as run_train
 
+        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)  # options checked before any work
         refuse_overwrite({"the model": model}, {"--out": out}, model_file="--out")
         data = load_data(dataset)
-        m = load_model_for(model, dataset)
+        # --seed sets a zoo model's initial weights too (it used to reach only train()).
+        m = load_model_for(model, dataset, seed=seed)
         from slimkit.preconditions import refuse_quantized
 
         refuse_quantized(  # a quantized file came back float, still marked quantized
@@ -68,7 +70,7 @@ def register(app: typer.Typer) -> None:
             "train the float model and quantize after (or quantize's "
             "finetune_centroids to fine-tune a k-means codebook)",
         )
-        run_train(m, data, TrainConfig(epochs=epochs, lr=lr, seed=seed))
+        run_train(m, data, cfg)
         acc = evaluate_accuracy(m, data.test)
         n = slim_io.save(m, out)
         console.print(

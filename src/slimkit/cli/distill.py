@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
                 f"nothing to distill. Train it first (slimkit train {teacher} --dataset {dataset} "
                 f"--out teacher.safetensors) and pass --teacher teacher.safetensors"
             )
+        train_cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)  # checked before any work
         refuse_overwrite(
             {"--teacher": teacher, "--student": student}, {"--out": out}, model_file="--out"
         )
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
             if teacher.lower().endswith(".onnx")
             else load_model_for(teacher, dataset, "--teacher")
         )
-        s = load_model_for(student, dataset, "--student")
+        s = load_model_for(student, dataset, "--student", seed=seed)  # a zoo student's init
         kinds = [parse_enum(KDKind, name, "--kd") for name in dict.fromkeys(kd)]
         # Options the chosen losses never read were dropped silently (exit 0, logit KD alone).
         if pair and kinds == [KDKind.LOGIT]:
@@ -96,9 +97,7 @@ def register(app: typer.Typer) -> None:
                 )
             else:
                 losses.append(LOSS_TYPES[kind].from_dict({"pairs": tuple(pair)}))
-        cfg = DistillConfig(
-            losses=tuple(losses), train=TrainConfig(epochs=epochs, lr=lr, seed=seed)
-        )
+        cfg = DistillConfig(losses=tuple(losses), train=train_cfg)
         before = evaluate_accuracy(s, data.test)
         run_distill(s, t, data, cfg)  # checks student and teacher against the data first
         # The teacher's accuracy after: an ONNX teacher for other images was a raw ORT error here.

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,6 +85,7 @@ def from_tensors(
     """Wrap user tensors ``x: (N, ...)`` and integer labels ``y: (N,)`` as a DataBundle."""
     raw_y = [torch.as_tensor(a) for a in (y_train, y_test)]
     for label, y in zip(("train", "test"), raw_y):
+        _check_label_shape(y, f"{label} labels")
         if y.is_floating_point() and not torch.equal(y, y.round()):
             raise ConfigError(
                 f"{label} labels must be whole class indices 0..C-1, but got fractional values "
@@ -127,6 +130,60 @@ def from_tensors(
     return DataBundle(name, train, test, calib, tuple(xs[0].shape[1:]), classes)
 
 
+def _check_label_shape(y: torch.Tensor, what: str) -> None:
+    """Labels are one class index per sample, shape (N,): an (N, 1) column was compared with
+    the (N,) predictions by broadcasting (an N x N table, accuracy ~0.1), and one-hot rows
+    counted 2 classes."""
+    if y.dim() == 1:
+        return
+    if y.dim() == 2 and y.shape[1] == 1:
+        fix = "squeeze the column: y.squeeze(1)"
+    elif y.dim() == 2:
+        fix = "for one-hot (or score) rows pass the class index: y.argmax(1)"
+    else:
+        fix = "pass one integer class index per sample"
+    raise ConfigError(
+        f"{what} must have shape (N,), one class index per sample, but got shape "
+        f"{tuple(y.shape)}; {fix}"
+    )
+
+
+def _first_batch(loader: Any, what: str) -> Any:
+    """The first batch of ``loader``, leaving the random state as it was (a shuffled loader's
+    order is the same as if it had not been read); ConfigError when it yields none."""
+    gens = [
+        getattr(loader, "generator", None),
+        getattr(getattr(loader, "sampler", None), "generator", None),
+    ]
+    states = [(g, g.get_state()) for g in gens if isinstance(g, torch.Generator)]
+    try:
+        with torch.random.fork_rng(devices=[]):  # iter() draws the shuffle's seed
+            try:
+                batches = iter(loader)
+            except TypeError:
+                raise ConfigError(
+                    f"the {what} loader must be an iterable of (x, y) batches (a torch "
+                    f"DataLoader), but got {type(loader).__name__}"
+                ) from None
+            batch = next(batches, None)
+    finally:
+        for g, state in states:
+            g.set_state(state)
+    if batch is None:
+        raise ConfigError(
+            f"the {what} loader yields no batch; pass a loader over at least one sample"
+        )
+    if not (isinstance(batch, (list, tuple)) and len(batch) == 2) or not all(
+        isinstance(t, torch.Tensor) for t in batch
+    ):
+        raise ConfigError(
+            f"the {what} loader must yield (x, y) batches of tensors (inputs, class indices), "
+            f"but its first batch is a {type(batch).__name__}"
+            + (f" of {len(batch)}" if isinstance(batch, (list, tuple)) else "")
+        )
+    return batch
+
+
 def from_loaders(
     train: DataLoader,
     test: DataLoader,
@@ -135,12 +192,57 @@ def from_loaders(
     num_classes: int,
     name: str = "loaders",
 ) -> DataBundle:
-    """Wrap user DataLoaders yielding ``(x, y)`` batches.
+    """Wrap user DataLoaders yielding ``(x, y)`` batches, ``y`` of shape ``(B,)`` holding class
+    indices in ``0..num_classes-1``.
 
     Without ``calib``, calibration (PTQ ranges, BatchNorm re-estimation) reads the training
     loader: never the test loader, whose images must stay unseen until evaluation.
     """
-    x, _ = next(iter(test))
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or not 1 <= num_classes <= 100_000
+    ):
+        raise ConfigError(
+            f"num_classes must be an integer in 1..100000 (the number of classes the labels "
+            f"index), but got {num_classes!r}"
+        )
+    num_classes = int(num_classes)
+    for what, loader in (("train", train), ("test", test), ("calib", calib)):
+        if loader is None:
+            continue
+        try:
+            size = len(loader)
+        except TypeError:  # an IterableDataset without a length: read below
+            continue
+        if size == 0:
+            ds = getattr(loader, "dataset", None)
+            n = len(ds) if hasattr(ds, "__len__") else None
+            bs = getattr(loader, "batch_size", None)
+            why = (
+                f": drop_last=True drops its only, incomplete batch ({n} samples < "
+                f"batch_size={bs}); pass drop_last=False or batch_size <= {n}"
+                if getattr(loader, "drop_last", False) and n
+                else "; pass a loader over at least one sample"
+            )
+            raise ConfigError(f"the {what} loader has no batch (len 0){why}")
+    batches = {"train": _first_batch(train, "train"), "test": _first_batch(test, "test")}
+    if calib is not None:
+        _first_batch(calib, "calib")
+    for what, (_, y) in batches.items():
+        _check_label_shape(y, f"the {what} loader's labels")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise ConfigError(
+                f"the {what} loader's labels must be integer class indices, but got "
+                f"{y.dtype}; convert them with y.long()"
+            )
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < num_classes:
+            raise ConfigError(
+                f"the {what} loader's labels must be class indices in 0..{num_classes - 1} "
+                f"(num_classes={num_classes}), but its first batch holds {int(y.min())}.."
+                f"{int(y.max())}; pass the right num_classes"
+            )
+    x = batches["test"][0]
     return DataBundle(name, train, test, calib or train, tuple(x.shape[1:]), num_classes)
 
 
@@ -162,6 +264,15 @@ def load_dataset(
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ConfigError(f"{key} must be an integer >= 1 (or None for all), but got {value!r}")
+    for key, value, have, split in (
+        ("train_samples", train_samples, len(xtr), "train"),
+        ("test_samples", test_samples, len(xte), "test"),
+    ):
+        if value is not None and value > have:  # was cut to the split's size without a word
+            raise ConfigError(
+                f"{key} must be at most {have:,} ({name}'s {split} split has {have:,} samples), "
+                f"but got {value:,}; pass {have} or less, or leave it out for all"
+            )
     if train_samples is not None:
         xtr, ytr = xtr[:train_samples], ytr[:train_samples]
     if test_samples is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from importlib import resources
 
+from slimkit.data.text import check_limit
 from slimkit.errors import ConfigError
 
 SOURCES = ("distill_en",)
@@ -32,6 +33,7 @@ def load_unlabelled_text(
         raise ConfigError(
             f"unlabelled text source must be one of {list(SOURCES)}, but got {source!r}"
         )
+    limit = check_limit(limit)
     text = resources.files("slimkit.data").joinpath(f"{source}.txt").read_text(encoding="utf-8")
     seen: set[str] = set()
     lines = []
@@ -41,4 +43,4 @@ def load_unlabelled_text(
             seen.add(s.lower())
             lines.append(s)
     random.Random(seed).shuffle(lines)
-    return lines[:limit] if limit else lines
+    return lines if limit is None else lines[:limit]

@@ -7,6 +7,8 @@ without pickling (see :mod:`slimkit.models.spec`).
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -290,28 +292,122 @@ def zoo_names() -> list[str]:
 # Whole-number options every builder takes, and the values that make a usable model.
 SIZE_RULES = {"num_classes": (1, 100_000), "in_channels": (1, 64), "image_size": (4, 1024)}
 
+# Each builder's own whole-number options and their ranges (the upper bounds keep one model
+# within a CPU's memory; SearchNet's match the NAS space's, slimkit.search.nas.SEARCHNET_INTS).
+# LeNet-5's ``channels`` (a pair) and SearchNet's ``block`` (a name) are checked on their own.
+OPTION_RULES: dict[str, dict[str, tuple[int, int]]] = {
+    "lenet300": {},
+    "lenet5": {"hidden": (1, 100_000)},
+    "resnet": {"width": (1, 1024), "blocks": (1, 16)},
+    "mobilenetv2": {"stem": (1, 1024), "last": (1, 8192)},
+    "searchnet": {"depth": (1, 6), "width": (1, 4096), "kernel": (1, 31)},
+}
+SEARCHNET_BLOCKS = ("plain", "dwsep", "residual")
+OPTION_HINTS = {
+    "lenet5": "LeNet-5 needs channels=(conv1, conv2) >= 1 and hidden >= 1; e.g. channels=(8, 16), "
+    "hidden=64",
+    "resnet": "ResNet's width is the first stage's channels (default 16) and blocks the basic "
+    "blocks per stage (default 1)",
+    "mobilenetv2": "MobileNetV2Tiny's stem and last are the first and last conv widths "
+    "(default 16 and 128)",
+    "searchnet": "SearchNet takes depth 1..6 cells of width channels (default 16) with kernel x "
+    "kernel convs (default 3)",
+}
+
+
+def zoo_options(name: str) -> list[str]:
+    """The keyword options zoo model ``name``'s builder takes."""
+    params = inspect.signature(ZOO[name]).parameters
+    return [p for p in params if p != "self"]
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as a plain int when it is a whole number (a Python or NumPy integer, not a
+    bool); None for anything else (a float such as 64.9 was truncated by the layers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)  # np.int64(16) -> 16, so the model's kwargs stay JSON values
+
+
+def _check_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every size option checked and made a plain int (ConfigError naming the
+    option, its range and the value otherwise). Unknown keys are left to the builder."""
+    out = dict(kwargs)
+    own = OPTION_RULES.get(name, {})  # a builder added to ZOO at run time has no rules here
+    rules = {**SIZE_RULES, **own}
+    for key, (low, high) in rules.items():
+        if key not in out or (key in SIZE_RULES and out[key] is None):
+            continue
+        value = _whole(out[key])
+        if value is None or not low <= value <= high:
+            hint = OPTION_HINTS.get(name) if key in own else None
+            raise ConfigError(
+                f"zoo model {name!r}: {key} must be an integer in {low}..{high}, but got "
+                f"{out[key]!r}; " + (hint or "pass a whole number in that range")
+            )
+        out[key] = value
+    if name == "lenet5" and "channels" in out:
+        channels = out["channels"]
+        pair = list(channels) if isinstance(channels, (list, tuple)) else None
+        ints = [_whole(c) for c in pair] if pair is not None else []
+        if pair is None or len(pair) != 2 or any(c is None or not 1 <= c <= 4096 for c in ints):
+            raise ConfigError(
+                f"zoo model 'lenet5': channels must be two integers in 1..4096, but got "
+                f"channels={channels!r}; {OPTION_HINTS['lenet5']}"
+            )
+        out["channels"] = tuple(ints) if isinstance(channels, tuple) else ints
+    if name == "searchnet":
+        block = out.get("block", "plain")
+        if block not in SEARCHNET_BLOCKS:
+            raise ConfigError(
+                f"zoo model 'searchnet': block must be one of {list(SEARCHNET_BLOCKS)}, but got "
+                f"{block!r}"
+            )
+        kernel = out.get("kernel", 3)
+        if block == "residual" and kernel % 2 == 0:
+            raise ConfigError(
+                f"zoo model 'searchnet': the 'residual' block needs an odd kernel (it pads "
+                f"kernel//2, so an even one changes the image size and the shortcut no longer "
+                f"fits), but got kernel={kernel}; use kernel=3 or 5, or another block"
+            )
+    return out
+
+
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    value = _whole(seed)
+    if value is None or not 0 <= value <= 2**63 - 1:
+        raise ConfigError(
+            f"build_model's seed must be a whole number in 0..{2**63 - 1} (or None for torch's "
+            f"global random state), but got {seed!r}"
+        )
+    return value
+
 
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name, e.g. ``build_model("lenet5", image_size=8, seed=0)``.
 
     With ``seed`` the initial weights depend only on it (the global RNG is left untouched).
+    Size options must be whole numbers (NumPy integers are turned into ints); each builder's
+    are listed by :func:`zoo_options`.
     """
-    if name not in ZOO:
+    if not isinstance(name, str) or name not in ZOO:
         raise ConfigError(f"unknown zoo model {name!r}; valid names are {zoo_names()}")
-    for key, (low, high) in SIZE_RULES.items():
-        value = kwargs.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
-        ):
-            raise ConfigError(
-                f"zoo model {name!r}: {key} must be an integer in {low}..{high}, but got {value!r}"
-            )
+    seed = _check_seed(seed)
+    kwargs = _check_options(name, kwargs)
     try:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             model = ZOO[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"zoo model {name!r} rejected its options {kwargs}: {exc}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"zoo model {name!r} rejected its options {kwargs} ({type(exc).__name__}: {first}); "
+            f"its options are {zoo_options(name)}"
+        ) from None
     model.slimkit_arch = {"zoo": name, "kwargs": dict(kwargs)}  # type: ignore[assignment]
     return model
