@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import enum
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -117,6 +118,18 @@ def check_int(name: str, value: Any, low: int, high: int) -> None:
         raise ConfigError(f"{name} must be an integer in {low}..{high}, but got {value!r}")
     if not low <= value <= high:
         raise ConfigError(f"{name} must be in {low}..{high}, but got {value}")
+
+
+def check_threads(threads: object) -> int:
+    """``threads`` is a whole number in 1..256 (returned). torch and ONNX Runtime read 0 as "a
+    default pool" (ORT's: every core), so a timing reported with threads=0 described nothing
+    that ran."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
+        raise ConfigError(
+            f"threads must be 1..256, but got {threads!r}; pass the number of intra-op threads "
+            f"(--threads N), e.g. 1 for steady timings or the machine's {os.cpu_count()} cores"
+        )
+    return threads
 
 
 def parse_enum(enum_cls: type[enum.Enum], value: Any, field: str):

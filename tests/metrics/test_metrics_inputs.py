@@ -64,13 +64,23 @@ def test_evaluate_refuses_to_replace_the_users_model_files(lenet, tmp_path):
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_evaluate_creates_a_missing_workdir_and_writes_atomically(tmp_path):
+def test_evaluate_creates_a_missing_workdir_and_measures_into_it_again(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # not a zoo model: weights only
     folder = tmp_path / "new" / "sub"
     m = evaluate(model, example_input=X, workdir=folder, batches=(1,), runs=1)
     assert m.bytes_safetensors == (folder / "model.safetensors").stat().st_size
     assert m.bytes_onnx == (folder / "model.onnx").stat().st_size
-    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.safetensors"]
+    names = [".slimkit-evaluate", "model.onnx", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == names
+    # its own files from an earlier call are replaced (measuring in a loop), no temp left
+    evaluate(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),
+        example_input=X,
+        workdir=folder,
+        batches=(1,),
+        runs=1,
+    )
+    assert sorted(p.name for p in folder.iterdir()) == names
     blocker = tmp_path / "afile"
     blocker.write_text("user data")
     with pytest.raises(ConfigError, match="afile' is a file, not a folder"):

@@ -72,6 +72,28 @@ def test_an_int8_model_is_measured_exported_and_benchmarked_as_its_int8_graph(ti
     assert int8_row["latency_ms"] > 0
     labels = {r["artifact"] for r in res.metrics["notes"]["benchmark"]}
     assert labels == {"torch", "onnx (int8)"}
+    # int8 kernels vs torch is not an export error: under its own key, and the file's own
+    # accuracy in ORT is measured (what the gate checks), as for onnx-int8
+    assert int8_row["onnx_max_diff"] is None and int8_row["onnx_int8_max_diff"] < 1.0
+    assert float_row["onnx_max_diff"] < 1e-4
+    onnx_art = res.metrics["artifacts"]["onnx"]
+    assert abs(onnx_art["accuracy"] - int8_row["accuracy"]) <= 0.05
+    assert res.metrics["gate"]["artifact_drops_pp"].keys() == {"onnx"}
+
+
+def test_a_shipped_file_that_misses_the_gate_fails_the_run(tiny, tmp_path, monkeypatch):
+    from slimkit.errors import AccuracyGateError
+    from slimkit.pipeline import stages as stages_module
+
+    # The model passes the gate in torch; its int8 file, as ORT runs it, does not.
+    monkeypatch.setattr(stages_module, "onnx_accuracy", lambda path, loader: 0.01)
+    stages = [QUICK_TRAIN, {"export": {"formats": ["onnx-int8"]}}]
+    raw = tiny(stages=stages, max_accuracy_drop=5.0)  # torch's drop is 0: export only
+    with pytest.raises(AccuracyGateError, match=r"in the shipped files by onnx-int8 \d"):
+        compress(parse_recipe(raw), tmp_path, log=_quiet)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["gate"]["artifacts_missed"]) == ["onnx-int8"]
+    assert metrics["gate"]["passed"] is False
 
 
 # ---- 3. a model that does not take the data's images ---------------------------------------
@@ -197,6 +219,30 @@ def test_recorded_artifact_paths_outside_the_folder_or_with_other_names_are_kept
     _forget_previous_run(out)
     assert outside.exists() and (out / "data.csv").exists()
     assert not (out / "state.json").exists()
+
+
+def test_the_recipes_input_model_and_files_behind_a_symlinked_folder_are_kept(tmp_path):
+    # A run may start from an earlier run's artifact or checkpoint in the same folder: deleting
+    # it lost the user's input, and --resume (which loads it again) failed.
+    from slimkit.pipeline.runner import _forget_previous_run
+
+    out = tmp_path / "run"
+    (out / "art").mkdir(parents=True)
+    (out / "checkpoints").mkdir()
+    (out / "art" / "model.slim").write_text("the input")
+    (out / "checkpoints" / "stage_1.safetensors").write_text("a checkpoint")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.onnx").write_text("not the run's")
+    (out / "link").symlink_to(elsewhere, target_is_directory=True)
+    arts = {"slim": {"path": "art/model.slim"}, "onnx": {"path": "link/model.onnx"}}
+    (out / "metrics.json").write_text(json.dumps({"artifacts": arts}))
+    _forget_previous_run(out, keep=str(out / "art" / "model.slim"))
+    assert (out / "art" / "model.slim").exists() and (elsewhere / "model.onnx").exists()
+    assert not (out / "checkpoints" / "stage_1.safetensors").exists()
+    (out / "checkpoints" / "stage_1.safetensors").write_text("a checkpoint")
+    _forget_previous_run(out, keep=str(out / "checkpoints" / "stage_1.safetensors"))
+    assert (out / "checkpoints" / "stage_1.safetensors").exists()
 
 
 # ---- 7. the printed resume command ---------------------------------------------------------

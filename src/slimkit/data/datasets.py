@@ -208,12 +208,14 @@ def from_loaders(
             f"index), but got {num_classes!r}"
         )
     num_classes = int(num_classes)
+    streams = set()  # loaders without a length: maybe one-shot, so not read ahead here
     for what, loader in (("train", train), ("test", test), ("calib", calib)):
         if loader is None:
             continue
         try:
             size = len(loader)
-        except TypeError:  # an IterableDataset without a length: read below
+        except TypeError:  # an IterableDataset without a length
+            streams.add(what)
             continue
         if size == 0:
             ds = getattr(loader, "dataset", None)
@@ -226,8 +228,12 @@ def from_loaders(
                 else "; pass a loader over at least one sample"
             )
             raise ConfigError(f"the {what} loader has no batch (len 0){why}")
-    batches = {"train": _first_batch(train, "train"), "test": _first_batch(test, "test")}
-    if calib is not None:
+    # The test loader's first batch gives the input shape (read as before); the others are
+    # checked when they have a length, since reading a one-shot stream would lose that batch.
+    batches = {"test": _first_batch(test, "test")}
+    if "train" not in streams:
+        batches["train"] = _first_batch(train, "train")
+    if calib is not None and "calib" not in streams:
         _first_batch(calib, "calib")
     for what, (_, y) in batches.items():
         _check_label_shape(y, f"the {what} loader's labels")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 
+from slimkit.config import check_threads
 from slimkit.errors import ConfigError, SlimkitError, UnsafeFileError
 
 
@@ -85,24 +86,13 @@ def load_checked(source: bytes | str | os.PathLike[str]) -> onnx.ModelProto:
 OPTIMIZATIONS = ("none", "basic", "extended", "all")  # ONNX Runtime graph optimization levels
 
 
-def check_threads(threads: object) -> int:
-    """``threads`` is a whole number in 1..256. ONNX Runtime reads 0 as "its default pool" (all
-    cores), so a report saying threads=0 would not describe what ran."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
-        raise ConfigError(
-            f"threads must be 1..256, but got {threads!r}; pass the number of intra-op threads, "
-            f"e.g. 1 for steady timings or the machine's {os.cpu_count()} cores"
-        )
-    return threads
-
-
 def make_session(
     source: bytes | str | os.PathLike[str], *, threads: int = 2, optimization: str = "all"
 ):
     """An InferenceSession on CPU with ``threads`` intra-op threads, after the checks above."""
     import onnxruntime as ort
 
-    check_threads(threads)
+    check_threads(threads)  # ORT reads 0 as its default pool (every core)
     if not isinstance(optimization, str) or optimization not in OPTIMIZATIONS:
         raise ConfigError(
             f"optimization must be one of {list(OPTIMIZATIONS)}, but got {optimization!r}"

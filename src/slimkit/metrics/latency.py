@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.config import check_threads
+
 
 @dataclasses.dataclass(frozen=True)
 class Latency:
@@ -55,20 +57,6 @@ def _check_batch(batch: object) -> int:
     return batch
 
 
-def _check_threads(threads: object) -> int:
-    """``threads`` in 1..256, the rule of ``slimkit.export.ort.check_threads`` (kept here so torch
-    timing does not import onnx): 0 fell back silently to a default pool, ONNX Runtime's being
-    every core, while the result reported threads=0."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
-        from slimkit.errors import ConfigError
-
-        raise ConfigError(
-            f"threads must be 1..256, but got {threads!r}; pass the number of intra-op threads, "
-            f"e.g. 1 for steady timings or the machine's {os.cpu_count()} cores"
-        )
-    return threads
-
-
 def _summary(runner: str, batch: int, threads: int, times: list[float]) -> Latency:
     times_sorted = sorted(times)
     p90 = times_sorted[min(len(times_sorted) - 1, int(0.9 * len(times_sorted)))]
@@ -90,7 +78,7 @@ def torch_latency(
     ``threads=None`` uses torch's current intra-op thread count (and reports it)."""
     _check_batch(batch)
     if threads is not None:
-        _check_threads(threads)
+        check_threads(threads)
     x = example[:1].repeat(batch, *([1] * (example.dim() - 1)))
     old = torch.get_num_threads()
     n = old if threads is None else threads
@@ -116,7 +104,7 @@ def ort_latency(
     from slimkit.export.ort import make_session
 
     _check_batch(batch)
-    _check_threads(threads)  # ORT reads 0 as its default pool; the row would say threads=0
+    check_threads(threads)  # ORT reads 0 as its default pool; the row would say threads=0
     sess = make_session(onnx_path, threads=threads)
     arr = example.detach().numpy() if isinstance(example, torch.Tensor) else example
     x = np.repeat(arr[:1], batch, axis=0).astype(np.float32)

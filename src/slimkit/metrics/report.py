@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slimkit import atomic
+from slimkit.config import check_threads
 from slimkit.errors import ConfigError
 from slimkit.metrics.flops import count_flops
 from slimkit.metrics.latency import ort_latency, torch_latency
@@ -42,18 +43,23 @@ class Measurement:
         return None
 
 
+WORKDIR_MARKER = ".slimkit-evaluate"  # a workdir evaluate wrote into: its files are evaluate's
+
+
 def _check_workdir(folder: Path, with_onnx: bool) -> None:
-    """Create ``folder`` (a ConfigError naming a file in the way); refuse to replace a
-    model.safetensors / model.onnx already there: it may be the user's own model."""
+    """Create ``folder`` (a ConfigError naming a file in the way) and mark it as evaluate's;
+    refuse to replace a model.safetensors / model.onnx that evaluate did not write there (no
+    marker): it may be the user's own model. Files of an earlier evaluate are replaced."""
     atomic.output_dir(folder)
     names = ["model.safetensors"] + (["model.onnx"] if with_onnx else [])
     taken = [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
-    if taken:
+    if taken and not (folder / WORKDIR_MARKER).is_file():
         raise ConfigError(
-            f"workdir {str(folder)!r} already holds {' and '.join(taken)}; evaluate writes "
-            f"{' and '.join(names)} there and would replace it. Pass a new or empty folder as "
-            "workdir, or none (a temporary folder is used)"
+            f"workdir {str(folder)!r} already holds {' and '.join(taken)}, which evaluate did "
+            f"not write; evaluate writes {' and '.join(names)} there and would replace it. Pass "
+            "a new or empty folder as workdir, or none (a temporary folder is used)"
         )
+    atomic.write_text(folder / WORKDIR_MARKER, "model files written by slimkit.evaluate\n")
 
 
 def evaluate(
@@ -70,19 +76,15 @@ def evaluate(
     """Measure ``model``: writes it (safetensors, ONNX) and times what it wrote.
 
     The files go to a temporary folder, or to ``workdir`` (created if missing) as
-    model.safetensors and model.onnx; files of those names already there are refused, not
-    replaced."""
+    model.safetensors and model.onnx; files of those names that an earlier ``evaluate`` did not
+    write there are refused, not replaced."""
     from slimkit import io as slim_io
     from slimkit.export.onnx import to_onnx
     from slimkit.preconditions import _probe, check_model
     from slimkit.training import evaluate_accuracy
 
     check_model(model, "evaluate")
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
-        raise ConfigError(
-            f"threads must be 1..256, but got {threads!r}; pass --threads N, e.g. the machine's "
-            f"{os.cpu_count()} cores"
-        )
+    check_threads(threads)
     unknown = [r for r in runners if r not in ("torch", "ort")]
     if unknown or not runners:
         raise ConfigError(

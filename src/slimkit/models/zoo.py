@@ -293,7 +293,7 @@ def zoo_names() -> list[str]:
 SIZE_RULES = {"num_classes": (1, 100_000), "in_channels": (1, 64), "image_size": (4, 1024)}
 
 # Each builder's own whole-number options and their ranges (the upper bounds keep one model
-# within a CPU's memory; SearchNet's match the NAS space's, slimkit.search.nas.SEARCHNET_INTS).
+# within a CPU's memory; the NAS space (slimkit.search.nas) reads SearchNet's from here).
 # LeNet-5's ``channels`` (a pair) and SearchNet's ``block`` (a name) are checked on their own.
 OPTION_RULES: dict[str, dict[str, tuple[int, int]]] = {
     "lenet300": {},

@@ -16,15 +16,14 @@ import torch
 
 from slimkit.config import SlimConfig, check_int, check_range, parse_enum
 from slimkit.errors import ConfigError
+from slimkit.models.zoo import OPTION_RULES, SEARCHNET_BLOCKS
 from slimkit.search.pareto import pareto_front
 from slimkit.search.spaces import DEFAULT_NAS_SPACE, SearchSpace
 
 OBJECTIVES = ("accuracy", "params", "flops", "latency_ms")
 
-# SearchNet's choices and the values each may take (depth 1..6 is SearchNet's own rule; the
-# width and kernel bounds keep one trial's model within a CPU's memory).
-SEARCHNET_INTS = {"depth": (1, 6), "width": (1, 4096), "kernel": (1, 31)}
-SEARCHNET_BLOCKS = ("plain", "dwsep", "residual")
+# SearchNet's choices and the values each may take: the zoo's own rules for it (one place).
+SEARCHNET_INTS = OPTION_RULES["searchnet"]
 
 
 def check_space(space: SearchSpace) -> None:
