@@ -94,6 +94,7 @@ def test_a_shipped_file_that_misses_the_gate_fails_the_run(tiny, tmp_path, monke
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["gate"]["artifacts_missed"]) == ["onnx-int8"]
     assert metrics["gate"]["passed"] is False
+    assert "shipped files onnx-int8 " in (tmp_path / "report.html").read_text()
 
 
 # ---- 3. a model that does not take the data's images ---------------------------------------

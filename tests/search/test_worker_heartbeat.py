@@ -18,6 +18,19 @@ ONE_TRIAL = HPOConfig(
 )
 
 
+def _spy_on_heartbeats(monkeypatch) -> list:
+    """The heartbeat intervals storages are opened with, in order."""
+    opened = []
+    make_storage = storage_module.make_storage
+
+    def spy(url=None, **kwargs):
+        opened.append(kwargs.get("heartbeat_interval"))
+        return make_storage(url, **kwargs)
+
+    monkeypatch.setattr(storage_module, "make_storage", spy)
+    return opened
+
+
 def test_a_worker_asking_for_another_heartbeat_is_refused_and_adds_nothing(tmp_path, capfd):
     url = f"sqlite:///{tmp_path / 'h.db'}"
     hpo(ONE_TRIAL, storage=url, study_name="s")
@@ -36,14 +49,7 @@ def test_a_worker_beats_at_the_interval_the_study_recorded(tmp_path, monkeypatch
     study = hpo(ONE_TRIAL, storage=url, study_name="s")
     assert study.user_attrs["slimkit_heartbeat"] == 10
     study.set_user_attr("slimkit_heartbeat", 3)  # as if created with another interval
-    opened = []
-    make_storage = storage_module.make_storage
-
-    def spy(url=None, **kwargs):
-        opened.append(kwargs.get("heartbeat_interval"))
-        return make_storage(url, **kwargs)
-
-    monkeypatch.setattr(storage_module, "make_storage", spy)
+    opened = _spy_on_heartbeats(monkeypatch)
     assert run_worker("s", url, 2) == 2
     assert opened == [3]
 
@@ -66,14 +72,7 @@ def test_a_study_from_before_the_record_takes_the_interval_asked_for(tmp_path, m
     hpo(ONE_TRIAL, storage=url, study_name="s")
     with sqlite3.connect(path) as conn:  # as written before studies recorded their interval
         conn.execute("DELETE FROM study_user_attributes WHERE key = 'slimkit_heartbeat'")
-    opened = []
-    make_storage = storage_module.make_storage
-
-    def spy(url=None, **kwargs):
-        opened.append(kwargs.get("heartbeat_interval"))
-        return make_storage(url, **kwargs)
-
-    monkeypatch.setattr(storage_module, "make_storage", spy)
+    opened = _spy_on_heartbeats(monkeypatch)
     assert run_worker("s", url, 2, heartbeat=3) == 2
     assert run_worker("s", url, 3) == 3  # the first worker recorded its 3 s: this one beats so
     assert opened == [3, 3]

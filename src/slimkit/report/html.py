@@ -84,6 +84,13 @@ def render(metrics: dict[str, Any]) -> str:
         else '<span class="fail">FAIL: accuracy gate missed</span>'
     )
     drop = "-" if gate["drop_pp"] is None else f"{gate['drop_pp']:.2f} pp"
+    shipped = gate.get("artifact_drops_pp") or {}  # each shipped file's own drop (gated too)
+    if shipped:
+        missed = gate.get("artifacts_missed") or {}
+        drop += "; shipped files " + ", ".join(
+            f"{html.escape(k)} {round(v, 2) + 0.0:.2f} pp" + (" (missed)" if k in missed else "")
+            for k, v in shipped.items()
+        )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>slimkit report: {html.escape(metrics['name'])}</title><style>{_CSS}</style></head><body>",
