@@ -104,8 +104,7 @@ def ort_latency(
     from slimkit.export.ort import make_session
 
     _check_batch(batch)
-    check_threads(threads)  # ORT reads 0 as its default pool; the row would say threads=0
-    sess = make_session(onnx_path, threads=threads)
+    sess = make_session(onnx_path, threads=threads)  # checks threads (ORT reads 0 as all cores)
     arr = example.detach().numpy() if isinstance(example, torch.Tensor) else example
     x = np.repeat(arr[:1], batch, axis=0).astype(np.float32)
     name = sess.get_inputs()[0].name

@@ -140,6 +140,16 @@ def _int8_before(recipe: Recipe, index: int) -> bool:
     )
 
 
+def _onnx_int8_without_data(where: str, why: str) -> ConfigError:
+    """The one refusal of an onnx-int8 export that would need calibration data and has none."""
+    return ConfigError(
+        f"{where}formats onnx-int8 makes a float model int8 with static PTQ, which calibrates "
+        f"on data, but the recipe has data: null and {why}; add e.g. data: {{dataset: "
+        "mnist5k}, quantize it first (quantize: {method: int8-dynamic} needs no data), or drop "
+        "onnx-int8"
+    )
+
+
 def check_int8_export_data(plans: list[StagePlan], model: nn.Module, data: Any) -> None:
     """With data: null, an onnx-int8 export of a float model file cannot calibrate: refuse it
     when the model is loaded, before the output folder is touched (was an AssertionError)."""
@@ -152,11 +162,8 @@ def check_int8_export_data(plans: list[StagePlan], model: nn.Module, data: Any) 
         if plan.kind == "quantize" and isinstance(plan.config, int8):
             return  # every later export sees an int8 model
         if plan.kind == "export" and "onnx-int8" in plan.config.formats:
-            raise ConfigError(
-                f"stages[{plan.index}].export: formats onnx-int8 makes the float model "
-                "int8 with static PTQ, which calibrates on data, but the recipe has data: null "
-                "and the model file holds no int8 layers; add data: {dataset: ...}, quantize it "
-                "first (quantize: {method: int8-dynamic} needs no data), or drop onnx-int8"
+            raise _onnx_int8_without_data(
+                f"stages[{plan.index}].export: ", "the model file holds no int8 layers"
             )
 
 
@@ -285,12 +292,7 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
             and not _int8_before(recipe, index)
         )
         if needs and recipe.data is None:
-            raise ConfigError(
-                "formats onnx-int8 makes a float model int8 with static PTQ, which calibrates "
-                "on data, but the recipe has data: null; add e.g. data: {dataset: mnist5k}, "
-                "quantize it first (quantize: {method: int8-dynamic} needs no data), or drop "
-                "onnx-int8"
-            )
+            raise _onnx_int8_without_data("", "no quantize stage before makes it int8")
         return StagePlan(index, kind, export, needs_data=needs)
     if kind == "benchmark":
         return StagePlan(index, kind, BenchmarkOptions.from_dict(opts))
@@ -546,10 +548,7 @@ def _export_int8(
         from slimkit.quantization import quantize_
 
         if ctx.data is None:  # refused at load (build_stage, check_int8_export_data)
-            raise ConfigError(
-                "onnx-int8 of a float model calibrates static int8 on data, but the recipe has "
-                "data: null; add data: {dataset: ...} or quantize the model first"
-            )
+            raise _onnx_int8_without_data("", "the model is float")
         m = copy.deepcopy(model)
         calib = min(256, len(ctx.data.calib.dataset))  # type: ignore[arg-type]
         quantize_(m, StaticInt8(calib_samples=calib), data=ctx.data)
