@@ -45,3 +45,27 @@ def test_gradients_that_overflow_on_the_last_step_are_refused(digits):
     m = build_model("lenet300", image_size=8, seed=0)
     with pytest.raises(NumericsError, match=r"training left NaN/inf in layer 'fc\d'.*lower the"):
         train(m, digits, TrainConfig(epochs=1, max_batches=1), loss_fn=loss_fn)
+
+
+def test_a_training_stream_without_a_length_needs_max_batches():
+    # len() of an IterableDataset's loader was a bare TypeError from inside train().
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from slimkit.data import from_loaders
+    from slimkit.errors import ConfigError
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    test = DataLoader(TensorDataset(x, y), batch_size=16)
+    data = from_loaders(DataLoader(Stream(), batch_size=16), test, num_classes=10)
+    model = build_model("lenet300", image_size=8, seed=0)
+    with pytest.raises(ConfigError, match="has no length.*set max_batches"):
+        train(model, data, TrainConfig(epochs=1))
+    before = model.fc1.weight.detach().clone()
+    train(model, data, TrainConfig(epochs=1, max_batches=3))
+    assert not torch.equal(before, model.fc1.weight)

@@ -121,9 +121,17 @@ def train(
     model.to(device)
     if cfg.epochs == 0:
         return model.eval()
-    steps_per_epoch = (
-        len(data.train) if cfg.max_batches is None else min(cfg.max_batches, len(data.train))
-    )
+    try:
+        batches = len(data.train)
+    except TypeError:  # a stream without a length (IterableDataset): max_batches bounds it
+        if cfg.max_batches is None:
+            raise ConfigError(
+                f"{description}: the training loader has no length (an IterableDataset?), so "
+                "an epoch has no end and the learning-rate schedule no total; set max_batches "
+                "(the batches one epoch reads), or give its dataset a __len__"
+            ) from None
+        batches = cfg.max_batches
+    steps_per_epoch = batches if cfg.max_batches is None else min(cfg.max_batches, batches)
     if steps_per_epoch == 0:  # ran no step and returned the untrained model, silently
         raise ConfigError(
             f"{description}: the training loader yields no batch (len 0), so {cfg.epochs} "
