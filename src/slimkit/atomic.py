@@ -18,14 +18,23 @@ def output_dir(
     path: str | os.PathLike[str], target: Path | None = None, *, create: bool = True
 ) -> Path:
     """Create folder ``path`` (and its parents) for output; a ConfigError naming the file in the
-    way, or the OS's reason, instead of FileExistsError / NotADirectoryError. ``target``: the
-    file being written there, for the message; ``create=False`` only checks (writes nothing)."""
+    way, the folder this process may not write into, or the OS's reason, instead of
+    FileExistsError / NotADirectoryError / PermissionError. ``target``: the file being written
+    there, for the message; ``create=False`` only checks (writes nothing)."""
     folder = Path(path)
     what = str(target if target is not None else folder)
     blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise ConfigError(
             f"cannot write {what!r}: {str(blocker)!r} is a file, not a folder; choose another path"
+        )
+    # The nearest folder that exists is where the file (or its missing folders) gets created.
+    # Checked before the mkdir, so a refusal creates no folder; root passes whatever the bits.
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write {what!r}: the folder {str(existing)!r} is not writable; "
+            "choose another path"
         )
     if create:
         try:
@@ -76,8 +85,9 @@ def refuse_foreign_folder(path: str | os.PathLike[str], flag: str = "--out") -> 
 
 def check_writable(path: str | os.PathLike[str], *, create: bool = False) -> Path:
     """Refuse, before any work, a file path that :func:`atomic_path` could not write (a folder,
-    or a file in the way of its folder). Writes nothing unless ``create`` (make its folder);
-    long commands call this up front, atomic_path with ``create=True``."""
+    a file in the way of its folder, or a folder this process may not write into). Writes
+    nothing unless ``create`` (make its folder); long commands call this up front, atomic_path
+    with ``create=True``."""
     final = Path(path)
     if final.is_dir():
         raise ConfigError(f"cannot write {str(final)!r}: it is a folder; name a file inside it")

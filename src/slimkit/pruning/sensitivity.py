@@ -31,19 +31,12 @@ def check_plot_path(path: str | os.PathLike[str], what: str = "the plot path") -
     folder, a file in the way of its folder, a folder this process may not write into, or a
     name not ending in ``.png`` (the bytes are PNG whatever the name says). Writes nothing.
     ``what``: how the user named the path (``"--plot"``), for the message."""
-    final = atomic.check_writable(path)
+    final = atomic.check_writable(path)  # the folder, the file in the way, the permission
     if final.suffix.lower() != PLOT_SUFFIX:
         hint = final.with_suffix(PLOT_SUFFIX) if final.name else Path("sensitivity.png")
         raise ConfigError(
             f"{what} must end in {PLOT_SUFFIX} (the sensitivity plot is written as PNG), but got "
             f"{str(final)!r}; name it e.g. {str(hint)!r}"
-        )
-    # The nearest folder that exists is where the file (or its missing folders) gets created.
-    existing = next((p for p in (final.parent, *final.parent.parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"cannot write {str(final)!r}: the folder {str(existing)!r} is not writable; "
-            "choose another path"
         )
     return final
 
