@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.config import SlimConfig, check_int, check_range
-from slimkit.data.datasets import DataBundle
+from slimkit.data.datasets import DataBundle, check_label_shape
 from slimkit.errors import ConfigError, NumericsError
 from slimkit.progress import progress_bar
 
@@ -111,11 +111,38 @@ def train(
     """
     from slimkit.preconditions import check_fits, check_model
 
-    cfg = cfg or TrainConfig()
     check_model(model, description)
     # A DistributedDataParallel wrapper's forward runs collectives (buffer broadcast): probe
     # the module inside it, which needs no other rank.
     check_fits(getattr(model, "module", model), data, description)
+    return train_loop(
+        model,
+        data,
+        cfg,
+        loss_fn=loss_fn,
+        after_step=after_step,
+        on_epoch_end=on_epoch_end,
+        description=description,
+        extra_params=extra_params,
+    )
+
+
+def train_loop(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    description: str = "train",
+    extra_params: Iterable[nn.Parameter] = (),
+) -> nn.Module:
+    """:func:`train` without its model checks and forward probe, for a caller that ran them on
+    this model and data already (``distill`` probes student and teacher on the CPU, before it
+    moves them to ``cfg.device``: a second probe here was the same pass again, on a model that
+    may no longer be on the data's device)."""
+    cfg = cfg or TrainConfig()
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     model.to(device)
@@ -156,6 +183,10 @@ def train(
             for i, (x, y) in enumerate(data.train):
                 if i >= steps_per_epoch:
                     break
+                # Read here, not ahead: a stream may be one-shot. An (N, 1) column met the (N,)
+                # predictions by broadcasting (accuracy ~0.1); from_tensors/from_loaders check
+                # this, a hand-built DataBundle did not.
+                check_label_shape(y, f"{description}: the training loader's labels")
                 x, y = x.to(device), y.to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = model(x)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from slimkit.data import from_loaders, from_tensors, load_corpus, load_dataset
+from slimkit.data import DataBundle, from_loaders, from_tensors, load_corpus, load_dataset
 from slimkit.data.unlabelled_text import load_unlabelled_text
 from slimkit.errors import ConfigError
 from slimkit.models import build_model
@@ -87,6 +87,35 @@ def test_train_refuses_a_loader_without_a_batch():
     with pytest.raises(ConfigError, match=r"training loader yields no batch.*epochs=0"):
         train(model, bundle, TrainConfig(epochs=1))
     train(model, bundle, TrainConfig(epochs=0))  # nothing to train: fine
+
+
+def test_train_refuses_label_columns_of_a_hand_built_bundle():
+    # from_tensors/from_loaders refuse (N, 1) labels, but a DataBundle built by hand carried
+    # them into train(): torch's cross_entropy error, or with a custom loss an (N, 1) column
+    # broadcast against the (N,) predictions (accuracy ~0.1).
+    x, y = _xy()
+    good = from_tensors(x, y, x, y)
+    column = DataLoader(TensorDataset(x, y[:, None]), batch_size=8)
+    bundle = DataBundle("hand", column, good.test, column, (1, 8, 8), 10)
+    model = build_model("lenet300", image_size=8, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        ConfigError,
+        match=r"^train: the training loader's labels must have shape \(N,\), one class index "
+        r"per sample, but got shape \(8, 1\); squeeze the column: y\.squeeze\(1\)$",
+    ):
+        train(model, bundle, TrainConfig(epochs=1))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step ran
+
+    # A stream without a length is not read ahead by from_loaders: train checks it as it reads.
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y[:, None]))
+
+    streamed = from_loaders(DataLoader(Stream(), batch_size=8), good.test, num_classes=10)
+    with pytest.raises(ConfigError, match=r"^finetune: the training loader's labels .* \(8, 1\)"):
+        train(model, streamed, TrainConfig(epochs=1, max_batches=2), description="finetune")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_sample_counts_above_the_split_are_refused():

@@ -288,3 +288,50 @@ def test_cli_distill_refuses_options_its_losses_never_read(teacher, tmp_path, ca
     assert main([*base, *hint, "--out", str(spath)]) == 2
     assert "add --kd logit or drop them" in capsys.readouterr().err
     assert not spath.exists()
+
+
+def test_onnx_teacher_refuses_threads_zero_up_front(tmp_path):
+    # make_session refused threads=0 only after the file was found; a caller's session never
+    # met the check, so OnnxTeacher(session, threads=0) passed without a word.
+    class Session:
+        def get_inputs(self):
+            return [type("Input", (), {"name": "x"})()]
+
+        def run(self, names, feed):  # pragma: no cover - never reached
+            raise AssertionError
+
+    for source in (str(tmp_path / "missing.onnx"), Session()):
+        with pytest.raises(ConfigError, match=r"^threads must be 1\.\.256, but got 0;"):
+            OnnxTeacher(source, threads=0)
+    with pytest.raises(ConfigError, match=r"threads must be 1\.\.256, but got True"):
+        OnnxTeacher(Session(), threads=True)
+    assert OnnxTeacher(Session(), threads=2).input_name == "x"
+
+
+def test_distill_probes_the_student_once(digits_data, teacher, tmp_path, monkeypatch):
+    # distill() probed the student with check_fits, then train() probed it again: the same
+    # pass on the same model and data (and, with device="cuda", on a model already moved off
+    # the data's CPU). The API and `slimkit distill` each probe once, before any training.
+    from slimkit import io as slim_io
+    from slimkit import preconditions
+    from slimkit.cli import main
+
+    calls: list[str] = []
+    real = preconditions.check_fits
+
+    def counting(model, data, call):
+        calls.append(call)
+        return real(model, data, call)
+
+    monkeypatch.setattr(preconditions, "check_fits", counting)
+    student = build_model("lenet300", image_size=8, seed=0)
+    cfg = DistillConfig(train=TrainConfig(epochs=1, max_batches=2))
+    distill(student, teacher, digits_data, cfg)
+    assert calls == ["distill (student)"]
+
+    calls.clear()
+    tpath, spath = tmp_path / "t.safetensors", tmp_path / "s.safetensors"
+    slim_io.save(teacher, tpath)
+    argv = ["distill", "--teacher", str(tpath), "--student", "lenet300", "--dataset", "digits"]
+    assert main([*argv, "--epochs", "0", "--out", str(spath)]) == 0
+    assert calls == ["distill (student)"]

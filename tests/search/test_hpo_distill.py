@@ -46,3 +46,34 @@ def test_trials_distill_from_the_teacher_at_their_temperature(tmp_path, capsys):
     more = HPOConfig.from_dict({**cfg.to_dict(), "n_trials": 4})
     with pytest.raises(ConfigError, match=r"is not the one study 'slimkit-hpo' was run with"):
         hpo(more, storage=f"sqlite:///{tmp_path / 'h.db'}")
+
+
+def test_a_kd_trial_probes_its_student_once(tmp_path, monkeypatch):
+    # Each KD trial's distill() probed the student with check_fits and its train() probed it
+    # again, the same pass on the same model and data. check_runs probes before the study
+    # (its own model), each trial's new student once.
+    from slimkit import io as slim_io
+    from slimkit import preconditions
+    from slimkit.models import build_model
+
+    teacher = tmp_path / "t.safetensors"
+    slim_io.save(build_model("lenet5", image_size=8, seed=0), teacher)
+    calls: list[str] = []
+    real = preconditions.check_fits
+
+    def counting(model, data, call):
+        calls.append(call)
+        return real(model, data, call)
+
+    monkeypatch.setattr(preconditions, "check_fits", counting)
+    cfg = HPOConfig(
+        model="lenet300",
+        space={"temperature": [2.0], "epochs": [1]},
+        n_trials=2,
+        max_batches=2,
+        pruner="none",
+        teacher=str(teacher),
+    )
+    study = hpo(cfg, storage=f"sqlite:///{tmp_path / 'h.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert calls == ["distill (student)", "distill (student)"]  # was 4: distill, then train

@@ -28,7 +28,13 @@ SPLIT_SEED = 0
 
 @dataclasses.dataclass
 class DataBundle:
-    """Train/test/calibration loaders plus what a model needs to know about the inputs."""
+    """Train/test/calibration loaders plus what a model needs to know about the inputs.
+
+    Each loader yields ``(x, y)`` batches, ``y`` of shape ``(B,)`` holding class indices.
+    ``from_tensors``/``from_loaders`` check that when they build one; for a hand-built bundle,
+    ``train`` checks each batch's labels as it reads them (no read-ahead: a loader may be a
+    one-shot stream), and ``evaluate_accuracy`` the test labels.
+    """
 
     name: str
     train: DataLoader
@@ -85,7 +91,7 @@ def from_tensors(
     """Wrap user tensors ``x: (N, ...)`` and integer labels ``y: (N,)`` as a DataBundle."""
     raw_y = [torch.as_tensor(a) for a in (y_train, y_test)]
     for label, y in zip(("train", "test"), raw_y):
-        _check_label_shape(y, f"{label} labels")
+        check_label_shape(y, f"{label} labels")
         if y.is_floating_point() and not torch.equal(y, y.round()):
             raise ConfigError(
                 f"{label} labels must be whole class indices 0..C-1, but got fractional values "
@@ -130,7 +136,7 @@ def from_tensors(
     return DataBundle(name, train, test, calib, tuple(xs[0].shape[1:]), classes)
 
 
-def _check_label_shape(y: torch.Tensor, what: str) -> None:
+def check_label_shape(y: torch.Tensor, what: str) -> None:
     """Labels are one class index per sample, shape (N,): an (N, 1) column was compared with
     the (N,) predictions by broadcasting (an N x N table, accuracy ~0.1), and one-hot rows
     counted 2 classes."""
@@ -236,7 +242,7 @@ def from_loaders(
     if calib is not None and "calib" not in streams:
         _first_batch(calib, "calib")
     for what, (_, y) in batches.items():
-        _check_label_shape(y, f"the {what} loader's labels")
+        check_label_shape(y, f"the {what} loader's labels")
         if y.is_floating_point() or y.dtype == torch.bool:
             raise ConfigError(
                 f"the {what} loader's labels must be integer class indices, but got "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.config import check_threads
 from slimkit.distillation.hooks import FeatureHooks
 from slimkit.errors import ConfigError
 
@@ -96,9 +97,14 @@ class TorchTeacher(Teacher):
 
 
 class OnnxTeacher(Teacher):
-    """An ONNX model run by ONNX Runtime (checker + external-data checks via ``make_session``)."""
+    """An ONNX model run by ONNX Runtime (checker + external-data checks via ``make_session``).
+
+    ``threads`` (1..256): the intra-op threads of the session built from a path or bytes."""
 
     def __init__(self, source: bytes | str | os.PathLike[str] | Any, *, threads: int = 1) -> None:
+        # Up front: make_session refused 0 (ORT's "every core") only after the file was found
+        # and onnxruntime imported, and a caller's session never met the check at all.
+        check_threads(threads)
         if isinstance(source, (bytes, str, os.PathLike)):
             from slimkit.export.ort import make_session
 

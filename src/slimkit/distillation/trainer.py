@@ -39,7 +39,7 @@ from slimkit.distillation.losses import (
 from slimkit.distillation.teachers import CachedTeacher, Teacher, as_teacher
 from slimkit.errors import ConfigError
 from slimkit.registry import Registry
-from slimkit.training import TrainConfig, train
+from slimkit.training import TrainConfig, train_loop
 
 DISTILLERS = Registry("distillation")
 
@@ -279,8 +279,10 @@ def distill(
     after_step = chain(zero_keeper(student), after_step)  # was: a pruned student came back dense
     device = torch.device(config.train.device)
     try:
-        check_fits(student, data, "distill (student)")  # on the CPU, where the data's inputs
-        check_teacher(loss.teacher, student, data)  # are: before the models move to ``device``
+        # The one probe of this run, on the CPU where the data's inputs are, before the models
+        # move to ``device`` and adapters are built: train_loop does not probe again.
+        check_fits(student, data, "distill (student)")
+        check_teacher(loss.teacher, student, data)
         student.to(device)
         if loss.teacher.module is not None:
             loss.teacher.module.to(device)
@@ -289,7 +291,7 @@ def distill(
         with loss.attached():
             loss.build(example, seed=config.train.seed)
             loss.adapters.to(device)
-            train(
+            train_loop(
                 student,
                 data,
                 config.train,
