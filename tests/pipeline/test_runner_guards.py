@@ -2,6 +2,7 @@
 int8 models as the int8 graph they ship as, and leaves no earlier run's files beside a new one."""
 
 import json
+import re
 import shlex
 
 import onnx
@@ -117,6 +118,36 @@ def test_a_model_that_does_not_take_the_datas_images_is_refused_before_the_folde
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_the_fix_for_a_zoo_model_that_does_not_take_the_data_names_the_key_that_differs(
+    tiny, tmp_path
+):
+    # Every refusal's fix said "drop model.image_size", which was right: only the channels or
+    # the classes differed.
+    def refusal(model):
+        with pytest.raises(ConfigError) as err:
+            compress(
+                parse_recipe(tiny(model=model, stages=[QUICK_TRAIN])), tmp_path / "run", log=_quiet
+            )
+        return str(err.value)
+
+    three = refusal({"zoo": "lenet300", "kwargs": {"in_channels": 3}})  # digits: 1 channel
+    assert "in the recipe: set model.kwargs.in_channels to 1 (the dataset's images have 1 " in three
+    assert "model.image_size" not in three
+    five = refusal({"zoo": "lenet5", "kwargs": {"num_classes": 5}})  # digits: 10 classes
+    assert "the model has 5 outputs, but the data has 10 classes" in five
+    assert "in the recipe: set model.kwargs.num_classes to 10" in five
+    assert "model.image_size" not in five
+    both = refusal({"zoo": "lenet300", "image_size": 28, "kwargs": {"in_channels": 3}})
+    assert re.search(
+        r"set model.kwargs.in_channels to 1 .* and drop model.image_size .* \(8\)", both
+    )
+    assert refusal({"zoo": "lenet300", "image_size": 28}).endswith(
+        "in the recipe: drop model.image_size (it then follows the dataset) or set it to the "
+        "dataset's image size (8)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 # ---- 4. onnx-int8 with data: null -----------------------------------------------------------
 
 
@@ -137,6 +168,35 @@ def test_onnx_int8_export_without_data_is_refused_unless_the_model_is_int8(tiny,
     )
     res = compress(r, tmp_path / "run", log=_quiet)
     assert _int8_initializers(tmp_path / "run" / res.metrics["artifacts"]["onnx-int8"]["path"])
+
+
+def test_onnx_with_onnx_int8_of_an_int8_model_is_refused_as_the_same_graph_twice(tiny, tmp_path):
+    # Both wrote the one int8 graph: model.onnx and model.int8.onnx, byte for byte the same.
+    both = {"export": {"formats": ["slim", "onnx", "onnx-int8"]}}
+    int8 = {"quantize": {"method": "int8-dynamic"}}
+    with pytest.raises(
+        ConfigError,
+        match=r"stages\[2\].export: formats \['slim', 'onnx', 'onnx-int8'\] would write the same "
+        r"int8 graph twice: the model is int8 after stages\[1\].quantize \(int8-dynamic\), so "
+        r"onnx already writes its int8 graph \(model.onnx\).*; drop onnx-int8",
+    ):
+        parse_recipe(tiny(stages=[QUICK_TRAIN, int8, both]))
+    with pytest.raises(ConfigError, match=r"after stages\[1\].quantize \(qat\)"):
+        parse_recipe(tiny(stages=[QUICK_TRAIN, {"quantize": {"method": "qat"}}, both]))
+    # either one alone, or both of a float model (two different graphs): accepted
+    parse_recipe(tiny(stages=[QUICK_TRAIN, int8, {"export": {"formats": ["onnx"]}}]))
+    parse_recipe(tiny(stages=[QUICK_TRAIN, int8, {"export": {"formats": ["onnx-int8"]}}]))
+    parse_recipe(tiny(stages=[QUICK_TRAIN, {"quantize": {"method": "kmeans", "bits": 4}}, both]))
+    # a model file that is already int8: refused when it is loaded, before the folder is made
+    path = tmp_path / "int8.safetensors"
+    model = slimkit.build_model("lenet300", image_size=8)
+    slimkit.save(slimkit.quantize_(model, slimkit.DynamicInt8()), path)
+    r = parse_recipe(tiny(model={"path": str(path)}, stages=[both]))
+    with pytest.raises(
+        ConfigError, match=r"stages\[0\].export: formats .* the model file holds int8 layers"
+    ):
+        compress(r, tmp_path / "refused", log=_quiet)
+    assert not (tmp_path / "refused").exists()
 
 
 # ---- 5. a row without a .slim size ---------------------------------------------------------
@@ -244,6 +304,37 @@ def test_the_recipes_input_model_and_files_behind_a_symlinked_folder_are_kept(tm
     (out / "checkpoints" / "stage_1.safetensors").write_text("a checkpoint")
     _forget_previous_run(out, keep=str(out / "checkpoints" / "stage_1.safetensors"))
     assert (out / "checkpoints" / "stage_1.safetensors").exists()
+
+
+def test_a_fresh_run_removes_the_tokenizer_files_an_hf_run_recorded(tiny, tmp_path):
+    # An HF run copies its model's tokenizer files into the folder; a fresh run left them
+    # beside its own files (another model's vocab.txt beside the next HF run's tokenizer).
+    from slimkit import atomic
+    from slimkit.pipeline.runner import _forget_previous_run
+
+    out = tmp_path / "run"
+    (out / "sub").mkdir(parents=True)
+    atomic.mark_run_folder(out)
+    names = ["model.onnx", "model_fp32.onnx", "vocab.txt", "tokenizer.json", "config.json"]
+    for name in [*names, "special_tokens_map.json", "notes.txt", "sub/vocab.txt"]:
+        (out / name).write_text("an earlier run's, or the user's")
+    (tmp_path / "vocab.txt").write_text("not the run's")
+    arts = {"onnx": {"path": "model.onnx"}, "onnx-fp32": {"path": "model_fp32.onnx"}}
+    recorded = ["vocab.txt", "tokenizer.json", "config.json", "notes.txt", "sub/vocab.txt"]
+    metrics = {"artifacts": arts, "tokenizer_files": [*recorded, "../vocab.txt", 3]}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    compress(parse_recipe(tiny(stages=[QUICK_TRAIN])), out, log=_quiet)
+    assert [n for n in names if (out / n).exists()] == []
+    # kept: not recorded, not a name slimkit writes, not at the top of the folder, outside it
+    kept = ["special_tokens_map.json", "notes.txt", "sub/vocab.txt", "../vocab.txt"]
+    assert all((out / n).exists() for n in kept)
+    # the recipe's model folder is never emptied, also when it is the run folder itself
+    (out / "vocab.txt").write_text("the model's")
+    (out / "metrics.json").write_text(json.dumps({"tokenizer_files": ["vocab.txt"]}))
+    _forget_previous_run(out, keep=str(out))
+    assert (out / "vocab.txt").exists()
+    _forget_previous_run(out)
+    assert not (out / "vocab.txt").exists()
 
 
 # ---- 7. the printed resume command ---------------------------------------------------------

@@ -15,7 +15,8 @@ An HF recipe is one ``hf_compress`` stage (the encoder is not an ``nn.Module`` c
 stage by stage like the zoo models): it calls
 :func:`slimkit.transformers.compress_encoder` into the output folder, which writes
 ``model_fp32.onnx``, ``model.onnx``, the tokenizer files and the measured figures; this module
-wraps them into the run's ``metrics.json`` and a ``report.html``.
+wraps them into the run's ``metrics.json`` (which records the tokenizer files, so the next run
+into the folder removes those it does not write again) and a ``report.html``.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def run_hf_recipe(
 ) -> RunResult:
     """Run an HF recipe (its ``plans`` from ``recipe.validate_stages()``) into ``out``."""
     from slimkit.data import load_corpus
-    from slimkit.pipeline.runner import RunResult
+    from slimkit.pipeline.runner import RUN_REPORTS, RunResult, previous_run_files
     from slimkit.transformers import compress_encoder
     from slimkit.transformers.loader import check_folder
 
@@ -192,6 +193,9 @@ def run_hf_recipe(
     sentences = load_corpus(recipe.data.train_samples)
     # compress_encoder makes the folder: when it is new, a failed run then removes it again.
     out = Path(out)
+    # An earlier run's files, read before compress_encoder replaces its metrics.json (the
+    # record), deleted once this run has finished: a failed run leaves them as they were.
+    earlier = previous_run_files(out, keep=folder)
     log(f"[1/1] {HF_STAGE} ({len(sentences)} sentences)")
     enc_metrics = compress_encoder(
         folder,
@@ -202,6 +206,11 @@ def run_hf_recipe(
         measure=cfg.measure,
         log=log,
     )
+    tokenizer_files = list(enc_metrics.get("tokenizer_files", []))
+    written = {"model_fp32.onnx", "model.onnx", *tokenizer_files, *RUN_REPORTS}
+    for path in earlier:  # e.g. another model's vocab.txt, a zoo run's checkpoints
+        if not (path.parent == out and path.name in written):
+            path.unlink(missing_ok=True)
     measured = enc_metrics.get("measured", {})
     for line in _table_lines(measured):
         log(line)
@@ -216,6 +225,7 @@ def run_hf_recipe(
             "onnx-fp32": {"path": "model_fp32.onnx", "bytes": fp32_bytes},
             "onnx": {"path": "model.onnx", "bytes": final_bytes},
         },
+        "tokenizer_files": tokenizer_files,  # read by the next run into this folder
         "notes": {HF_STAGE: enc_metrics},
         "dense_fp32_bytes": fp32_bytes,
         "compression_ratio": fp32_bytes / final_bytes,

@@ -40,7 +40,7 @@ from slimkit.pipeline.recipe import Recipe
 from slimkit.pipeline.stages import (
     StageContext,
     StagePlan,
-    check_int8_export_data,
+    check_int8_exports,
     deployable,
     example_input,
     run_stage,
@@ -385,7 +385,7 @@ def _compress(
     model = load_model(recipe)
     if data is not None:
         _check_fits(recipe, model, data)
-    check_int8_export_data(plans, model, data)
+    check_int8_exports(plans, model, data)
     if is_main:
         atomic.mark_run_folder(atomic.output_dir(out))
     if is_main and state is None:
@@ -501,7 +501,7 @@ def _compress(
 
 def _check_fits(recipe: Recipe, model: nn.Module, data: Any) -> None:
     """The model takes the data's images (a torch traceback from the first stage, after the
-    previous run was already deleted); the fix names the recipe's keys."""
+    previous run was already deleted); the fix names the recipe's keys that mismatch."""
     from slimkit.preconditions import check_fits
 
     m, d = recipe.model, recipe.data
@@ -513,10 +513,55 @@ def _check_fits(recipe: Recipe, model: nn.Module, data: Any) -> None:
         fix = (
             "use a model file built for this dataset's images, or a dataset of its image size"
             if m.path is not None
-            else "drop model.image_size (it then follows the dataset) or set it to the "
-            "dataset's image size"
+            else _zoo_fit_fix(model, data)
         )
         raise ConfigError(f"{exc}; in the recipe: {fix}") from None
+
+
+def _zoo_fit_fix(model: nn.Module, data: Any) -> str:
+    """The recipe keys behind a zoo model that does not take the data: the model's build
+    options (``slimkit_arch``, else its builder's defaults) against the data's (C, H, W) and
+    classes. in_channels and num_classes come from model.kwargs, image_size from
+    model.image_size (else from the dataset)."""
+    import inspect
+
+    from slimkit.models.zoo import ZOO
+
+    arch = getattr(model, "slimkit_arch", None) or {}
+    built = dict(arch.get("kwargs") or {})
+    builder = ZOO.get(arch.get("zoo", ""))
+    if builder is not None:
+        for key, p in inspect.signature(builder).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                built.setdefault(key, p.default)
+    shape = tuple(getattr(data, "input_shape", ()))  # one sample: (C, H, W)
+    if len(shape) != 3:
+        return f"check model.kwargs {arch.get('kwargs') or {}} against the dataset's inputs"
+    channels, height, width = shape
+    classes = getattr(data, "num_classes", None)
+    fixes = []
+    if built.get("in_channels") not in (None, channels):
+        fixes.append(
+            f"set model.kwargs.in_channels to {channels} (the dataset's images have {channels} "
+            f"channel(s), the model takes {built['in_channels']})"
+        )
+    if built.get("image_size") not in (None, height, width):
+        fixes.append(
+            "drop model.image_size (it then follows the dataset) or set it to the dataset's "
+            f"image size ({height})"
+        )
+    if isinstance(classes, int) and isinstance(built.get("num_classes"), int):
+        if built["num_classes"] < classes:
+            fixes.append(
+                f"set model.kwargs.num_classes to {classes} (the model has "
+                f"{built['num_classes']} outputs, the dataset {classes} classes)"
+            )
+    if not fixes:  # an option the data does not decide (e.g. a kernel larger than the image)
+        fixes.append(
+            f"check model.kwargs {arch.get('kwargs') or {}} against the dataset's "
+            f"{channels}-channel {height}x{width} images"
+        )
+    return " and ".join(fixes)
 
 
 # Top-level files every pipeline run writes, and the file names its export stages write (an
@@ -527,40 +572,66 @@ ARTIFACT_NAMES = frozenset(
 )
 
 
-def _forget_previous_run(out: Path, keep: str | None = None) -> None:
-    """A fresh run in a folder an earlier run wrote: delete that run's checkpoints, its reports
-    and the artifacts its state.json / metrics.json recorded, so none of them sits beside the
-    new run's files as if it were theirs. Only files slimkit wrote: a recorded path is deleted
-    when it lies inside ``out`` and has an artifact's name; other files stay. ``keep`` (the
-    recipe's model.path) is never deleted: a run may start from an earlier run's artifact or
+def _forget_previous_run(out: Path, keep: str | os.PathLike[str] | None = None) -> None:
+    """A fresh run in a folder an earlier run wrote: delete that run's files (see
+    :func:`previous_run_files`), so none of them sits beside the new run's files as if it
+    were theirs."""
+    for path in previous_run_files(out, keep):
+        path.unlink(missing_ok=True)  # a symlink itself, never its target
+
+
+def previous_run_files(out: Path, keep: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The files an earlier run in ``out`` wrote: its checkpoints, its reports and state, the
+    artifacts its state.json / metrics.json recorded, and the tokenizer files an HF run
+    recorded (``tokenizer_files``). Only files slimkit wrote: a recorded path counts when it
+    lies inside ``out`` and has a name slimkit writes (an artifact's, a tokenizer file's);
+    other files stay. ``keep`` (the recipe's model.path, or its model.hf folder) and the files
+    of a ``keep`` folder never count: a run may start from an earlier run's artifact or
     checkpoint in the same folder, and --resume loads it again."""
     kept = Path(keep).resolve() if keep is not None else None
+    kept_folder = kept is not None and kept.is_dir()
 
-    def unlink(path: Path) -> None:
-        if kept is None or path.resolve() != kept:
-            path.unlink()  # a symlink itself, never its target
+    def ours(path: Path) -> bool:
+        if kept is None:
+            return True
+        p = path.resolve()
+        return p != kept and not (kept_folder and p.parent == kept)
 
     recorded: list[str] = []
+    tokenizer: list[str] = []
     for name in (STATE, "metrics.json"):
         try:
             doc = json.loads((out / name).read_text())
         except (OSError, ValueError):  # missing or unreadable: nothing recorded there
             continue
-        arts = doc.get("artifacts") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            continue
+        arts = doc.get("artifacts")
         if isinstance(arts, dict):
             recorded += [a["path"] for a in arts.values() if isinstance(a, dict) and "path" in a]
+        files = doc.get("tokenizer_files")  # an HF run's copies of its model's tokenizer files
+        if isinstance(files, list):
+            tokenizer += [f for f in files if isinstance(f, str)]
+    candidates = [(rel, ARTIFACT_NAMES) for rel in recorded]
+    if tokenizer:
+        from slimkit.transformers.api import TOKENIZER_FILES
+
+        # written at the top of the folder: a bare name only
+        candidates += [(n, frozenset(TOKENIZER_FILES)) for n in tokenizer if Path(n).name == n]
+    found: list[Path] = []
     root = out.resolve()
-    for rel in recorded:
+    for rel, names in candidates:
         if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
             continue
         path = out / rel
         inside = path.parent.resolve().is_relative_to(root)  # no symlinked folder out of it
-        if path.name in ARTIFACT_NAMES and inside and (path.is_file() or path.is_symlink()):
-            unlink(path)
-    for old in (out / "checkpoints").glob("stage_*"):
-        unlink(old)
-    for name in (*RUN_REPORTS, STATE):
-        (out / name).unlink(missing_ok=True)
+        if path.name in names and inside and (path.is_file() or path.is_symlink()):
+            found.append(path)
+    found += sorted((out / "checkpoints").glob("stage_*"))
+    reports = [out / n for n in (*RUN_REPORTS, STATE)]
+    found += [p for p in reports if p.is_file() or p.is_symlink()]
+    unique = dict.fromkeys(found)  # a path recorded twice is one file
+    return [p for p in unique if ours(p)]
 
 
 def _reload(path: Path) -> nn.Module:

@@ -11,6 +11,7 @@ decomposition ``METHODS[method]`` config, ``DistillConfig``) plus a few pipeline
 - ``distill``: ``teacher: reference`` (the model after the last train stage) + DistillConfig.
 - ``decompose``: ``method`` + fields; ``finetune`` (TrainConfig fields) optional.
 - ``export``: ``formats`` from slim / onnx / onnx-int8 / safetensors, ``dir`` inside the output.
+  An int8 model's onnx is its int8 graph, so onnx with onnx-int8 (the same graph twice) is refused.
 - ``benchmark``: ``runs``, ``threads``, ``batches`` for the final latency table.
 
 Train-like stages run under ``torchrun`` unchanged: with a process group of more than one
@@ -126,18 +127,17 @@ def _int8_configs() -> tuple[type, ...]:
     return (StaticInt8, DynamicInt8, QATInt8)
 
 
-def _int8_before(recipe: Recipe, index: int) -> bool:
-    """Whether a quantize stage before ``index`` makes the model int8 (StaticInt8, DynamicInt8
-    or QATInt8 under any of their method names)."""
+def _int8_before(recipe: Recipe, index: int) -> tuple[int, str] | None:
+    """(index, method) of the last quantize stage before ``index`` that makes the model int8
+    (StaticInt8, DynamicInt8 or QATInt8 under any of their method names); None if none does."""
     methods = _methods("quantize")
     int8 = _int8_configs()
-    return any(
-        kind == "quantize"
-        and isinstance(opts, dict)
-        and isinstance(opts.get("method"), str)
-        and issubclass(methods.get(opts["method"], object), int8)
-        for kind, opts in recipe.stage_list()[:index]
-    )
+    found: tuple[int, str] | None = None
+    for i, (kind, opts) in enumerate(recipe.stage_list()[:index]):
+        method = opts.get("method") if kind == "quantize" and isinstance(opts, dict) else None
+        if isinstance(method, str) and issubclass(methods.get(method, object), int8):
+            found = (i, method)
+    return found
 
 
 def _onnx_int8_without_data(where: str, why: str) -> ConfigError:
@@ -150,12 +150,36 @@ def _onnx_int8_without_data(where: str, why: str) -> ConfigError:
     )
 
 
-def check_int8_export_data(plans: list[StagePlan], model: nn.Module, data: Any) -> None:
-    """With data: null, an onnx-int8 export of a float model file cannot calibrate: refuse it
-    when the model is loaded, before the output folder is touched (was an AssertionError)."""
+def _int8_graph_twice(where: str, why: str, formats: tuple[str, ...]) -> ConfigError:
+    """The one refusal of onnx and onnx-int8 in one export of a model that is already int8."""
+    return ConfigError(
+        f"{where}formats {list(formats)} would write the same int8 graph twice: {why}, so "
+        "onnx already writes its int8 graph (model.onnx) and onnx-int8 would write it again "
+        "(model.int8.onnx); drop onnx-int8 (or drop onnx to ship it as model.int8.onnx)"
+    )
+
+
+def _both_onnx(formats: tuple[str, ...]) -> bool:
+    return "onnx" in formats and "onnx-int8" in formats
+
+
+def check_int8_exports(plans: list[StagePlan], model: nn.Module, data: Any) -> None:
+    """The export checks a loaded model file decides, made before the output folder is touched:
+    a file already int8 refuses onnx with onnx-int8 in one export (the same graph twice; a
+    quantize stage's int8 is refused at load, in build_stage), and with data: null a float
+    file's onnx-int8 export, which cannot calibrate (was an AssertionError)."""
     from slimkit.preconditions import int8_layers
 
-    if data is not None or int8_layers(model):
+    if int8_layers(model):  # no later stage makes it float (check_stage_order)
+        for plan in plans:
+            if plan.kind == "export" and _both_onnx(plan.config.formats):
+                raise _int8_graph_twice(
+                    f"stages[{plan.index}].export: ",
+                    "the model file holds int8 layers",
+                    plan.config.formats,
+                )
+        return
+    if data is not None:
         return
     int8 = _int8_configs()
     for plan in plans:
@@ -285,12 +309,15 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
     if kind == "export":
         export = ExportOptions.from_dict(opts)
         # onnx-int8 of a float model quantizes a copy with static PTQ, calibrated on data. A
-        # model file may already be int8: checked when it is loaded (check_int8_export_data).
-        needs = (
-            "onnx-int8" in export.formats
-            and recipe.model.path is None
-            and not _int8_before(recipe, index)
-        )
+        # model file may already be int8: checked when it is loaded (check_int8_exports).
+        int8 = _int8_before(recipe, index)
+        if int8 is not None and _both_onnx(export.formats):
+            raise _int8_graph_twice(
+                "",
+                f"the model is int8 after stages[{int8[0]}].quantize ({int8[1]})",
+                export.formats,
+            )
+        needs = "onnx-int8" in export.formats and recipe.model.path is None and int8 is None
         if needs and recipe.data is None:
             raise _onnx_int8_without_data("", "no quantize stage before makes it int8")
         return StagePlan(index, kind, export, needs_data=needs)
@@ -547,7 +574,7 @@ def _export_int8(
     if not int8_layers(model):  # StaticInt8/QATInt8 layers, or DynamicInt8's float ones
         from slimkit.quantization import quantize_
 
-        if ctx.data is None:  # refused at load (build_stage, check_int8_export_data)
+        if ctx.data is None:  # refused at load (build_stage, check_int8_exports)
             raise _onnx_int8_without_data("", "the model is float")
         m = copy.deepcopy(model)
         calib = min(256, len(ctx.data.calib.dataset))  # type: ignore[arg-type]

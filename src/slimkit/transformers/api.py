@@ -261,9 +261,12 @@ def _compress_encoder(
             deployed, tok, final, num_heads=heads, hidden_size=hidden, max_length=max_len, atol=1e-3
         )
         metrics["export"] = dataclasses.asdict(exp)
-    for name in TOKENIZER_FILES:
-        if (enc.folder / name).is_file():
-            shutil.copyfile(enc.folder / name, out / name)
+    copied = [name for name in TOKENIZER_FILES if (enc.folder / name).is_file()]
+    for name in copied:
+        shutil.copyfile(enc.folder / name, out / name)
+    # Recorded so that a later run into the same folder (slimkit compress) removes the ones
+    # it does not write again: another model's vocab.txt must not sit beside its tokenizer.
+    metrics["tokenizer_files"] = copied
     if measure is not None:
         reference = embed(module, tok, sentences, max_length=max_len)
         metrics["measured"] = measure_onnx(
