@@ -101,3 +101,34 @@ def test_a_failed_encoder_run_removes_what_it_wrote(tmp_path, monkeypatch):
 def test_hf_embed_refuses_a_blank_sentence(capsys):
     assert main(["hf", "embed", "-t", "A cat.", "-t", "  "]) == 2
     assert "--text must be a sentence, but text 1 is '  '" in capsys.readouterr().err
+
+
+def test_a_second_encoder_run_removes_the_tokenizer_files_only_the_first_copied(
+    tmp_path, monkeypatch
+):
+    import json
+
+    from slimkit.transformers import api
+
+    copies = [["vocab.txt", "tokenizer.json", "config.json"], ["tokenizer.json", "config.json"]]
+
+    def fake(folder, stage, *_a):  # what _compress_encoder writes: models and tokenizer files
+        names = copies.pop(0)
+        for name in ["model.onnx", *names]:
+            (stage / name).write_text("this run")
+        return {"tokenizer_files": names}
+
+    monkeypatch.setattr(api, "_compress_encoder", fake)
+    out = tmp_path / "run"
+    api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
+    assert (out / "vocab.txt").is_file()
+    (out / "notes.txt").write_text("the user's")  # not recorded: never removed
+    (out / "tokenizer_config.json").write_text("the user's")  # a tokenizer name, not recorded
+    api.compress_encoder(None, out, sentences=["a short sentence."] * 4, measure=None)
+    assert not (out / "vocab.txt").exists()  # the first model's, beside the second's tokenizer
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert (out / "tokenizer_config.json").read_text() == "the user's"
+    assert json.loads((out / "metrics.json").read_text())["tokenizer_files"] == [
+        "tokenizer.json",
+        "config.json",
+    ]

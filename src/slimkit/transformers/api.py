@@ -9,6 +9,7 @@ and 32, medians) and fidelity against the fp32 PyTorch model on the sentences.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -98,7 +99,8 @@ def compress_encoder(
     ``out_dir/.slimkit-partial`` and moves its files up only once it has finished, models first
     and ``metrics.json`` last, so a failed run leaves an earlier run's files as they were (not
     half replaced) and removes what it wrote (no 90 MB ``model_fp32.onnx`` left from a run
-    that never finished).
+    that never finished). ``metrics["tokenizer_files"]`` records the tokenizer files copied; a
+    finished run removes those an earlier run recorded and this one did not copy.
     """
     sentences = _check_compress_args(int8, structural, sentences, measure)  # before any write
     atomic.refuse_foreign_folder(out_dir)
@@ -117,9 +119,14 @@ def compress_encoder(
         stage.mkdir()
         metrics = _compress_encoder(folder, stage, int8, structural, sentences, measure, log)
         metrics = _repath(metrics, str(stage), str(out))
+        # An earlier run's tokenizer files this run does not copy (another model's vocab.txt),
+        # read from its metrics.json before that goes.
+        stale = _recorded_tokenizer_files(out) - set(metrics["tokenizer_files"])
         # No metrics.json while files move: a move cut short is then visibly incomplete,
         # never an earlier run's metrics beside this run's models.
         (out / "metrics.json").unlink(missing_ok=True)
+        for name in sorted(stale):
+            (out / name).unlink(missing_ok=True)
         for p in sorted(stage.iterdir()):
             os.replace(p, out / p.name)
         stage.rmdir()
@@ -128,6 +135,19 @@ def compress_encoder(
     except BaseException:
         shutil.rmtree(out if not existed else stage, ignore_errors=True)
         raise
+
+
+def _recorded_tokenizer_files(out: Path) -> set[str]:
+    """The tokenizer files an earlier run into ``out`` recorded in its metrics.json: only
+    bare names slimkit copies (TOKENIZER_FILES), so nothing else in the folder is touched."""
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):  # no earlier run, or an unreadable record: nothing recorded
+        return set()
+    files = doc.get("tokenizer_files") if isinstance(doc, dict) else None
+    if not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str) and f in TOKENIZER_FILES}
 
 
 FIDELITY_K = 5  # embedding_fidelity's top-k: measuring needs more sentences than this
