@@ -258,3 +258,16 @@ def test_train_seed_sets_the_zoo_models_initial_weights(capsys, tmp_path):
     assert torch.equal(a, again)
     assert main(["train", "lenet300", "--dataset", "digits", "--seed", "-1"]) == 2
     assert "seed must be" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_exits_3_with_its_traceback_not_1_as_a_missed_gate(monkeypatch, capsys):
+    import slimkit.metrics.flops
+
+    def broken(*_a, **_k):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(slimkit.metrics.flops, "flops_by_module", broken)
+    assert main(["inspect", "lenet5"]) == 3  # 1 means a missed accuracy gate
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "an internal bug" in err
+    assert "slimkit: internal error: RuntimeError: an internal bug; this is a bug" in err

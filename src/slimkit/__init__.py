@@ -73,6 +73,7 @@ _LAZY: dict[str, str] = {
     "decomposition": "slimkit.decomposition",
     "distillation": "slimkit.distillation",
     "distill": "slimkit.distillation",
+    "DistillConfig": "slimkit.distillation",
     "search": "slimkit.search",
     "pipeline": "slimkit.pipeline",
     "compress": "slimkit.pipeline",

@@ -96,3 +96,13 @@ def test_int8_static_command_reports_sqnr_of_quantization_alone(tmp_path, monkey
     sqnr = {row[0]: row[4] for row in tables["layer"]}
     assert len(sqnr) == 10 and "stem.0" in sqnr
     assert min(sqnr.values()) > 40, sqnr  # int8 per channel, BN folding not counted as noise
+
+
+def test_a_model_for_other_images_names_quantizes_own_data_flag(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    sk.save(sk.build_model("lenet5"), path)  # 28x28 (mnist5k)
+    argv = ["quantize", str(path), "--method", "int8-static", "--data", "digits"]
+    assert main([*argv, "--out", str(tmp_path / "q.safetensors")]) == 2
+    err = capsys.readouterr().err
+    # it named --dataset, which quantize does not have
+    assert "but --data digits gives 8x8; pass --data mnist5k" in err

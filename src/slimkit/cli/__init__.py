@@ -1,7 +1,9 @@
 """The ``slimkit`` command: a thin typer app over the public API.
 
 Exit codes: 0 success, 1 a result missed its gate (e.g. max_accuracy_drop), 2 bad input
-(any SlimkitError: the message is printed as one paragraph, no traceback).
+(any SlimkitError: the message is printed as one paragraph, no traceback), 3 an unexpected
+error inside slimkit or a library it calls (a bug: the traceback is printed to report it),
+130 aborted.
 
 Each command family lives in its own module with a ``register(app)`` function, listed in
 ``COMMAND_MODULES`` (explicit, no discovery).
@@ -13,6 +15,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -108,7 +111,16 @@ def _main(argv: list[str] | None) -> int:
         return 130
     except Exception as exc:
         if not _is_click_error(exc):
-            raise
+            # Not bad input: a bug. Its own code, so a script can tell it from a missed gate
+            # (1), which it used to share as Python's uncaught-exception exit.
+            traceback.print_exc()
+            typer.echo(
+                f"slimkit: internal error: {type(exc).__name__}: {exc}; this is a bug in "
+                "slimkit (or a library it calls), not in your input: please report it with the "
+                "traceback above",
+                err=True,
+            )
+            return 3
         exc.show()  # type: ignore[attr-defined]  # usage and the message, no traceback
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

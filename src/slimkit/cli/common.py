@@ -65,10 +65,17 @@ def _probe(model, spec: str, side: int) -> None:
     model.train()
 
 
-def load_model_for(spec: str, dataset: str, flag: str = "the model", seed: int | None = None):
+def load_model_for(
+    spec: str,
+    dataset: str,
+    flag: str = "the model",
+    seed: int | None = None,
+    data_flag: str = "--dataset",
+):
     """:func:`load_model` for a command that feeds it ``dataset``: a model file built for
     another image size is refused up front (``eval m.safetensors --dataset digits`` on an
-    MNIST model), instead of failing in torch's first matmul. ``seed``: see :func:`load_model`."""
+    MNIST model), instead of failing in torch's first matmul. ``seed``: see :func:`load_model`.
+    ``data_flag``: the command's option that named the dataset (``quantize`` has ``--data``)."""
     from slimkit.errors import ConfigError
 
     want = image_size_of(dataset)
@@ -76,9 +83,9 @@ def load_model_for(spec: str, dataset: str, flag: str = "the model", seed: int |
     side = input_side(model)
     if side != want:
         other = [d for d in ("mnist5k", "digits") if image_size_of(d) == side]
-        hint = f"pass --dataset {other[0]}, or " if other else ""
+        hint = f"pass {data_flag} {other[0]}, or " if other else ""
         raise ConfigError(
-            f"{flag} {spec!r} takes {side}x{side} images, but --dataset {dataset} gives "
+            f"{flag} {spec!r} takes {side}x{side} images, but {data_flag} {dataset} gives "
             f"{want}x{want}; {hint}train a model for {dataset} first "
             f"(slimkit train lenet5 --dataset {dataset})"
         )

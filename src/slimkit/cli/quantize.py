@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         config = method_config(method, parse_sets(set_))
         refuse_overwrite({"the model": model}, {"--out": out}, model_file="--out")
         bundle = load_data(data) if data else None
-        m = load_model_for(model, data) if data else load_model(model, 28)
+        m = load_model_for(model, data, data_flag="--data") if data else load_model(model, 28)
         original = copy.deepcopy(m).eval()
         kwargs: dict[str, Any] = {}
         if bundle is not None and _accepts(QUANTIZERS.lookup(config), "data"):
