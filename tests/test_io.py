@@ -36,6 +36,44 @@ def test_plain_state_dict_pt_loads(tmp_path):
         slim_io.load(path)
 
 
+@pytest.mark.parametrize("kind", ["zip", "pickle", "truncated"])
+def test_torch_file_without_model_is_refused_before_torch_load(tmp_path, monkeypatch, kind):
+    # load(x.pt) without model= unpickled the file (torch.load) and only then refused it; an
+    # evil or broken file gave an unpickling error instead of the refusal.
+    path = tmp_path / ("w.bin" if kind == "zip" else "w.pt")
+    if kind == "zip":
+        torch.save({"weight": Payload()}, path)
+    elif kind == "pickle":
+        with open(path, "wb") as fh:
+            pickle.dump({"weight": Payload()}, fh, protocol=2)
+    else:
+        path.write_bytes(b"\x80\x02")
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
+    with pytest.raises(ConfigError, match=r"w\.(pt|bin) is a torch\.save file") as err:
+        slim_io.load(path)
+    assert calls == [] and EXECUTED == []
+    # Both fixes: a Python caller can pass model=, a CLI user needs a file with its architecture.
+    assert "slimkit.load(path, model=net)" in str(err.value)
+    assert "slimkit.save(m, 'model.safetensors')" in str(err.value)
+
+
+def test_cli_names_a_fix_it_can_use_for_weights_only_files(tmp_path, capsys):
+    # `slimkit inspect w.pt` said only "pass model=...", which a command line cannot do.
+    from safetensors.torch import save_file
+
+    from slimkit.cli import main
+
+    model = build_model("lenet300", image_size=8)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    save_file(slim_io.state_tensors(model), str(tmp_path / "plain.safetensors"))
+    for name in ("w.pt", "plain.safetensors"):
+        assert main(["inspect", str(tmp_path / name)]) == 2
+        err = " ".join(capsys.readouterr().err.split())  # rich/typer may wrap the paragraph
+        assert name in err and "The slimkit command reads only files that carry" in err, err
+        assert "slimkit.save(m, 'model.safetensors')" in err, err
+
+
 def test_nonfinite_weights_refused_unless_allowed(tmp_path):
     model = build_model("lenet300")
     with torch.no_grad():

@@ -1,8 +1,8 @@
 """Save and load models as safetensors + a JSON manifest in the safetensors header.
 
-Nothing here unpickles: weights are safetensors, the architecture is the JSON of
-:func:`slimkit.models.spec.describe`. User ``.pt`` files go through
-``torch.load(weights_only=True)`` with no fallback.
+Nothing here runs code from a file: safetensors and ``.slim`` files are plain data (tensors and
+the JSON of :func:`slimkit.models.spec.describe`). User torch files (``.pt``/``.pth``/``.bin``/
+``.ckpt``) are unpickled, but only by ``torch.load(weights_only=True)``, with no fallback.
 """
 
 from __future__ import annotations
@@ -143,9 +143,11 @@ def _pickle_kind(magic: bytes) -> str | None:
 def load(
     path: str | os.PathLike[str], model: nn.Module | None = None, *, allow_nonfinite: bool = False
 ) -> nn.Module:
-    """Load a model saved by :func:`save` (or a ``.slim`` artifact); never unpickles.
+    """Load a model saved by :func:`save` (or a ``.slim`` artifact); never runs code from the file.
 
-    With ``model`` given, only the weights are loaded into it (strict).
+    With ``model`` given, only the weights are loaded into it (strict). A torch state dict
+    (``.pt``/``.pth``/``.bin``/``.ckpt``) needs ``model``; it is read only with
+    ``torch.load(weights_only=True)``, and only once ``model`` is given.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"load takes a file path, but got {type(path).__name__}")
@@ -180,9 +182,9 @@ def load(
             "path) or safetensors.torch.save_file(model.state_dict(), path)"
         )
     if path.suffix in TORCH_SUFFIXES or magic[:2] in (b"PK", b"\x80\x02"):
+        if model is None:  # refused before torch.load: nothing is unpickled for a refusal
+            raise ConfigError(_weights_only_error(path, "is a torch.save file"))
         state = load_torch_state(path)
-        if model is None:
-            raise ConfigError(f"{path} holds weights only; pass model=... to load them into")
         if not allow_nonfinite:
             check_finite(state, str(path))
         _load_state(model, state, path)
@@ -211,6 +213,19 @@ def load(
     return model.eval()
 
 
+def _weights_only_error(path: Path, what: str) -> str:
+    """The refusal of a weights-only file with ``model=None``. The CLI shows it too, and a
+    command line has no ``model=``, so it names both fixes."""
+    return (
+        f"{path} {what}: slimkit reads only weights from it, not the architecture, so it cannot "
+        "build the model. In Python, pass model=... (the model the weights came from): "
+        "slimkit.load(path, model=net). The slimkit command reads only files that carry their "
+        "architecture (.safetensors written by slimkit.save, or .slim): convert it once in "
+        "Python, e.g. for a zoo model m = slimkit.load(path, model=slimkit.build_model(NAME)); "
+        "slimkit.save(m, 'model.safetensors')"
+    )
+
+
 def _build_from_header(
     path: Path, header: dict[str, str], shapes: dict[str, list[int]]
 ) -> nn.Module:
@@ -220,7 +235,7 @@ def _build_from_header(
     except SlimkitError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     if manifest is None:
-        raise ConfigError(f"{path} has no slimkit manifest; pass model=... to load its weights")
+        raise ConfigError(_weights_only_error(path, "has no slimkit manifest"))
     try:
         return model_spec.build(manifest["spec"], shapes=shapes)
     except Exception as exc:  # a hand-edited manifest; spec's ConfigErrors name the layer

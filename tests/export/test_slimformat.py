@@ -95,6 +95,28 @@ def test_palette_and_sparse_dense_paths_are_exact(tmp_path, lenet):
     assert torch.equal(loaded(x), model(x))
 
 
+def test_float64_values_off_the_fp32_grid_are_not_palette_coded(tmp_path):
+    # The palette table is fp32, and its losslessness check compared fp32 with fp32: a float64
+    # tensor on a 3-value grid came back rounded (0.1 is not an fp32 value; 0.1 + 1e-12 and 0.1
+    # round to the same fp32 value, so they also merged).
+    model = build_model("lenet300", image_size=8, seed=0)
+    grid = torch.tensor([0.1, 0.1 + 1e-12, -2.5], dtype=torch.float64)
+    model.fc1.register_buffer("calib", grid[torch.arange(512) % 3])
+    path = tmp_path / "f64.slim"
+    slimformat.save(model, path)
+    loaded = slim_io.load(path)
+    assert loaded.fc1.calib.dtype == torch.float64
+    assert torch.equal(loaded.fc1.calib, model.fc1.calib)
+    st = {r["name"]: r for r in slimformat.stats(path)["tensors"]}
+    assert st["fc1.calib"]["encoding"] == "dense"
+    # float64 values that are fp32 values still get the palette, value for value
+    model.fc1.calib = grid.float().double()[torch.arange(512) % 3]
+    slimformat.save(model, path)
+    st = {r["name"]: r for r in slimformat.stats(path)["tensors"]}
+    assert st["fc1.calib"]["encoding"] == "palette"
+    assert torch.equal(slim_io.load(path).fc1.calib, model.fc1.calib)
+
+
 def test_relative_indices_with_long_gaps_round_trip():
     rng = np.random.default_rng(0)
     pos = np.sort(rng.choice(100_000, 300, replace=False))
@@ -125,6 +147,19 @@ def test_nonfinite_weights_are_refused_unless_allowed(tmp_path):
     with pytest.raises(NumericsError, match="fc3.bias"):
         slimformat.load(path)
     assert torch.isnan(slimformat.load(path, allow_nonfinite=True).fc3.bias[0])
+
+
+def test_nan_on_a_small_grid_round_trips_when_allowed(tmp_path):
+    # NaN has no palette entry (bucketize points past the table): such a tensor stays dense.
+    # Guards the palette's decode-and-compare check, which must not index with those codes.
+    model = build_model("lenet300", image_size=8, seed=0)
+    grid = torch.tensor([0.5, float("nan"), -1.0])
+    model.fc1.register_buffer("calib", grid[torch.arange(512) % 3])
+    path = tmp_path / "nan.slim"
+    slimformat.save(model, path)
+    got = slimformat.load(path, allow_nonfinite=True).fc1.calib
+    assert torch.equal(got.isnan(), model.fc1.calib.isnan())
+    assert torch.equal(got.nan_to_num(7.0), model.fc1.calib.nan_to_num(7.0))
 
 
 # ---- corrupt files: every error is a SlimkitError that names the file --------------------------
@@ -185,6 +220,10 @@ def _rec(name):
     ("edit", "message"),
     [
         (lambda m: m.update(tensors="x"), "must hold a 'spec' object and a 'tensors' list"),
+        # The manifest's own version went unchecked: only the header's was.
+        (lambda m: m.update(version=2), "manifest says .slim format version 2, but its header"),
+        (lambda m: m.update(version=True), "manifest says .slim format version True"),
+        (lambda m: m.pop("version"), "manifest says .slim format version None"),
         (lambda m: m["tensors"].append(7), "a tensor record must be an object"),
         (lambda m: _rec("fc2.bias")(m).update(shape=[10**12]), "fc2.bias"),
         (lambda m: _rec("fc2.bias")(m).update(shape=[-1]), "shape must be a list of integers"),

@@ -12,8 +12,9 @@ state-dict tensor, in state-dict order. A tensor is stored as one of
   weight_codes`); its scale / zero point / codebook are the layer's own buffers, stored as
   ``dense`` tensors and referenced by name. A layer recorded as quantized whose weight left its
   grid (trained or edited afterwards) is refused with an error, never stored as float;
-- ``palette``: a float tensor with at most 256 distinct values (a weight on any grid) as a sorted
-  fp32 value table plus codes into it;
+- ``palette``: a float tensor of at least 256 elements with at most 256 distinct values (a weight
+  on any grid) as a sorted fp32 value table plus codes into it, when that table holds every value
+  exactly (a float64 tensor off the fp32 grid stays ``dense``);
 - ``dense``: the exact bytes of the tensor (fp32 stays fp32, so ``load`` is bit-exact).
 
 Any of them can be ``sparse``: only the nonzero positions are stored, located by relative indices
@@ -285,15 +286,26 @@ def _off_grid_error(layer: str, module: nn.Module, info: dict[str, Any], fix: st
 
 
 def _palette_record(t: torch.Tensor):
-    """A float tensor on a grid of <= 256 values: sorted value table + codes into it."""
+    """A float tensor on a grid of <= 256 values: sorted fp32 value table + codes into it.
+
+    Only when decoding gives ``t`` back value for value: a float64 value that is not an fp32
+    value (0.1) would come back rounded from the fp32 table, so such a tensor stays dense.
+    """
     if not t.is_floating_point() or t.numel() < 256:
         return None
-    values = torch.unique(t.reshape(-1).float())
-    if values.numel() > 256 or not torch.equal(values.to(t.dtype).float(), values):
+    flat = t.reshape(-1)
+    if torch.isnan(flat).any():  # no table entry equals NaN (bucketize may point past the end)
         return None
-    codes = torch.bucketize(t.reshape(-1).float(), values).reshape(t.shape).numpy().astype(np.int64)
+    values = torch.unique(flat.float())
+    if values.numel() > 256:
+        return None
+    codes = torch.bucketize(flat.float(), values)
+    # What the reader computes: table[codes] in fp32, then the tensor's own dtype.
+    if not torch.equal(values[codes].to(t.dtype), flat):
+        return None
     bits = max(1, int(np.ceil(np.log2(max(2, values.numel())))))
-    return codes, bits, {"encoding": "palette", "table": values.numpy().astype(np.float32)}
+    codes_np = codes.reshape(t.shape).numpy().astype(np.int64)
+    return codes_np, bits, {"encoding": "palette", "table": values.numpy().astype(np.float32)}
 
 
 def encode(model: nn.Module) -> bytes:
@@ -445,6 +457,15 @@ def _check_record(rec: Any, source: str) -> int:
 def _check_manifest(manifest: Any, payload: int, source: str) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _bad(source, f"the manifest must be an object with format {FORMAT!r}")
+    version = manifest.get("version")
+    if not (_nat(version) and version == FORMAT_VERSION):  # _nat: true is not version 1
+        # The header's version was checked already; a writer sets both.
+        raise UnsafeFileError(
+            f"{source}: its manifest says .slim format version {version!r}, but its header says "
+            f"{FORMAT_VERSION}; a slimkit writes the same version in both, so the file is corrupt "
+            "or was edited (or a newer slimkit wrote it: upgrade slimkit); export the model to "
+            ".slim again"
+        )
     records = manifest.get("tensors")
     if not isinstance(records, list) or not isinstance(manifest.get("spec"), dict):
         raise _bad(source, "the manifest must hold a 'spec' object and a 'tensors' list")
