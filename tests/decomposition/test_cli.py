@@ -90,7 +90,7 @@ def test_a_method_with_nothing_to_decompose_and_a_last_layer_split_are_clear(cap
     argv = ["decompose", "lenet300", "--method", "tucker", "--out", str(out), "--runs", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "TuckerDecomposition found no layer to decompose" in err and "--method svd" in err
+    assert "TuckerDecomposition found no layer to decompose" in err and "method svd" in err
     assert not out.exists()
     # splitting after the last layer was blamed on a residual block
     assert main(["split", "lenet5", "--at", "fc2", "--out", str(tmp_path / "s")]) == 2

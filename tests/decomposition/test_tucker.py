@@ -114,3 +114,11 @@ def test_every_zoo_model_survives_and_exports(name):
             sk.decompose_(model, cfg)
         return
     check_contract(model, lambda m: sk.decompose_(m, cfg), x, min_sqnr_db=20.0)
+
+
+def test_the_nothing_to_decompose_refusal_names_no_cli_flag():
+    # raised from decompose_ and recipes as well as the CLI, it named the CLI's "--method svd"
+    with pytest.raises(TargetError, match="found no layer to decompose") as info:
+        sk.decompose_(tiny_models()["lenet300"], TuckerDecomposition())
+    assert "SVDDecomposition (method svd)" in str(info.value)
+    assert "--" not in str(info.value)

@@ -256,3 +256,75 @@ def test_an_int8_dynamic_model_exports_as_int8_onnx_in_a_recipe(tiny, tmp_path):
     compress(parse_recipe(tiny(stages=stages)), tmp_path / "run", log=lambda s: None)
     arts = json.loads((tmp_path / "run" / "metrics.json").read_text())["artifacts"]
     assert arts["onnx-int8"]["bytes"] > 0
+
+
+# ---- the recipe's seed reaches nested training; stages that read data need data -------------
+
+GRADUAL = {"method": "gradual", "final_sparsity": 0.5, "steps": 2}
+SVD_RECOVERY = {"method": "svd", "ratio": 0.5, "recovery": {"mode": "finetune"}}
+NESTED_TRAINING = {
+    "gradual finetune": ({"prune": {**GRADUAL, "finetune": {"epochs": 1}}}, "finetune"),
+    "gradual default finetune": ({"prune": GRADUAL}, "finetune"),
+    "slimming train": ({"prune": {"method": "slimming", "train": {"epochs": 1}}}, "train"),
+    "gates default train": ({"prune": {"method": "gates"}}, "train"),
+    "qat train": ({"quantize": {"method": "qat", "train": {"epochs": 1}}}, "train"),
+    "svd recovery": ({"decompose": SVD_RECOVERY}, "recovery"),
+}
+
+
+@pytest.mark.parametrize("stage, field", list(NESTED_TRAINING.values()), ids=list(NESTED_TRAINING))
+def test_the_recipe_seed_reaches_nested_training_configs(tiny, stage, field):
+    # train_loop reseeds from its config's seed, so a nested default of 0 ignored `seed:`
+    def nested_seed(seed):
+        recipe = parse_recipe(tiny(seed=seed, stages=[{"train": {"epochs": 1}}, stage]))
+        return getattr(recipe.validate_stages()[1].config, field).seed
+
+    assert [nested_seed(s) for s in (0, 1, 5)] == [0, 1, 5]
+
+
+def test_a_nested_seed_set_in_the_stage_wins_and_nested_defaults_stay(tiny):
+    from slimkit.training import TrainConfig
+
+    stage = {"prune": {**GRADUAL, "finetune": {"epochs": 2, "seed": 7}}}
+    plan = parse_recipe(tiny(seed=3, stages=[{"train": {}}, stage])).validate_stages()[1]
+    assert plan.config.finetune == TrainConfig(epochs=2, seed=7)
+    stage = {"prune": {"method": "gates"}}
+    plan = parse_recipe(tiny(seed=3, stages=[{"train": {}}, stage])).validate_stages()[1]
+    assert plan.config.train == TrainConfig(epochs=1, lr=1e-2, seed=3)  # the class default
+
+
+DATA_READING = {
+    "channel taylor": {"prune": {"method": "channel", "criterion": "taylor"}},
+    "channel activation": {"prune": {"method": "channel", "criterion": "activation"}},
+    "channel apoz": {"prune": {"method": "channel", "criterion": "apoz"}},
+    "gradual taylor": {
+        "prune": {**GRADUAL, "criterion": "taylor", "finetune": {"epochs": 0}, "recovery_epochs": 0}
+    },
+    "gradual recovery": {"prune": {**GRADUAL, "finetune": {"epochs": 0}, "recovery_epochs": 2}},
+    "kmeans finetune_epochs": {"quantize": {"method": "kmeans", "finetune_epochs": 1}},
+    "slimming train": {"prune": {"method": "slimming", "train": {"epochs": 1}}},
+    "int8-static": {"quantize": {"method": "int8-static"}},
+    "svd recovery": {"decompose": SVD_RECOVERY},
+}
+
+
+@pytest.mark.parametrize("stage", list(DATA_READING.values()), ids=list(DATA_READING))
+def test_stages_that_read_data_are_refused_at_load_with_data_null(tiny, stage):
+    # the channel criteria, gradual taylor/recovery and k-means finetune_epochs loaded, then
+    # failed mid-run, after the stages before them
+    (kind,) = stage
+    with pytest.raises(ConfigError, match=rf"stages\[0\]\.{kind} needs training or calibration"):
+        parse_recipe(tiny(data=None, stages=[stage]))
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"prune": {"method": "channel", "criterion": "l1"}},
+        {"prune": {**GRADUAL, "finetune": {"epochs": 0}, "recovery_epochs": 0}},
+        {"quantize": {"method": "kmeans", "bits": 4}},
+        {"decompose": {"method": "svd", "ratio": 0.5}},
+    ],
+)
+def test_data_free_stage_configs_load_with_data_null(tiny, stage):
+    parse_recipe(tiny(data=None, stages=[stage]))

@@ -94,3 +94,11 @@ def test_a_target_typo_is_refused_before_the_l1_training(monkeypatch):
     with pytest.raises(TargetError, match="layers.0.conv9"):
         sk.prune_(model, cfg, data=data)
     assert trained == []  # was: 3 epochs of L1 training on the model first, in place
+
+
+def test_the_no_batchnorm_refusal_names_no_cli_flag():
+    # raised from prune_ and recipes as well as the CLI, it named the CLI's "--method channel"
+    with pytest.raises(ConfigError, match="no BatchNorm layer; use ChannelPruning") as info:
+        sk.prune_(build_model("lenet300", image_size=8), NetworkSlimming(ratio=0.5))
+    assert "ChannelPruning (method channel)" in str(info.value)
+    assert "--" not in str(info.value)

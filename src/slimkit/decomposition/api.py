@@ -51,7 +51,7 @@ def decompose_(model: nn.Module, config: Any, **kwargs: Any) -> nn.Module:
         fix = (
             "check its targets/ignore"
             if type(config).__name__ == "SVDDecomposition"
-            else "use SVDDecomposition (--method svd) for Linear layers"
+            else "use SVDDecomposition (method svd) for Linear layers"
         )
         raise TargetError(
             f"{type(config).__name__} found no layer to decompose: it factorises {kind}, and "

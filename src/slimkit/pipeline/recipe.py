@@ -3,7 +3,7 @@
 ```yaml
 model: {zoo: lenet5}                 # or {path: model.safetensors}
 data: {dataset: mnist5k}             # null: no data (stages that need data are refused)
-seed: 0
+seed: 0                              # every stage's training, nested ones too (unless set there)
 max_accuracy_drop: 0.5               # percentage points vs the reference (last train stage)
 stages:
   - train: {epochs: 8}

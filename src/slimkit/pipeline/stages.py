@@ -14,6 +14,11 @@ decomposition ``METHODS[method]`` config, ``DistillConfig``) plus a few pipeline
   An int8 model's onnx is its int8 graph, so onnx with onnx-int8 (the same graph twice) is refused.
 - ``benchmark``: ``runs``, ``threads``, ``batches`` for the final latency table.
 
+Every training config a stage builds, nested ones included (gradual pruning's ``finetune``, QAT's
+and slimming's ``train``, decomposition ``recovery``), takes the recipe's ``seed`` unless the
+stage gives it a ``seed`` of its own. (k-means' ``finetune_epochs`` has no seed option; its
+``finetune_centroids`` stage option does.)
+
 Train-like stages run under ``torchrun`` unchanged: with a process group of more than one
 process the model is wrapped in DistributedDataParallel (gloo) and the training loader uses a
 DistributedSampler (see :func:`fit`).
@@ -40,9 +45,6 @@ if TYPE_CHECKING:
     from slimkit.pipeline.recipe import Recipe
 
 EXPORT_FORMATS = ("slim", "onnx", "onnx-int8", "safetensors")
-# Methods that read data even without fine-tuning (scores, calibration, training-time QAT).
-_PRUNE_NEEDS_DATA = {"taylor", "slimming", "gates", "activation"}
-_QUANT_NEEDS_DATA = {"int8-static", "qat", "mixed", "static", "qat-int8"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +199,67 @@ def _train_config(opts: dict[str, Any], recipe: Recipe, field: str) -> TrainConf
     return TrainConfig.from_dict({"seed": recipe.seed, **opts})
 
 
+def _seeded(config: Any, opts: dict[str, Any], seed: int) -> Any:
+    """``config`` with the recipe's seed in each nested training config (a TrainConfig, or a
+    decomposition Recovery, whose seed becomes its TrainConfig's) that the stage's options do
+    not seed themselves. ``train_loop`` reseeds from ``cfg.seed``, so a nested default of 0
+    overrode ``seed:`` (GradualPruning.finetune, QATInt8.train, NetworkSlimming.train,
+    GatePruning.train). The seed is ``recipe.seed``, no per-stage offset, as train stages get it."""
+    from slimkit.decomposition.base import Recovery
+
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        given = opts.get(f.name)
+        explicit = f.name in opts and not (isinstance(given, dict) and "seed" not in given)
+        if isinstance(value, (TrainConfig, Recovery)) and not explicit:
+            changes[f.name] = dataclasses.replace(value, seed=seed)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _always_data() -> tuple[type, ...]:
+    """Configs a stage refuses without data whatever their options: Taylor scores, gates trained
+    and read on data, static-int8 / QAT calibration, and (as before, though their data-free
+    options exist) mixed precision's sensitivity scan and network slimming's L1 training."""
+    from slimkit.pruning.gates import GatePruning
+    from slimkit.pruning.slimming import NetworkSlimming
+    from slimkit.pruning.taylor import TaylorPruning
+    from slimkit.quantization.mixed import MixedPrecision
+    from slimkit.quantization.ptq import StaticInt8
+    from slimkit.quantization.qat import QATInt8
+
+    return (TaylorPruning, GatePruning, NetworkSlimming, StaticInt8, QATInt8, MixedPrecision)
+
+
+def _needs_data(config: Any) -> bool:
+    """Whether running a technique config reads the recipe's data, decided from the config (not
+    from method names, which missed aliases and options): a config type that always does, a
+    criterion scored on activations or gradients, or nested training of at least one epoch."""
+    from slimkit.decomposition.base import Recovery, RecoveryMode
+    from slimkit.pruning.criteria import NEEDS_DATA
+    from slimkit.pruning.schedules import GradualPruning
+    from slimkit.quantization.kmeans import KMeansQuantization
+
+    if isinstance(config, _always_data()):
+        return True
+    # ChannelPruning taylor / activation / apoz, GradualPruning taylor (its own enum)
+    criterion = getattr(config, "criterion", None)
+    if getattr(criterion, "value", criterion) in {c.value for c in NEEDS_DATA}:
+        return True
+    if isinstance(config, GradualPruning) and config.total_epochs() > 0:
+        return True  # recovery_epochs train even with finetune.epochs 0
+    if isinstance(config, KMeansQuantization) and config.finetune_epochs > 0:
+        return True  # fine-tunes the centroids inside quantize_
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, TrainConfig) and value.epochs > 0:
+            return True
+        # Decomposition recovery (finetune/distill) trains on the recipe's data.
+        if isinstance(value, Recovery) and value.mode is not RecoveryMode.NONE and value.epochs > 0:
+            return True
+    return False
+
+
 # What each stage kind would do to weights a quantize stage put on a grid, and the fix; the
 # run refused these when it reached them (after the stages before), and train not at all.
 _AFTER_QUANTIZE = {
@@ -256,7 +319,6 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
                     "(finalize: false keeps the pruning masks)"
                 )
             extra["finalize"] = finalize
-            needs = method in _PRUNE_NEEDS_DATA
             scan = opts.pop("sensitivity", None)
             if scan is not None and scan is not False:
                 levels = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98] if scan is True else scan
@@ -273,19 +335,11 @@ def _build(index: int, kind: str, opts: dict[str, Any], recipe: Recipe) -> Stage
                 opts.pop("finetune_centroids"), recipe, "finetune_centroids"
             )
             needs = True
-        if kind == "quantize":
-            needs = needs or method in _QUANT_NEEDS_DATA
         if kind == "decompose" and "finetune" in opts:
             extra["finetune"] = _train_config(opts.pop("finetune"), recipe, "finetune")
             needs = True
-        config = methods[method].from_dict(opts)
-        ft = getattr(config, "finetune", None)
-        if isinstance(ft, TrainConfig) and ft.epochs > 0:
-            needs = True
-        # Decomposition recovery (finetune/distill) trains on the recipe's data.
-        recovery = getattr(config, "recovery", None)
-        if recovery is not None and recovery.mode != "none" and recovery.epochs > 0:
-            needs = True
+        config = _seeded(methods[method].from_dict(opts), opts, recipe.seed)
+        needs = needs or _needs_data(config)
         return StagePlan(index, kind, config, method, extra, needs_data=needs)
     if kind == "distill":
         from slimkit.distillation.trainer import DistillConfig

@@ -88,7 +88,7 @@ def _network_slimming(
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(
             "NetworkSlimming ranks channels by their BatchNorm scale (gamma), but the model has "
-            "no BatchNorm layer; use ChannelPruning(criterion='l1') (--method channel) instead"
+            "no BatchNorm layer; use ChannelPruning (method channel) with criterion l1 instead"
         )
     # Targets and the graph's supported layers are checked before the L1 training, which
     # changes the model in place (a typo in targets was reported after the epochs).
