@@ -14,6 +14,16 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
+def script_of(stem: str) -> str:
+    """The benchmark script that printed results/<stem>.txt: the longest ``_``-joined prefix of
+    ``stem`` that names a script here (``pruning_structured_rt8`` -> ``pruning_structured``)."""
+    parts = stem.split("_")
+    for n in range(len(parts), 0, -1):
+        if (HERE / f"{'_'.join(parts[:n])}.py").exists():
+            return "_".join(parts[:n])
+    raise SystemExit(f"results/{stem}.txt: no benchmarks/<name>.py prints it; rename or remove it")
+
+
 def main() -> None:
     import onnxruntime
     import torch
@@ -28,8 +38,19 @@ def main() -> None:
         "The machine is shared and noisy: compare ratios within one run, not across runs.",
         "",
     ]
-    for txt in sorted((HERE / "results").glob("*.txt")):
-        lines += [f"## {txt.stem}", "", f"`python benchmarks/{txt.stem}.py`", "", "```"]
+    # Each script's default run first, then the runs of other settings it saved under another
+    # name (``--out``), whose first line gives the command they ran.
+    runs = [(script_of(txt.stem), txt) for txt in (HERE / "results").glob("*.txt")]
+    for script, txt in sorted(runs, key=lambda r: (r[0], r[1].stem != r[0], r[1].stem)):
+        if txt.stem == script:
+            how = f"`python benchmarks/{script}.py`"
+        else:
+            how = (
+                f"Another run of `python benchmarks/{script}.py`, saved with `--out {txt.stem}`; "
+                "its first line gives the command and settings it ran with (the script's "
+                "defaults may have changed since)."
+            )
+        lines += [f"## {txt.stem}", "", how, "", "```"]
         lines += txt.read_text().rstrip().splitlines()
         lines += ["```", ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
