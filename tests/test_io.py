@@ -88,6 +88,51 @@ def test_nonfinite_weights_refused_unless_allowed(tmp_path):
     assert torch.isnan(slim_io.load(path, allow_nonfinite=True).fc2.weight[0, 0])
 
 
+def _mixed_precision_lenet300():
+    """lenet300 in float64 (values off the fp32 grid) with one bf16 and one fp16 layer."""
+    model = build_model("lenet300", image_size=8, seed=0).double()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / 3)
+    model.fc2.to(torch.bfloat16)
+    model.fc3.to(torch.float16)
+    return model
+
+
+def test_load_gives_back_each_tensors_float_dtype(tmp_path):
+    # The model was rebuilt in float32 and the weights copied into it: a .double() model (or a
+    # bf16 layer) came back as float32, its float64 values rounded.
+    model = _mixed_precision_lenet300()
+    path = tmp_path / "mixed.safetensors"
+    slim_io.save(model, path)
+    loaded = slim_io.load(path)
+    want = model.state_dict()
+    got = loaded.state_dict()
+    assert {k: v.dtype for k, v in got.items()} == {k: v.dtype for k, v in want.items()}
+    assert {v.dtype for v in got.values()} == {torch.float64, torch.bfloat16, torch.float16}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())
+    # Weights loaded into a model the caller passes take that model's dtypes (torch's rule).
+    into = slim_io.load(path, model=build_model("lenet300", image_size=8))
+    assert {v.dtype for v in into.state_dict().values()} == {torch.float32}
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("name", ["w.PT", "w.Pth", "w.CKPT"])
+def test_torch_suffixes_are_matched_in_any_case(tmp_path, name):
+    # Only ".pt" was a torch suffix: "w.PT" holding a protocol-4 pickle (not the "PK" / "\x80\x02"
+    # bytes also checked) went the safetensors route and got "not a valid safetensors file".
+    path = tmp_path / name
+    with open(path, "wb") as fh:
+        pickle.dump({"weight": Payload()}, fh, protocol=4)
+    with pytest.raises(ConfigError, match="is a torch.save file"):
+        slim_io.load(path)
+    with pytest.raises(UnsafeFileError, match="weights_only=True"):
+        slim_io.load(path, model=build_model("lenet300"))
+    assert EXECUTED == []
+
+
 def test_save_is_atomic_and_deterministic(tmp_path):
     torch.manual_seed(0)
     model = build_model("lenet5", image_size=8)

@@ -145,7 +145,9 @@ def load(
 ) -> nn.Module:
     """Load a model saved by :func:`save` (or a ``.slim`` artifact); never runs code from the file.
 
-    With ``model`` given, only the weights are loaded into it (strict). A torch state dict
+    A model built from the file has each float parameter and buffer in the dtype it was saved
+    in (float64, bf16, ...). With ``model`` given, only the weights are loaded into it (strict,
+    converted to its dtypes, as ``load_state_dict`` does). A torch state dict
     (``.pt``/``.pth``/``.bin``/``.ckpt``) needs ``model``; it is read only with
     ``torch.load(weights_only=True)``, and only once ``model`` is given.
     """
@@ -181,7 +183,7 @@ def load(
             "unpickles under a .safetensors name; re-save the weights with slimkit.save(model, "
             "path) or safetensors.torch.save_file(model.state_dict(), path)"
         )
-    if path.suffix in TORCH_SUFFIXES or magic[:2] in (b"PK", b"\x80\x02"):
+    if path.suffix.lower() in TORCH_SUFFIXES or magic[:2] in (b"PK", b"\x80\x02"):
         if model is None:  # refused before torch.load: nothing is unpickled for a refusal
             raise ConfigError(_weights_only_error(path, "is a torch.save file"))
         state = load_torch_state(path)
@@ -190,7 +192,7 @@ def load(
         _load_state(model, state, path)
         return model
     try:
-        shapes, header = read_safetensors_header(path)
+        shapes, dtypes, header = _read_header(path)
     except UnsafeFileError:
         if path.suffix.lower() != ".slim":
             raise
@@ -200,7 +202,9 @@ def load(
             "either; the file is corrupt or of another kind: export the model to .slim again"
         ) from None
     if model is None:
-        model = _build_from_header(path, header, shapes)  # checked before any tensor is read
+        # Checked before any tensor is read; built in the stored float dtypes (a float64 model
+        # loaded into float32 parameters came back rounded).
+        model = _build_from_header(path, header, shapes, dtypes)
     tensors, _ = read_safetensors(path)
     if not allow_nonfinite:
         check_finite(tensors, str(path))
@@ -227,7 +231,10 @@ def _weights_only_error(path: Path, what: str) -> str:
 
 
 def _build_from_header(
-    path: Path, header: dict[str, str], shapes: dict[str, list[int]]
+    path: Path,
+    header: dict[str, str],
+    shapes: dict[str, list[int]],
+    dtypes: dict[str, torch.dtype],
 ) -> nn.Module:
     """Build the manifest's model, its spec checked on the meta device against ``shapes``."""
     try:
@@ -237,7 +244,7 @@ def _build_from_header(
     if manifest is None:
         raise ConfigError(_weights_only_error(path, "has no slimkit manifest"))
     try:
-        return model_spec.build(manifest["spec"], shapes=shapes)
+        return model_spec.build(manifest["spec"], shapes=shapes, dtypes=dtypes)
     except Exception as exc:  # a hand-edited manifest; spec's ConfigErrors name the layer
         reason = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
         raise ConfigError(
@@ -262,13 +269,33 @@ def read_safetensors_header(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Tensor shapes and header metadata of a safetensors file, without reading the tensors."""
+    shapes, _, metadata = _read_header(path)
+    return shapes, metadata
+
+
+# safetensors' names of the float dtypes a slimkit model holds (others: see restore_dtypes).
+_FLOAT_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+
+
+def _read_header(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, list[int]], dict[str, torch.dtype], dict[str, str]]:
+    """Shapes, float dtypes (by tensor name) and header metadata, without reading the tensors."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: list(s.get_shape()) for k, s in slices.items()}
+            kinds = {k: s.get_dtype() for k, s in slices.items()}
             metadata = f.metadata() or {}
     except Exception as exc:  # SafetensorError, OSError: not a safetensors file
         raise UnsafeFileError(f"{path} is not a valid safetensors file: {exc}") from None
-    return shapes, metadata
+    dtypes = {k: _FLOAT_DTYPES[d] for k, d in kinds.items() if d in _FLOAT_DTYPES}
+    return shapes, dtypes, metadata
 
 
 def read_manifest(header: dict[str, str]) -> dict[str, Any] | None:

@@ -117,6 +117,25 @@ def test_float64_values_off_the_fp32_grid_are_not_palette_coded(tmp_path):
     assert torch.equal(slim_io.load(path).fc1.calib, model.fc1.calib)
 
 
+def test_float64_and_half_layers_load_in_their_own_dtypes(tmp_path):
+    # The records carry their dtype, but the rebuilt model was float32: a .double() model (or a
+    # bf16 / fp16 layer) loaded as float32, its float64 values rounded.
+    model = build_model("lenet300", image_size=8, seed=0).double()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / 3)
+    model.fc2.to(torch.bfloat16)
+    model.fc3.to(torch.float16)
+    path = tmp_path / "mixed.slim"
+    slimformat.save(model, path)
+    want = model.state_dict()
+    for loaded in (slimformat.load(path), slim_io.load(path)):
+        got = loaded.state_dict()
+        assert {k: v.dtype for k, v in got.items()} == {k: v.dtype for k, v in want.items()}
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_relative_indices_with_long_gaps_round_trip():
     rng = np.random.default_rng(0)
     pos = np.sort(rng.choice(100_000, 300, replace=False))

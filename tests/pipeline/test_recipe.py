@@ -282,6 +282,17 @@ def test_the_recipe_seed_reaches_nested_training_configs(tiny, stage, field):
     assert [nested_seed(s) for s in (0, 1, 5)] == [0, 1, 5]
 
 
+def test_the_recipe_seed_reaches_kmeans_centroid_finetuning(tiny):
+    # KMeansQuantization built its fine-tuning TrainConfig with no seed: always seed 0.
+    def finetune_seed(seed, **opts):
+        stage = {"quantize": {"method": "kmeans", "finetune_epochs": 1, **opts}}
+        recipe = parse_recipe(tiny(seed=seed, stages=[{"train": {"epochs": 1}}, stage]))
+        return recipe.validate_stages()[1].config.finetune_seed
+
+    assert [finetune_seed(s) for s in (0, 1, 5)] == [0, 1, 5]
+    assert finetune_seed(3, finetune_seed=7) == 7  # set in the stage: it wins
+
+
 def test_a_nested_seed_set_in_the_stage_wins_and_nested_defaults_stay(tiny):
     from slimkit.training import TrainConfig
 

@@ -125,3 +125,28 @@ def test_finetune_via_config_needs_data(digits):
     assert torch.equal(before.codes, after.codes)  # same clustering, then only centroids moved
     assert not torch.equal(before.params["codebook"], after.params["codebook"])
     assert torch.unique(tuned[1].weight).numel() <= 4
+
+
+def test_finetune_seed_reaches_the_centroid_training(digits, monkeypatch):
+    # The fine-tuning TrainConfig was built without a seed, so it always trained with seed 0
+    # and a recipe's `seed:` could not reach it.
+    import slimkit.quantization.kmeans as kmeans_mod
+
+    seen = []
+    real = kmeans_mod.finetune_centroids
+    monkeypatch.setattr(
+        kmeans_mod, "finetune_centroids", lambda m, d, cfg: seen.append(cfg) or real(m, d, cfg)
+    )
+
+    def book(seed):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        cfg = KMeansQuantization(bits=2, finetune_epochs=1, finetune_lr=1e-2, finetune_seed=seed)
+        return weight_codes(sk.quantize_(net, cfg, data=digits)[1]).params["codebook"]
+
+    a, b, c = book(0), book(0), book(3)
+    assert [cfg.seed for cfg in seen] == [0, 0, 3]
+    assert seen[0] == TrainConfig(epochs=1, lr=1e-2, seed=0)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the seed orders the batches
+    with pytest.raises(ConfigError, match="finetune_seed must be an integer"):
+        KMeansQuantization(finetune_seed=-1.5)

@@ -652,8 +652,11 @@ def load(path: str | os.PathLike[str], *, allow_nonfinite: bool = False) -> nn.M
     data = _read(path)
     manifest, base = read_manifest(data, source)
     shapes = {rec["name"]: rec["shape"] for rec in manifest["tensors"]}
+    # Each record's own dtype: the rebuilt model is float32, and a float64 tensor loaded into it
+    # came back rounded.
+    dtypes = {rec["name"]: _DTYPES[rec["dtype"]][0] for rec in manifest["tensors"]}
     try:
-        model = model_spec.build(manifest["spec"], shapes=shapes)
+        model = model_spec.build(manifest["spec"], shapes=shapes, dtypes=dtypes)
     except Exception as exc:  # spec's ConfigErrors name the layer; anything else is corrupt data
         reason = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
         raise ConfigError(

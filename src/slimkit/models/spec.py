@@ -382,17 +382,48 @@ def _check_size(meta: nn.Module, limit: int | None) -> None:
         )
 
 
-def build(spec: dict[str, Any], shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+def restore_dtypes(model: nn.Module, dtypes: Mapping[str, torch.dtype]) -> None:
+    """Give each floating parameter / buffer of ``model`` the floating dtype it was saved in.
+
+    ``dtypes`` maps state-dict names to the stored tensors' dtypes. A rebuilt model is in torch's
+    default dtype, so without this a ``.double()`` model (or one bf16 layer) loaded as float32.
+    Integer and bool tensors (quantization codes, counters) keep the dtype the spec gave them.
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for kind in ("_parameters", "_buffers"):
+        for prefix, module in modules.items():
+            for leaf, t in getattr(module, kind).items():
+                want = dtypes.get(f"{prefix}.{leaf}" if prefix else leaf)
+                if t is None or want is None or want == t.dtype:
+                    continue
+                if not (t.is_floating_point() and want.is_floating_point):
+                    continue
+                if kind == "_parameters":
+                    # In place on the Parameter object, so tied weights stay one tensor.
+                    t.data = t.data.to(want)
+                else:
+                    module._buffers[leaf] = t.to(want)
+
+
+def build(
+    spec: dict[str, Any],
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    dtypes: Mapping[str, torch.dtype] | None = None,
+) -> nn.Module:
     """Rebuild the module tree described by :func:`describe` (weights not loaded).
 
     The spec is first built on torch's meta device (no memory), which runs every layer's own
     argument checks; then its tensor shapes are compared with ``shapes`` (the stored tensors, when
     given) and its total size with the machine's memory. Only a spec that passes is built for
-    real. Every problem is a ConfigError naming the layer and the value.
+    real. Every problem is a ConfigError naming the layer and the value. ``dtypes`` (the stored
+    tensors' dtypes, by state-dict name) are given to the floating parameters and buffers (see
+    :func:`restore_dtypes`), so loading the weights does not round them to float32.
     """
     try:
         with torch.device("meta"):
             meta = _build(spec)
+            if dtypes is not None:
+                restore_dtypes(meta, dtypes)  # before the size check: float64 takes twice fp32
     except ConfigError:
         raise
     except Exception as exc:  # anything else a hand-edited spec can provoke
@@ -404,4 +435,7 @@ def build(spec: dict[str, Any], shapes: Mapping[str, Sequence[int]] | None = Non
         _check_shapes(meta, shapes)
     _check_size(meta, memory_limit())
     del meta
-    return _build(spec)
+    model = _build(spec)
+    if dtypes is not None:
+        restore_dtypes(model, dtypes)
+    return model

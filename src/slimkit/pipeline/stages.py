@@ -204,7 +204,9 @@ def _seeded(config: Any, opts: dict[str, Any], seed: int) -> Any:
     decomposition Recovery, whose seed becomes its TrainConfig's) that the stage's options do
     not seed themselves. ``train_loop`` reseeds from ``cfg.seed``, so a nested default of 0
     overrode ``seed:`` (GradualPruning.finetune, QATInt8.train, NetworkSlimming.train,
-    GatePruning.train). The seed is ``recipe.seed``, no per-stage offset, as train stages get it."""
+    GatePruning.train). A config whose fine-tuning options are flat fields has a
+    ``finetune_seed`` (KMeansQuantization), seeded the same way unless the stage sets it. The
+    seed is ``recipe.seed``, no per-stage offset, as train stages get it."""
     from slimkit.decomposition.base import Recovery
 
     changes: dict[str, Any] = {}
@@ -214,6 +216,8 @@ def _seeded(config: Any, opts: dict[str, Any], seed: int) -> Any:
         explicit = f.name in opts and not (isinstance(given, dict) and "seed" not in given)
         if isinstance(value, (TrainConfig, Recovery)) and not explicit:
             changes[f.name] = dataclasses.replace(value, seed=seed)
+        elif f.name == "finetune_seed" and not explicit:
+            changes[f.name] = seed
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -37,6 +37,8 @@ class KMeansQuantization(SlimConfig):
     iters: int = 30  # Lloyd iterations (stops early when assignments settle)
     finetune_epochs: int = 0  # > 0: fine-tune the centroids on data= right after clustering
     finetune_lr: float = 1e-4
+    # Seed of that fine-tuning (its TrainConfig's seed); a recipe stage gets the recipe's seed.
+    finetune_seed: int = 0
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
 
@@ -45,6 +47,7 @@ class KMeansQuantization(SlimConfig):
         check_int("iters", self.iters, 0, 1000)
         check_int("finetune_epochs", self.finetune_epochs, 0, 10_000)
         check_range("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True)
+        check_int("finetune_seed", self.finetune_seed, 0, 2**63 - 1)
 
 
 def lloyd_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,9 +120,10 @@ def _apply_kmeans(
         lambda _layer, w: quantize_kmeans_tensor(w, config.bits, config.iters),
     )
     if config.finetune_epochs and data is not None:
-        finetune_centroids(
-            model, data, TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr)
+        cfg = TrainConfig(
+            epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.finetune_seed
         )
+        finetune_centroids(model, data, cfg)
     return model
 
 

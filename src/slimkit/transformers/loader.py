@@ -85,8 +85,9 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
         pickled = [n for n in ("pytorch_model.bin", "model.pt") if (path / n).exists()]
         if pickled:
             raise UnsafeFileError(
-                f"{str(path)!r} holds only pickled weights {pickled}; slimkit never unpickles. "
-                "Convert them to model.safetensors first"
+                f"{str(path)!r} holds only pickled weights {pickled}; slimkit reads a Hugging "
+                "Face model only from model.safetensors and never runs code from a file "
+                "(unpickling can). Convert them to model.safetensors first"
             )
         raise ConfigError(
             f"{str(path)!r} is not a Hugging Face model folder: model.safetensors is missing"
