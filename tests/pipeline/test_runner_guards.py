@@ -443,3 +443,16 @@ def test_the_ratio_names_its_artifact_and_warns_when_later_stages_changed_the_mo
     monkeypatch.setattr(slimformat, "load", broken_load)
     res = compress(parse_recipe(tiny(stages=stages[:2])), tmp_path / "b", log=_quiet)
     assert any("does not reproduce it" in w for w in res.metrics["warnings"])
+
+
+def test_the_dense_fp32_reference_counts_batchnorm_statistics_as_the_slim_file_does(tiny, tmp_path):
+    import slimkit as sk
+    from slimkit.metrics import count_params, dense_fp32_bytes
+
+    raw = tiny(model={"zoo": "resnet", "kwargs": {"width": 4}}, stages=[QUICK_TRAIN])
+    compress(parse_recipe(raw), tmp_path, log=_quiet)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    model = sk.build_model("resnet", image_size=8, width=4)
+    assert dense_fp32_bytes(model) > 4 * count_params(model)  # running mean / var
+    # it was params * 4, leaving out the buffers the .slim file stores
+    assert metrics["dense_fp32_bytes"] == dense_fp32_bytes(model)

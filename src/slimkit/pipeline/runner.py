@@ -229,7 +229,7 @@ def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) ->
     """One row of measured figures for the model after a stage (files actually written)."""
     from slimkit.export import slimformat
     from slimkit.export.onnx import export_bytes, parity
-    from slimkit.metrics import count_flops, count_nonzeros, count_params
+    from slimkit.metrics import count_flops, count_nonzeros, count_params, dense_fp32_bytes
     from slimkit.metrics.latency import ort_latency
     from slimkit.preconditions import int8_layers
     from slimkit.quantization.ptq import export_int8_onnx
@@ -247,6 +247,7 @@ def measure(model: nn.Module, ctx: StageContext, ckpt: Path, slim_path: Path) ->
         "bytes_slim": slim_bytes,
         "bits_per_weight": None if slim_bytes is None else 8 * slim_bytes / max(1, params),
         "params": params,
+        "bytes_fp32": dense_fp32_bytes(final),  # params and float buffers (BatchNorm statistics)
         "nonzeros": count_nonzeros(final),
         "flops": count_flops(final, x),
         "accuracy": evaluate_accuracy(final, ctx.data.test) if ctx.data is not None else None,
@@ -698,7 +699,9 @@ def _finish(
     }
     missed = {fmt: d for fmt, d in shipped_drops.items() if limit is not None and d > limit + 1e-9}
     passed = passed and not missed
-    dense = rows[0]["params"] * 4
+    # The first row's model as dense fp32, buffers included (the .slim file holds them too);
+    # rows measured before bytes_fp32 was recorded (a resumed older run) count params only.
+    dense = rows[0].get("bytes_fp32") or rows[0]["params"] * 4
     return {
         "name": recipe.name,
         "recipe": recipe.to_dict(),
