@@ -70,9 +70,11 @@ def test_workers_add_trials_to_a_cli_study_and_the_rerun_picks_the_best(
         "image_size": 8,
         "out": str(out.resolve()),
     }
-    assert run_worker("w", url, 2) == 2
-    assert run_worker("w", url, 3) == 3  # a second worker call adds trials up to the count
-    assert run_worker("w", url) == 3  # no --trials: the study's own count (1) is already met
+    assert run_worker("w", url, 2).complete == 2
+    # a second worker call adds trials up to the count
+    assert run_worker("w", url, 3).complete == 3
+    # no --trials: the study's own count (1) is already met
+    assert run_worker("w", url).complete == 3
     trials = finished(url, "w")
     assert [t.number for t in trials] == [0, 1, 2]
     for t in trials:

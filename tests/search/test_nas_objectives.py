@@ -80,7 +80,9 @@ def test_hpo_says_when_its_pruner_is_unused(monkeypatch):
         raise ConfigError("stop before the study")
 
     monkeypatch.setattr(slimkit.search.study, "open_study", stop)
-    cfg = HPOConfig(objectives=("accuracy", "bytes"), pruner="hyperband", n_trials=1)
+    cfg = HPOConfig(
+        space={"bits": [4, 8]}, objectives=("accuracy", "bytes"), pruner="hyperband", n_trials=1
+    )
     with pytest.warns(StrategyReplacedWarning, match=r"pruner 'hyperband' is not used"):
         with pytest.raises(ConfigError, match="stop before"):
             hpo(cfg)  # was dropped silently

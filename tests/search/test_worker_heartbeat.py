@@ -50,7 +50,7 @@ def test_a_worker_beats_at_the_interval_the_study_recorded(tmp_path, monkeypatch
     assert study.user_attrs["slimkit_heartbeat"] == 10
     study.set_user_attr("slimkit_heartbeat", 3)  # as if created with another interval
     opened = _spy_on_heartbeats(monkeypatch)
-    assert run_worker("s", url, 2) == 2
+    assert run_worker("s", url, 2).complete == 2
     assert opened == [3]
 
 
@@ -73,6 +73,7 @@ def test_a_study_from_before_the_record_takes_the_interval_asked_for(tmp_path, m
     with sqlite3.connect(path) as conn:  # as written before studies recorded their interval
         conn.execute("DELETE FROM study_user_attributes WHERE key = 'slimkit_heartbeat'")
     opened = _spy_on_heartbeats(monkeypatch)
-    assert run_worker("s", url, 2, heartbeat=3) == 2
-    assert run_worker("s", url, 3) == 3  # the first worker recorded its 3 s: this one beats so
+    assert run_worker("s", url, 2, heartbeat=3).complete == 2
+    # the first worker recorded its 3 s: this one beats so
+    assert run_worker("s", url, 3).complete == 3
     assert opened == [3, 3]

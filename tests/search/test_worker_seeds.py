@@ -22,8 +22,8 @@ def test_hpo_workers_do_not_repeat_the_first_runs_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 'h.db'}"
     cfg = LR_SEARCH
     study = hpo(cfg, storage=url, study_name="s")
-    assert run_worker("s", url, 2) == 2
-    assert run_worker("s", url, 3) == 3
+    assert run_worker("s", url, 2).complete == 2
+    assert run_worker("s", url, 3).complete == 3
     lrs = [t.params["lr"] for t in study.trials]
     assert len(lrs) == 3 and len(set(lrs)) == 3, lrs
 

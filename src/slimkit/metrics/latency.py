@@ -59,7 +59,8 @@ def _check_batch(batch: object) -> int:
 
 def _summary(runner: str, batch: int, threads: int, times: list[float]) -> Latency:
     times_sorted = sorted(times)
-    p90 = times_sorted[min(len(times_sorted) - 1, int(0.9 * len(times_sorted)))]
+    # Nearest rank: the ceil(0.9 n)-th smallest (integer arithmetic; the 9th of 10, not the max).
+    p90 = times_sorted[-(-9 * len(times_sorted) // 10) - 1]
     return Latency(runner, batch, threads, statistics.median(times), p90, len(times))
 
 

@@ -26,7 +26,7 @@ from slimkit.metrics.size import count_nonzeros, count_params, file_bytes
 class Measurement:
     params: int
     nonzeros: int
-    flops: int
+    flops: int  # of one sample (example_input[:1]), the input latency repeats to each batch
     bytes_safetensors: int
     bytes_onnx: int | None = None
     accuracy: float | None = None
@@ -74,6 +74,9 @@ def evaluate(
     workdir: str | os.PathLike[str] | None = None,
 ) -> Measurement:
     """Measure ``model``: writes it (safetensors, ONNX) and times what it wrote.
+
+    FLOPs are those of one sample (``example_input[:1]``), whatever its batch size: latency
+    repeats that sample to each of ``batches``.
 
     The files go to a temporary folder, or to ``workdir`` (created if missing) as
     model.safetensors and model.onnx; files of those names that an earlier ``evaluate`` did not
@@ -125,7 +128,7 @@ def evaluate(
         m = Measurement(
             params=count_params(model),
             nonzeros=count_nonzeros(model),
-            flops=count_flops(model, example_input),
+            flops=count_flops(model, example_input[:1]),
             bytes_safetensors=file_bytes(st_path),
         )
         onnx_path = folder / "model.onnx"

@@ -107,8 +107,15 @@ def render(metrics: dict[str, Any]) -> str:
         + ").</p>",
         *(f'<p class="fail">Warning: {html.escape(w)}</p>' for w in metrics.get("warnings") or []),
         "<h2>Per-stage measurements</h2>",
-        "<p>Every figure is measured on files written by the run: bytes on disk, ONNX Runtime "
-        "latency (median), accuracy on the test split.</p>",
+        "<p>Every figure is measured, none estimated: bytes are the sizes of the files the run "
+        "wrote, latency is ONNX Runtime's median on the model exported after the stage, and "
+        "accuracy is the model's (in memory, after the stage) on the test split."
+        + (
+            " The Artifacts table gives the accuracy of each written file loaded back."
+            if any(a.get("accuracy") is not None for a in (metrics.get("artifacts") or {}).values())
+            else ""
+        )
+        + "</p>",
         _table(rows, COLUMNS, "stages"),
     ]
     arts = metrics.get("artifacts") or {}

@@ -9,7 +9,12 @@ from slimkit.search.hpo import HPOConfig, hpo
 from slimkit.search.nas import NASConfig, NASResult, nas
 from slimkit.search.pareto import hypervolume_2d, pareto_front
 from slimkit.search.reinforce import ReinforceSampler
-from slimkit.search.samplers import Strategy, make_sampler
+from slimkit.search.samplers import (
+    SamplerBudgetWarning,
+    Strategy,
+    UnguidedParametersWarning,
+    make_sampler,
+)
 from slimkit.search.spaces import DEFAULT_NAS_SPACE, SearchSpace
 from slimkit.search.storage import make_storage, mask_url
 
@@ -23,8 +28,10 @@ __all__ = [
     "NASResult",
     "RegularizedEvolutionSampler",
     "ReinforceSampler",
+    "SamplerBudgetWarning",
     "SearchSpace",
     "Strategy",
+    "UnguidedParametersWarning",
     "hpo",
     "hypervolume_2d",
     "make_sampler",

@@ -3,7 +3,9 @@
 Population = the ``population`` most recently finished trials (the oldest die: aging).
 Each new trial: draw ``sample_size`` members at random (tournament), take the best as parent,
 copy its choices and mutate one of them to a different option. Until the population is full,
-trials are sampled at random.
+trials are sampled at random: a study built from a task (nas, hpo) without a ``population`` option
+sizes it to the trial budget (:func:`slimkit.search.samplers.default_population`), and one whose
+population takes the whole budget is said (SamplerBudgetWarning).
 """
 
 from __future__ import annotations

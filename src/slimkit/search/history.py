@@ -7,6 +7,7 @@ study across many worker processes exactly like Optuna's own samplers.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from typing import Any
 
@@ -55,6 +56,9 @@ class ReplaySampler(BaseSampler):
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
         self._random = RandomSampler(seed=seed)
+        # Studies already told which parameters are sampled at random: said once per study
+        # (not state the sampling depends on).
+        self._warned: set[str] = set()
 
     def reseed_rng(self) -> None:
         self._random.reseed_rng()
@@ -63,7 +67,34 @@ class ReplaySampler(BaseSampler):
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         self._raise_error_if_multi_objective(study)
+        self._warn_unguided(study)
         return categorical_space(study, trial)
+
+    def _warn_unguided(self, study: Study) -> None:
+        """Once per study: the parameters of finished trials that are not categorical (float or
+        int ranges), which this sampler draws at random, not by its strategy."""
+        if study.study_name in self._warned:
+            return
+        names = sorted(
+            {
+                n
+                for t in completed(study)
+                for n, d in t.distributions.items()
+                if not isinstance(d, CategoricalDistribution)
+            }
+        )
+        if not names:
+            return
+        from slimkit.search.samplers import UnguidedParametersWarning
+
+        self._warned.add(study.study_name)
+        warnings.warn(
+            f"{type(self).__name__} guides categorical choices only: parameter(s) {names} of "
+            f"study {study.study_name!r} are ranges and are sampled at random; give them as "
+            "lists of choices to search them, or use strategy tpe",
+            UnguidedParametersWarning,
+            stacklevel=2,
+        )
 
     def sample_independent(
         self,

@@ -162,6 +162,15 @@ class HPOConfig(SlimConfig):
             raise ConfigError(
                 f"objectives must be ['accuracy'] or ['accuracy', 'bytes'], but got {list(self.objectives)}"
             )
+        if "bytes" in self.objectives and not {"sparsity", "bits"} & set(self.space):
+            # bytes are those of the pruned/quantized .slim: with neither knob no trial writes
+            # one, and every trial would report 0 bytes
+            raise ConfigError(
+                "objective 'bytes' needs 'sparsity' or 'bits' in the space (bytes are measured "
+                "on the pruned/quantized .slim artifact), but the space has only "
+                f"{sorted(self.space)}; add e.g. bits: [4, 8] or sparsity: {{low: 0.5, high: 0.9}}, "
+                "or use objectives ['accuracy']"
+            )
 
 
 def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +240,10 @@ def make_objective(cfg: HPOConfig):
             acc = evaluate_accuracy(model, data.test)
             trial.set_user_attr("bytes", nbytes)
         trial.set_user_attr("accuracy", acc)
-        return (acc, float(nbytes or 0)) if len(cfg.objectives) > 1 else acc
+        if len(cfg.objectives) > 1:
+            assert nbytes is not None  # validate: 'bytes' needs sparsity or bits in the space
+            return acc, float(nbytes)
+        return acc
 
     return objective
 

@@ -64,6 +64,8 @@ class NASConfig(SlimConfig):
     max_params: int | None = None
     seed: int = 0
     measure_latency: bool = False
+    # Evolution without a population here gets one from n_trials (samplers.default_population:
+    # min(20, max(4, n_trials // 3))), recorded in the study when it is created.
     sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:

@@ -17,7 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from slimkit.config import check_range
+from slimkit.config import check_int, check_range
 from slimkit.search.history import ReplaySampler, choice_index, completed, score, trial_rng
 
 
@@ -31,6 +31,7 @@ class ReinforceSampler(ReplaySampler):
     ) -> None:
         check_range("lr", lr, 0.0, 100.0, low_open=True)
         check_range("baseline_decay", baseline_decay, 0.0, 1.0, high_open=True)
+        check_int("warmup", warmup, 0, 100_000)  # random trials before the policy samples
         self.lr = lr
         self.baseline_decay = baseline_decay
         self.warmup = warmup

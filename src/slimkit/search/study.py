@@ -4,6 +4,7 @@ machine with the same storage URL and study name rebuilds the same objective and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -20,6 +21,11 @@ _DEFAULT_STRATEGY = {"nas": "evolution", "hpo": "tpe"}  # NASConfig's and HPOCon
 # The heartbeat interval (s) of the run that created the study: every process of a study must
 # beat at the same interval (see storage.HEARTBEAT), so a worker reads it here.
 HEARTBEAT_ATTR = "slimkit_heartbeat"
+# The options of the sampler a study built from its task, as resolved when it was created
+# (samplers.resolve_options: evolution's population derived from the trial count then).
+SAMPLER_ATTR = "slimkit_sampler_options"
+# Set on a trial whose training diverged (NumericsError): failed, counted in the trial budget.
+DIVERGED_ATTR = "slimkit_diverged"
 
 
 class StrategyReplacedWarning(UserWarning):
@@ -56,12 +62,17 @@ def open_study(
     optuna = import_extra("optuna", "search")
     from optuna.trial import TrialState
 
-    from slimkit.search.samplers import make_sampler
+    from slimkit.search.samplers import make_sampler, resolve_options, warn_if_never_guided
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = task["config"]
+    n_trials = cfg.get("n_trials")
+    if sampler is not None:  # the caller's own: its warm-up is theirs to fit to the budget
+        warn_if_never_guided(sampler, n_trials, stacklevel=2)
+    options: dict[str, Any] | None = None  # the options of a sampler built here
+    explicit: dict[str, Any] = dict(cfg.get("sampler_options", {}))
+    strategy = cfg.get("strategy", "tpe")
     if sampler is None:
-        strategy = cfg.get("strategy", "tpe")
         if len(directions) > 1 and strategy in ("evolution", "reinforce", "tpe"):
             # A chosen strategy is said to be replaced, not silently (comparing strategies on a
             # multi-objective search compared NSGA-II with itself); the default, quietly.
@@ -74,7 +85,11 @@ def open_study(
                     stacklevel=2,
                 )
             strategy = "nsga2"
-        sampler = make_sampler(strategy, seed=cfg.get("seed"), **cfg.get("sampler_options", {}))
+        # Bad options fail here, before any storage is opened.
+        options = resolve_options(strategy, explicit, n_trials)
+        sampler = make_sampler(strategy, seed=cfg.get("seed"), **options)
+        if {"population", "warmup"} & set(explicit):  # a derived warm-up fits the budget
+            warn_if_never_guided(sampler, n_trials, stacklevel=2)
     new_file: Path | None = None
     if storage is None or isinstance(storage, str):
         path = sqlite_path(storage or default_url())
@@ -94,6 +109,17 @@ def open_study(
         )
 
     existed = _exists(rdb, name)
+    if options is not None and existed:
+        # The options the study recorded when it was created (its population derived from the
+        # trial count it had then); a study from before they were recorded ran with the
+        # explicit ones. A resume asking for more trials, or a worker, samples alike.
+        # (A study of another task is refused or replaced below: its options are not used.)
+        attrs = rdb.get_study_user_attrs(rdb.get_study_id_from_name(name))
+        same = "slimkit_task" not in attrs or _identity(attrs["slimkit_task"]) == _identity(task)
+        kept = attrs.get(SAMPLER_ATTR, explicit) if same else options
+        if kept != options:
+            options = dict(kept)
+            sampler = make_sampler(strategy, seed=cfg.get("seed"), **options)
     study = create()
     stored = study.user_attrs.get("slimkit_task")
     if stored is not None and _identity(stored) != _identity(task):
@@ -133,6 +159,9 @@ def open_study(
     if beat is not None and recorded is None:
         # Before the task: a worker that finds the task also finds the heartbeat it must use.
         study.set_user_attr(HEARTBEAT_ATTR, beat)
+    if options is not None and study.user_attrs.get(SAMPLER_ATTR) != options:
+        # Before the task, like the heartbeat: a worker that finds the task finds these too.
+        study.set_user_attr(SAMPLER_ATTR, options)
     task = json.loads(json.dumps(task))
     if stored != task:  # new, or a resume asking for another trial count: workers read it
         study.set_user_attr("slimkit_task", task)
@@ -258,27 +287,87 @@ def load_task(name: str, storage: str | None) -> dict[str, Any]:
     return task
 
 
-def run_until(study, objective, n_trials: int) -> None:
-    """Run trials until the study has ``n_trials`` finished (complete or pruned) trials.
+@dataclasses.dataclass(frozen=True)
+class TrialCounts:
+    """A study's trials by outcome. ``finished`` (complete + pruned + diverged) is what
+    :func:`run_until` counts against the trial budget; trials failed for other reasons (a
+    worker that stopped beating, retried) are not."""
 
-    Safe with several workers on one study: each checks the shared count before a new trial.
-    """
-    optuna = import_extra("optuna", "search")
+    complete: int
+    pruned: int
+    diverged: int  # training raised NumericsError (NaN/inf): failed, recorded, budget spent
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.diverged
+
+    def __str__(self) -> str:
+        return (
+            f"{self.finished} finished trials ({self.complete} complete, {self.pruned} pruned, "
+            f"{self.diverged} diverged)"
+        )
+
+
+def trial_counts(study) -> TrialCounts:
     from optuna.trial import TrialState
 
-    states = (TrialState.COMPLETE, TrialState.PRUNED)
-    if len(study.get_trials(deepcopy=False, states=states)) >= n_trials:
+    trials = study.get_trials(deepcopy=False)
+    return TrialCounts(
+        complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        diverged=sum(t.state == TrialState.FAIL and DIVERGED_ATTR in t.user_attrs for t in trials),
+    )
+
+
+def run_until(study, objective, n_trials: int) -> None:
+    """Run trials until the study has ``n_trials`` finished trials (:class:`TrialCounts`).
+
+    Safe with several workers on one study: each checks the shared count before a new trial.
+    A trial whose training diverges (NumericsError) is failed and recorded, and the search goes
+    on (Optuna logs one line naming the trial, its parameters and the error); any other error
+    stops the search. When no trial of the study completed or was pruned, every one diverged:
+    that raises NumericsError (and a study this process created is deleted again).
+    """
+    optuna = import_extra("optuna", "search")
+    from slimkit.errors import NumericsError
+
+    if trial_counts(study).finished >= n_trials:
         return
+
+    def guarded(trial):
+        try:
+            return objective(trial)
+        except NumericsError as exc:
+            # Counted as spent budget: a space where every trial diverges still ends.
+            trial.set_user_attr(DIVERGED_ATTR, str(exc).splitlines()[0] if str(exc) else "")
+            raise
+
+    def stop_at_budget(study, trial) -> None:
+        if trial_counts(study).finished >= n_trials:
+            study.stop()
+
     quiet = _NoTracebackForSlimkitErrors()
     handlers = list(logging.getLogger("optuna").handlers)  # filters on handlers see child records
     for h in handlers:
         h.addFilter(quiet)
     try:
         study.optimize(
-            objective,
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states)],
+            guarded,
+            catch=(NumericsError,),
+            callbacks=[stop_at_budget],
             gc_after_trial=False,
         )
+        counts = trial_counts(study)
+        if counts.complete + counts.pruned == 0 and counts.diverged:
+            first = next(
+                t for t in study.get_trials(deepcopy=False) if DIVERGED_ATTR in t.user_attrs
+            )
+            raise NumericsError(
+                f"every trial of study {study.study_name!r} diverged ({counts.diverged} trials, "
+                f"e.g. trial {first.number} with {first.params}: "
+                f"{first.user_attrs[DIVERGED_ATTR]}); nothing finished to choose from: lower the "
+                "learning rate or narrow the search space"
+            )
     except BaseException:
         _discard_if_nothing_finished(study)
         raise
@@ -292,9 +381,19 @@ def run_until(study, objective, n_trials: int) -> None:
 
 class _NoTracebackForSlimkitErrors(logging.Filter):
     """Optuna logs a failed trial's traceback; for slimkit's own errors (bad input, stated in
-    one line by the CLI) the one-line warning is enough."""
+    one line by the CLI; a diverged trial, after which the search goes on) the one-line warning
+    naming the trial, its parameters and the error is enough: the traceback, and Optuna's
+    second line ("Trial N failed with value None."), are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said: set[str] = set()  # "Trial N failed with value None." lines to drop
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], SlimkitError):
             record.exc_info, record.exc_text = None, None
-        return True
+            words = record.getMessage().split(maxsplit=2)  # "Trial N failed with parameters..."
+            if len(words) == 3 and words[0] == "Trial":
+                self._said.add(f"Trial {words[1]} failed with value None.")
+            return True
+        return record.getMessage() not in self._said  # (each handler sees the record)

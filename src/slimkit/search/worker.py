@@ -15,9 +15,12 @@ refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from slimkit.search.study import TrialCounts
 
 
 def run_worker(
@@ -26,8 +29,9 @@ def run_worker(
     n_trials: int | None = None,
     *,
     heartbeat: int | None = None,
-) -> int:
-    """Run trials of a stored study; returns the number of finished trials afterwards.
+) -> TrialCounts:
+    """Run trials of a stored study; returns its trials by outcome afterwards (``finished`` is
+    what the trial count is checked against: complete, pruned and diverged trials).
 
     A study (or database) that does not exist is a ConfigError, and nothing is created; so is an
     auto-compress study whose model file is gone or changed, or that has no file (API-created).
@@ -41,7 +45,7 @@ def run_worker(
     from slimkit.search.nas import make_objective as nas_objective
     from slimkit.search.spaces import SearchSpace
     from slimkit.search.storage import make_storage
-    from slimkit.search.study import load_task, open_study, run_until
+    from slimkit.search.study import load_task, open_study, run_until, trial_counts
 
     if n_trials is not None:
         check_int("trials", n_trials, 1, 100_000)
@@ -93,9 +97,7 @@ def run_worker(
             "'nas']"
         )
     run_until(study, objective, total)
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return trial_counts(study)
 
 
 def _check_nas_data(study_name: str, task: dict[str, Any]) -> None:
