@@ -69,3 +69,22 @@ def test_a_training_stream_without_a_length_needs_max_batches():
     before = model.fc1.weight.detach().clone()
     train(model, data, TrainConfig(epochs=1, max_batches=3))
     assert not torch.equal(before, model.fc1.weight)
+
+
+def test_accuracy_is_the_exact_fraction_so_a_drop_at_the_limit_meets_it():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from slimkit.training import evaluate_accuracy
+
+    class Fixed(torch.nn.Module):  # predicts class 0 for every sample
+        def forward(self, x):
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1)
+
+    def loader(correct):  # 1,000 samples, `correct` of them labelled 0
+        y = torch.tensor([0] * correct + [1] * (1000 - correct))
+        return DataLoader(TensorDataset(torch.zeros(1000, 1), y), batch_size=250)
+
+    dense, trial = (evaluate_accuracy(Fixed(), loader(n)) for n in (970, 965))
+    assert (dense, trial) == (0.97, 0.965)
+    assert 100 * (dense - trial) <= 0.5 + 1e-9  # float32 means gave 0.5000055 pp
