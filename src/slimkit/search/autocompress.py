@@ -150,10 +150,10 @@ def measure(model: nn.Module, data, folder: Path, cfg: AutoCompressConfig) -> di
     return out
 
 
-# An accuracy drop within this many percentage points over the limit meets it. Accuracies are
-# float32 means (evaluate_accuracy), each off by up to half an ulp (~6e-8 near 1), so a drop of
-# exactly the limit comes out up to ~1.2e-5 pp over it (0.97 - 0.965 in float32 is 0.5000055 pp).
-# 1e-4 pp is ~8x that, and less than one test sample for any test set under a million samples.
+# An accuracy drop within this many percentage points over the limit meets it: a drop of exactly
+# the limit must not fail on rounding (0.97 - 0.965 as float32 means was 0.5000055 pp; accuracies
+# are exact fractions now, see evaluate_accuracy, but figures from elsewhere may not be). 1e-4 pp
+# is less than one test sample for any test set under a million samples.
 ACCURACY_TOLERANCE_PP = 1e-4
 
 
