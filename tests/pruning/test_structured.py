@@ -203,3 +203,32 @@ def test_config_validation_messages():
 def test_data_criterion_without_data_is_a_config_error():
     with pytest.raises(ConfigError, match="needs data"):
         sk.prune_(build_model("lenet5", image_size=8), ChannelPruning(criterion="activation"))
+
+
+def test_pruning_a_model_in_train_mode_leaves_batchnorm_statistics_alone():
+    # output_layer's probe forward ran in the model's mode: in train mode it moved the
+    # running statistics and counted a batch.
+    from slimkit.pruning.structured import output_layer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).train()
+    x = torch.randn(4, 3, 10, 10) * 5 + 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert output_layer(model, x) == "8"
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    sk.prune_(model, ChannelPruning(ratio=0.25), example_inputs=x)
+    assert model.training
+    assert int(model[1].num_batches_tracked) == 0
+    assert model[1].running_mean.abs().max() == 0.0 and model[4].running_var.eq(1.0).all()

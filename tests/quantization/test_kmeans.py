@@ -1,5 +1,7 @@
 """K-means weight sharing: SQNR grows with bits, pinned zero, <= 2^bits values, fine-tuning."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ import slimkit as sk
 from slimkit.errors import ConfigError
 from slimkit.metrics.fidelity import sqnr_db
 from slimkit.quantization import KMeansQuantization, dequantize, finetune_centroids, weight_codes
-from slimkit.quantization.kmeans import quantize_kmeans_tensor
+from slimkit.quantization.kmeans import KMeansCollapseWarning, quantize_kmeans_tensor
 from slimkit.testing import check_contract, tiny_models
 from slimkit.training import TrainConfig
 
@@ -27,7 +29,8 @@ def test_codebook_size_and_pinned_zero(bits):
     torch.manual_seed(bits)
     w = torch.randn(20, 30)
     w[w.abs() < 0.5] = 0.0  # ~38% pruned
-    c = quantize_kmeans_tensor(w, bits)
+    with pytest.warns(KMeansCollapseWarning) if bits == 1 else warnings.catch_warnings():
+        c = quantize_kmeans_tensor(w, bits)
     v = dequantize(c)
     assert c.params["codebook"].shape == (2**bits,)
     assert c.info["pinned_zero"] is True and float(c.params["codebook"][0]) == 0.0
@@ -150,3 +153,43 @@ def test_finetune_seed_reaches_the_centroid_training(digits, monkeypatch):
     assert torch.equal(a, b) and not torch.equal(a, c)  # the seed orders the batches
     with pytest.raises(ConfigError, match="finetune_seed must be an integer"):
         KMeansQuantization(finetune_seed=-1.5)
+
+
+def test_few_distinct_values_are_kept_exactly():
+    # Linear init between min and max put centroids between the values; Lloyd then left
+    # [0.1, 0.1, 0.2, 0.3, -5] at [0.175, 0.175, 0.175, 0.175, -5] with 4 entries for 4 values.
+    for w, bits in [
+        (torch.tensor([0.1, 0.1, 0.2, 0.3, -5.0]), 2),
+        (torch.tensor([1.0, 2.0, 2.0, 2.0]), 2),
+        (torch.tensor([-1.0, 1.0, 0.0, 0.0]), 2),  # pinned zero + 2 free values in 3 entries
+        (torch.randint(-1, 2, (16, 16)).float() * 0.5, 2),  # ternary
+    ]:
+        c = quantize_kmeans_tensor(w, bits)
+        assert torch.equal(dequantize(c), w), w
+        assert c.params["codebook"].shape == (2**bits,)
+
+
+def test_no_codebook_entry_is_left_empty():
+    # One outlier drew the linear init apart: 6 of 16 clusters stayed empty (15.5 dB).
+    torch.manual_seed(0)
+    w = torch.cat([torch.randn(4095), torch.tensor([12.0])]).reshape(64, 64)
+    for bits, min_sqnr in [(3, 13.0), (4, 18.5)]:
+        c = quantize_kmeans_tensor(w, bits)
+        assert torch.unique(c.codes).numel() == 2**bits, bits
+        assert sqnr_db(w, dequantize(c)) >= min_sqnr, bits
+        assert float(dequantize(c).max()) == pytest.approx(12.0)  # the outlier keeps its value
+        again = quantize_kmeans_tensor(w, bits)  # deterministic
+        assert torch.equal(again.codes, c.codes)
+        assert torch.equal(again.params["codebook"], c.params["codebook"])
+
+
+def test_one_bit_with_pinned_zero_warns_that_values_collapse():
+    w = torch.tensor([-1.0, 1.0, 0.0])
+    with pytest.warns(KMeansCollapseWarning, match=r"bits=1 .*pinned at 0\.0.*bits >= 2"):
+        c = quantize_kmeans_tensor(w, 1)
+    assert torch.equal(dequantize(c), torch.zeros(3))  # the collapse the warning names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_kmeans_tensor(w, 2)  # 3 free entries: exact, no warning
+        quantize_kmeans_tensor(torch.tensor([-1.0, 1.0]), 1)  # no zero pinned
+        quantize_kmeans_tensor(torch.tensor([0.5, 0.5, 0.0]), 1)  # one value: nothing lost

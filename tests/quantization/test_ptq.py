@@ -220,3 +220,19 @@ def test_weight_sqnr_is_measured_against_the_folded_weights():
         assert row.weight_sqnr_db > 40, name  # int8 per channel: quantization error only
     # the reference is folded on a copy: the caller's original keeps its BatchNorms
     assert any(isinstance(m, nn.BatchNorm2d) for m in original.modules())
+
+
+def test_int8_refuses_a_batchnorm_it_cannot_fold():
+    # A BN without running statistics has no int8 form (it normalizes per batch); it was
+    # dropped as if folded, then the export failed on a bare AssertionError once kept.
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    ).eval()
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match=r"BatchNorm '1' after '0' must be folded"):
+        sk.quantize_(model, StaticInt8(calib_samples=16), data=x)
+    assert type(model[0]) is nn.Conv2d and isinstance(model[1], nn.BatchNorm2d)  # untouched

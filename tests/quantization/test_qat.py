@@ -117,3 +117,55 @@ def test_qat_keeps_a_pruned_model_pruned(data):
     for n, mask in zeros.items():  # was: the zeros trained back, a dense int8 model
         w = dict(model.named_modules())[n].weight
         assert (w[mask] == 0).all(), n  # (a kept weight may also round to 0 on the grid)
+
+
+def test_qat_refuses_a_batchnorm_it_cannot_fold(data):
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
+    cfg = QATInt8(train=TrainConfig(epochs=1, max_batches=1), calib_samples=64)
+    with pytest.raises(ConfigError, match="track_running_stats=False"):
+        sk.quantize_(model, cfg, data=data)
+    assert isinstance(model[1], nn.BatchNorm2d)
+
+
+def test_qat_trains_weights_that_calibration_rounded_to_zero(data, monkeypatch):
+    # The zeros to keep were read after calibration had snapped the weights onto the int8
+    # grid: with one per-tensor scale, BN folding left channel 7 tiny, it rounded to 0 (8 of 9), and
+    # QAT then held it at 0 for good as if pruned.
+    from slimkit.pruning.keep_zeros import MIN_ZERO_SHARE
+    from slimkit.quantization import qat
+    from slimkit.quantization.ptq import prepare_and_calibrate
+
+    def make() -> nn.Sequential:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(288, 10)
+        )
+        with torch.no_grad():
+            model[1].weight.copy_(torch.tensor([5.0, 3, 1, 0.5, 0.2, 0.1, 0.05, 0.02]))
+            model[1].bias.fill_(1.0)  # ReLU open: every conv weight gets a gradient
+        return model.eval()
+
+    cfg = QATInt8(
+        train=TrainConfig(epochs=1, lr=1e-3, max_batches=5), per_channel=False, calib_samples=64
+    )
+    calibrated = make()
+    assert (make()[0].weight != 0).all()  # no pruning zeros in the float model
+    prepare_and_calibrate(calibrated, cfg, data)
+    assert float((calibrated[0].weight == 0).float().mean()) >= MIN_ZERO_SHARE  # the trigger
+    assert int((calibrated[0].weight[7] == 0).sum()) >= 8
+
+    trained: dict[str, torch.Tensor] = {}
+    finish = qat.finish_qat
+    monkeypatch.setattr(
+        qat, "finish_qat", lambda m: trained.update(w=m[0].weight.detach().clone()) or finish(m)
+    )
+    sk.quantize_(make(), cfg, data=data)
+    w = trained["w"]  # the trained weights, before the final snap onto the grid
+    assert float((w == 0).float().mean()) < 0.01
+    assert int((w[7] == 0).sum()) == 0

@@ -10,8 +10,11 @@ parameters drop from ``out*in*kh*kw`` to ``in*kh*kw + in*out``. The pair is init
    half-steps are linear and are solved in closed form from Gram matrices (ridge-regularised);
    the lower-error of init and fit is kept.
 
-Layers are fitted in model order on the inputs the already-replaced model produces, so later
-layers compensate earlier errors. ``recovery`` then fine-tunes or distils the whole model.
+Layers are fitted in model order on the inputs the already-replaced model produces. The target
+Y is the original layer's weights applied to those same inputs, so each pair matches its own
+layer's function where the model actually feeds it; it does not correct the error earlier
+replacements left in its inputs (that would need the original model's activations as the
+target). ``recovery`` then fine-tunes or distils the whole model.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ For a layer ``y = W x + b`` followed by BatchNorm with running stats ``mu, var``
     W' = W * s[:, None, ...]            # (out, in/groups, kh, kw) scaled per output channel
     b' = (b - mu) * s + beta            # (out,)
 
+A BatchNorm without running statistics (``track_running_stats=False``) normalizes with batch
+statistics even in eval mode, so it cannot be folded: it is left in place and not reported.
 The BatchNorm module is replaced by ``nn.Identity`` so names of every other layer stay the same
 (plans keyed by layer name keep working), and the result saves/loads/exports like any model.
 Pairs are found with ``torch.fx`` (the BN must be the only user of the layer's output); a model
@@ -23,6 +25,7 @@ from torch import nn
 
 from slimkit.config import SlimConfig, get_module, set_module
 from slimkit.decomposition.api import DECOMPOSERS
+from slimkit.errors import ConfigError
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -83,15 +86,30 @@ def find_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return _sequential_pairs(model) if pairs is None else pairs
 
 
-@torch.no_grad()
-def fold_bn_into(layer: nn.Conv2d | nn.Linear, bn: _BN) -> None:
-    """Fold ``bn``'s running statistics and affine parameters into ``layer`` in place."""
+def unfoldable_reason(layer: nn.Conv2d | nn.Linear, bn: _BN) -> str | None:
+    """Why ``bn`` cannot be folded into ``layer``, or None when it can."""
     if bn.running_mean is None or bn.running_var is None:
-        return
+        return (
+            "it has no running statistics (track_running_stats=False), so it normalizes with "
+            "each batch's statistics even in eval mode"
+        )
+    if bn.num_features != layer.weight.shape[0]:
+        return f"it has {bn.num_features} features but the layer {layer.weight.shape[0]} outputs"
+    return None
+
+
+@torch.no_grad()
+def fold_bn_into(layer: nn.Conv2d | nn.Linear, bn: _BN) -> bool:
+    """Fold ``bn``'s running statistics and affine parameters into ``layer`` in place.
+
+    Returns False, leaving ``layer`` untouched, when the BN cannot be folded
+    (:func:`unfoldable_reason`).
+    """
+    if unfoldable_reason(layer, bn) is not None:
+        return False
+    assert bn.running_mean is not None and bn.running_var is not None
     w = layer.weight
     out = w.shape[0]
-    if bn.num_features != out:
-        return
     scale = torch.rsqrt(bn.running_var.double() + bn.eps)  # (out,)
     if bn.affine:
         scale = scale * bn.weight.double()
@@ -104,21 +122,35 @@ def fold_bn_into(layer: nn.Conv2d | nn.Linear, bn: _BN) -> None:
         layer.bias = nn.Parameter(new_bias.to(w.dtype))
     else:
         layer.bias.copy_(new_bias.to(w.dtype))
+    return True
 
 
-def fuse_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every fusable BatchNorm into its layer, replace it by Identity; return the pairs."""
-    pairs = find_bn_pairs(model)
-    done = []
-    for layer_name, bn_name in pairs:
+def fuse_batchnorm(model: nn.Module, *, strict: bool = False) -> list[tuple[str, str]]:
+    """Fold every fusable BatchNorm into its layer, replace it by Identity; return those pairs.
+
+    A BatchNorm that follows a layer but cannot be folded (no running statistics) stays in
+    place and is not in the returned pairs; with ``strict=True`` it is an error instead, raised
+    before the model is changed (int8 needs every such BN folded into its integer conv).
+    """
+    pairs = []
+    for layer_name, bn_name in find_bn_pairs(model):
         layer, bn = get_module(model, layer_name), get_module(model, bn_name)
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or not isinstance(bn, _BN):
-            continue
-        if bn.num_features != layer.weight.shape[0]:
-            continue
-        fold_bn_into(layer, bn)
-        set_module(model, bn_name, nn.Identity())
-        done.append((layer_name, bn_name))
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and isinstance(bn, _BN):
+            pairs.append((layer_name, bn_name, layer, bn))
+    if strict:
+        for layer_name, bn_name, layer, bn in pairs:
+            reason = unfoldable_reason(layer, bn)
+            if reason is not None and bn.num_features == layer.weight.shape[0]:
+                raise ConfigError(
+                    f"BatchNorm {bn_name!r} after {layer_name!r} must be folded into it, but "
+                    f"{reason}; give it running statistics (track_running_stats=True, then "
+                    "calibrate it in train mode) or replace it before quantizing"
+                )
+    done = []
+    for layer_name, bn_name, layer, bn in pairs:
+        if fold_bn_into(layer, bn):
+            set_module(model, bn_name, nn.Identity())
+            done.append((layer_name, bn_name))
     return done
 
 

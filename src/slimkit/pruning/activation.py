@@ -3,6 +3,10 @@
 A layer's *activation site* is the module whose output is what the next layer sees: the
 activation function (ReLU, ReLU6, ...) that directly consumes the layer's output, or the layer
 itself when nothing does (e.g. MobileNetV2's linear bottleneck, or a BN feeding a residual add).
+One activation module may be the site of several layers (torchvision's shared ``self.relu``):
+each call counts for the layer whose output tensor it received, so statistics stay per layer.
+Channels are dim 1 of a Conv2d/BatchNorm output and the last dim of a Linear/LayerNorm output
+(tokens ``(B, T, C)``).
 Statistics over a calibration loader, per output channel ``c`` of a site output ``a``:
 
 - ``mean_abs[c]`` = mean over samples and positions of ``|a|`` (Hu et al. 2016 "network trimming"
@@ -16,7 +20,7 @@ Statistics over a calibration loader, per output channel ``c`` of a site output 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -112,25 +116,54 @@ def _batches(loader: Any, max_batches: int) -> Iterable[tuple[torch.Tensor, torc
             yield batch, None
 
 
+def feature_axis(layer: nn.Module) -> int:
+    """Axis of a layer's output that holds its channels: -1 for Linear/LayerNorm, else 1.
+
+    A Linear or LayerNorm applied to tokens (B, T, C) keeps its features last; a Conv2d or
+    BatchNorm output (B, C, *spatial) has them at dim 1.
+    """
+    return -1 if isinstance(layer, (nn.Linear, nn.LayerNorm)) else 1
+
+
+def _per_channel(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """(B, ..., C, ...) -> (B, C, P): channels at dim 1, every other non-batch dim flattened."""
+    if axis != 1 and t.dim() > 2:
+        t = t.movedim(axis, 1)
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
 def collect_stats(
     model: nn.Module,
     loader: Any,
-    sites: Iterable[str],
+    sites: Mapping[str, str] | Iterable[str],
     *,
     max_batches: int = 4,
     taylor: bool = False,
 ) -> dict[str, ChannelStats]:
-    """Run ``loader`` (batches ``(x, y)``) through ``model`` and return stats per site name.
+    """Run ``loader`` (batches ``(x, y)``) through ``model`` and return stats per layer name.
 
+    ``sites`` maps a layer name to its activation site (:func:`activation_sites`); a plain
+    list of names means each module is its own site. A site module called on several tensors
+    per forward (one ``self.relu`` shared by two convs) contributes, for each layer, only the
+    calls whose input *is* that layer's output tensor, so each layer gets its own statistics.
     With ``taylor=True`` each batch is also back-propagated through cross-entropy on ``y``
     (parameters' ``.grad`` are left as they were before the call).
     """
-    names = sorted(set(sites))
+    site_of = dict(sites) if isinstance(sites, Mapping) else {n: n for n in sites}
     modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
+    missing = sorted({n for pair in site_of.items() for n in pair if n not in modules})
     if missing:
         raise ConfigError(f"activation sites {missing} are not layers of the model")
+    axis = {layer: feature_axis(modules[layer]) for layer in site_of}
+    # site name -> layers it reports: ``own`` when the site is the layer, else matched by input
+    own: dict[str, list[str]] = {}
+    matched: dict[str, list[str]] = {}
+    for layer, site in site_of.items():
+        (own if site == layer else matched).setdefault(site, []).append(layer)
+    producers = {layer for layers in matched.values() for layer in layers}
+    last_output: dict[str, torch.Tensor] = {}  # this forward's output of each producer
     sums: dict[str, dict[str, torch.Tensor]] = {}
+    seen: dict[str, int] = {}  # samples attributed per layer (a layer may run twice)
     count = {"samples": 0}
     pending: list[tuple[str, torch.Tensor]] = []
     hooks = []
@@ -139,23 +172,34 @@ def collect_stats(
         slot = sums.setdefault(name, {})
         slot[key] = slot[key] + value if key in slot else value
 
+    def record(layer: str, a: torch.Tensor) -> None:
+        if a.dim() < 2:
+            return
+        flat = _per_channel(a.detach().float(), axis[layer])  # (B, C, P)
+        add(layer, "abs", flat.abs().mean(2).sum(0))
+        add(layer, "zero", (flat <= 0).float().mean(2).sum(0))
+        seen[layer] = seen.get(layer, 0) + int(a.shape[0])
+        if taylor and a.requires_grad:
+            pending.append((layer, a))
+            a.retain_grad()
+
     def make(name: str):
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        def hook(_m: nn.Module, inp: Any, out: Any) -> None:
             a = _first_tensor(out)
-            if a is None or a.dim() < 2:
+            if a is None:
                 return
-            d = a.detach().float()
-            # (B, C, *spatial) -> (B, C, P): statistics per channel over batch and positions.
-            flat = d.reshape(d.shape[0], d.shape[1], -1)
-            add(name, "abs", flat.abs().mean(2).sum(0))
-            add(name, "zero", (flat <= 0).float().mean(2).sum(0))
-            if taylor and a.requires_grad:
-                pending.append((name, a))
-                a.retain_grad()
+            i = _first_tensor(inp)
+            for layer in matched.get(name, ()):
+                if i is not None and i is last_output.get(layer):
+                    record(layer, a)
+            for layer in own.get(name, ()):
+                record(layer, a)
+            if name in producers:
+                last_output[name] = a  # after matching: a module never consumes its own output
 
         return hook
 
-    for n in names:
+    for n in sorted(set(own) | set(matched) | producers):
         hooks.append(modules[n].register_forward_hook(make(n)))
     was_training = model.training
     saved_grads = {id(p): p.grad for p in model.parameters()}
@@ -163,6 +207,7 @@ def collect_stats(
     try:
         for x, y in _batches(loader, max_batches):
             pending.clear()
+            last_output.clear()
             if taylor:
                 if y is None:
                     raise ConfigError("criterion 'taylor' needs labelled batches (x, y) in data")
@@ -175,7 +220,7 @@ def collect_stats(
                         continue
                     prod = (a.detach() * a.grad).float()
                     # (B, C, P) -> (B, C): |mean over positions of a * dL/da| per sample
-                    t = prod.reshape(prod.shape[0], prod.shape[1], -1).mean(2).abs().sum(0)
+                    t = _per_channel(prod, axis[name]).mean(2).abs().sum(0)
                     add(name, "taylor", t)
             else:
                 with torch.no_grad():
@@ -184,6 +229,7 @@ def collect_stats(
     finally:
         for h in hooks:
             h.remove()
+        last_output.clear()
         for p in model.parameters():
             p.grad = saved_grads.get(id(p))
         model.train(was_training)
@@ -192,10 +238,11 @@ def collect_stats(
         raise ConfigError("activation statistics need at least one batch of data, but got 0")
     out: dict[str, ChannelStats] = {}
     for name, slot in sums.items():
+        calls = seen[name]
         out[name] = ChannelStats(
-            mean_abs=slot["abs"] / total,
-            apoz=slot["zero"] / total,
-            taylor=slot["taylor"] / total if "taylor" in slot else None,
+            mean_abs=slot["abs"] / calls,
+            apoz=slot["zero"] / calls,
+            taylor=slot["taylor"] / calls if "taylor" in slot else None,
             samples=total,
         )
     return out

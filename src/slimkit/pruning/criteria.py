@@ -120,23 +120,43 @@ def layer_scores(
             f"criterion {criterion.value!r} measures activations, so it needs data: pass "
             "data=<DataBundle or DataLoader of (x, y) batches> to prune_"
         )
-    layers = [n for n, m in model.named_modules() if layer_kind(m) is not None]
+    modules = dict(model.named_modules())
+    layers = [n for n, m in modules.items() if layer_kind(m) is not None]
     sites = activation_sites(model, example, layers)
     stats = collect_stats(
-        model, loader, sites.values(), max_batches=max_batches, taylor=criterion is Criterion.TAYLOR
+        model, loader, sites, max_batches=max_batches, taylor=criterion is Criterion.TAYLOR
     )
     scores: dict[str, torch.Tensor] = {}
-    for layer, site in sites.items():
-        s = stats.get(site)
-        if s is None:
-            continue
+    for layer, s in stats.items():
         if criterion is Criterion.ACTIVATION:
-            scores[layer] = s.mean_abs
+            score = s.mean_abs
         elif criterion is Criterion.APOZ:
-            scores[layer] = 1.0 - s.apoz
+            score = 1.0 - s.apoz
         elif s.taylor is not None:
-            scores[layer] = s.taylor
+            score = s.taylor
+        else:
+            continue
+        expected = channel_count(modules[layer])
+        if score.numel() != expected:
+            raise ConfigError(
+                f"criterion {criterion.value!r} measured {score.numel()} channels at the activation "
+                f"site {sites[layer]!r} of layer {layer!r}, but the layer has {expected} output "
+                "channels; its features must sit at dim 1 (Conv2d/BatchNorm) or last "
+                f"(Linear/LayerNorm). Use criterion='l1' or ignore=[{layer!r}]"
+            )
+        scores[layer] = score
     return scores
+
+
+def channel_count(m: nn.Module) -> int:
+    """Number of output channels (features) a Conv2d/Linear/BatchNorm/LayerNorm has."""
+    if isinstance(m, nn.Conv2d):
+        return m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    if isinstance(m, nn.LayerNorm):
+        return int(m.normalized_shape[-1])
+    return int(m.num_features)  # type: ignore[arg-type]
 
 
 def group_scores(
@@ -153,8 +173,14 @@ def group_scores(
             if mem.kind != kind or mem.name not in scores:
                 continue
             s = scores[mem.name]
+            if mem.idxs and max(mem.idxs) >= s.numel():
+                raise ConfigError(
+                    f"the channel score of layer {mem.name!r} has {s.numel()} entries, but the "
+                    f"pruning group indexes its channel {max(mem.idxs)}; a score needs one entry "
+                    "per output channel of the layer"
+                )
             for i, r in zip(mem.idxs, mem.root_idxs):
-                if r is None or i >= s.numel():
+                if r is None:
                     continue
                 total[r] += float(s[i])
                 hits[r] += 1

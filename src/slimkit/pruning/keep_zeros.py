@@ -17,25 +17,43 @@ from torch import nn
 MIN_ZERO_SHARE = 0.1
 
 
-def zero_keeper(model: nn.Module) -> Callable[[nn.Module], None] | None:
-    """after_step that keeps the zero weights of pruned Linear/Conv2d layers at zero; None
-    when no layer has ``MIN_ZERO_SHARE`` of its weights at zero."""
+def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Layer name -> nonzero mask of every Linear/Conv2d with ``MIN_ZERO_SHARE`` zero weights."""
     masks = {}
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nz = m.weight.detach() != 0
             if float((~nz).float().mean()) >= MIN_ZERO_SHARE:
                 masks[name] = nz
+    return masks
+
+
+def mask_keeper(
+    masks: dict[str, torch.Tensor], model: nn.Module
+) -> Callable[[nn.Module], None] | None:
+    """after_step that multiplies the weight of each layer of ``model`` named in ``masks`` by its
+    mask; None when there are no masks.
+
+    Layers are looked up by name in ``model`` now, so masks read before a layer was swapped for
+    another of the same name (int8 fake-quant layers) apply to the new layer.
+    """
     if not masks:
         return None
     modules = dict(model.named_modules())
+    layers = {name: modules[name] for name in masks}
 
     def keep(_m: nn.Module) -> None:
         with torch.no_grad():
-            for name, mask in masks.items():
-                modules[name].weight.mul_(mask.to(modules[name].weight.device))
+            for name, layer in layers.items():
+                layer.weight.mul_(masks[name].to(layer.weight.device))
 
     return keep
+
+
+def zero_keeper(model: nn.Module) -> Callable[[nn.Module], None] | None:
+    """after_step that keeps the zero weights of pruned Linear/Conv2d layers at zero; None
+    when no layer has ``MIN_ZERO_SHARE`` of its weights at zero."""
+    return mask_keeper(zero_masks(model), model)
 
 
 def chain(*hooks: Callable[[nn.Module], None] | None) -> Callable[[nn.Module], None] | None:

@@ -187,15 +187,21 @@ def resolve_inputs(
 
 @torch.no_grad()
 def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
-    """Name of the Conv2d/Linear whose output is the model output (else the last one executed)."""
+    """Name of the Conv2d/Linear whose output is the model output (else the last one executed).
+
+    The probe runs in eval mode (restored after): in train mode it moved BatchNorm running
+    statistics and counted a batch in ``num_batches_tracked``.
+    """
     produced: list[tuple[str, torch.Tensor]] = []
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, PRUNABLE):
             hooks.append(m.register_forward_hook(lambda _m, _i, o, n=name: produced.append((n, o))))
+    was_training = model.training
     try:
-        out = model(example)
+        out = model.eval()(example)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     for name, o in produced:

@@ -2,10 +2,13 @@
 
 Per layer, the weights are clustered into ``2**bits`` shared values (a codebook); each weight
 stores only its cluster index. Centroids start linearly spaced between min and max (the paper's
-best initialisation: it keeps the rare large weights) and are refined by 1-D Lloyd iterations.
+best initialisation: it keeps the rare large weights) and are refined by 1-D Lloyd iterations;
+an empty cluster is re-seeded by splitting the worst one, and a layer with at most ``2**bits``
+distinct values keeps them exactly.
 When the layer has exact zeros (pruned), codebook entry 0 is pinned at 0.0 and the zeros are
 excluded from clustering, so prune-then-quantize keeps them exactly zero; fine-tuning never
-moves the pinned entry.
+moves the pinned entry. With ``bits=1`` that leaves one value for every nonzero weight
+(:class:`KMeansCollapseWarning`).
 
 :func:`finetune_centroids` trains only the codebooks: the weight is re-derived as
 ``codebook[codes]`` in every forward pass, so the gradient of each centroid is the sum of the
@@ -15,6 +18,7 @@ gradients of the weights that share it; codes stay fixed.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -27,6 +31,10 @@ from slimkit.quantization.api import QUANTIZERS
 from slimkit.quantization.codes import QuantCodes, quant_info, quantized_layers, weight_codes
 from slimkit.quantization.common import attach, quantize_layers
 from slimkit.training import LossFn, TrainConfig, train
+
+
+class KMeansCollapseWarning(UserWarning):
+    """bits=1 with a pinned zero: every nonzero weight of the layer shares one value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +62,19 @@ def lloyd_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, to
     """1-D k-means of ``values`` (n,): (centroids (k,) ascending, assignment (n,) int64).
 
     In 1-D the clusters of sorted centroids are contiguous runs of the sorted values, so each
-    Lloyd step is k binary searches plus prefix sums: O(k log n) instead of O(n).
+    Lloyd step is k binary searches plus prefix sums: O(k log n) instead of O(n). With at most
+    ``k`` distinct values they are the centroids (exact; spare entries repeat the largest). An
+    empty cluster is re-seeded at the farthest value of the cluster with the largest squared
+    error, splitting it, instead of keeping a centroid no weight uses. No randomness: the
+    result is a function of ``values``.
     """
     v, _ = torch.sort(values.double())
+    distinct = torch.unique_consecutive(v)
+    if distinct.numel() <= k:
+        centroids = torch.cat([distinct, distinct[-1:].expand(k - distinct.numel())])
+        return centroids, _assign(values.double(), centroids)
     csum = torch.cat([v.new_zeros(1), torch.cumsum(v, 0)])  # (n+1,) prefix sums
+    csq = torch.cat([v.new_zeros(1), torch.cumsum(v * v, 0)])  # (n+1,) prefix sums of squares
     centroids = torch.linspace(float(v[0]), float(v[-1]), k, dtype=torch.float64)  # linear init
     bounds = None
     for _ in range(iters):
@@ -68,10 +85,23 @@ def lloyd_1d(values: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, to
         if bounds is not None and torch.equal(edges, bounds):
             break
         bounds = edges
-        counts = (edges[1:] - edges[:-1]).double()
-        sums = csum[edges[1:]] - csum[edges[:-1]]
-        # An empty cluster keeps its centroid (it may win members back later).
-        centroids, _ = torch.sort(torch.where(counts > 0, sums / counts.clamp_min(1), centroids))
+        lo, hi = edges[:-1], edges[1:]
+        counts = (hi - lo).double()
+        sums = csum[hi] - csum[lo]
+        means = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            # (k,) squared error of each run around its mean; split the worst ones.
+            sse = (csq[hi] - csq[lo] - sums * means).clamp_min(0)
+            for j in empty:
+                worst = int(torch.argmax(sse))
+                if float(sse[worst]) <= 0:
+                    break
+                first, last = v[lo[worst]], v[hi[worst] - 1]
+                far = first if means[worst] - first >= last - means[worst] else last
+                means[j] = far
+                sse[worst] = -1.0  # one split per cluster and step
+        centroids, _ = torch.sort(means)
     return centroids, _assign(values.double(), centroids)
 
 
@@ -93,6 +123,15 @@ def quantize_kmeans_tensor(w: torch.Tensor, bits: int, iters: int = 30) -> Quant
     codebook = torch.zeros(k, dtype=torch.float64)
     codes = torch.zeros(flat.shape, dtype=torch.int64)
     nonzero = flat[~zero]
+    if pinned and free_k == 1 and torch.unique(nonzero).numel() > 1:
+        warnings.warn(
+            "k-means with bits=1 on a layer with pruned (zero) weights keeps one shared value "
+            "for every nonzero weight: codebook entry 0 is pinned at 0.0, the other is their "
+            f"mean ({float(nonzero.mean()):.4g}), so e.g. [-1, 1] both become that mean. Use "
+            "bits >= 2 for pruned layers, or ignore=[<layer>]",
+            KMeansCollapseWarning,
+            stacklevel=2,
+        )
     if nonzero.numel():
         centroids, assign = lloyd_1d(nonzero, free_k, iters)
         offset = 1 if pinned else 0

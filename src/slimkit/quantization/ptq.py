@@ -157,7 +157,7 @@ def prepare_int8(
     model.eval()
     if any(isinstance(m, QUANT_TYPES) for m in model.modules()):
         raise ConfigError("the model already holds int8 fake-quant layers; quantize a float model")
-    fuse_batchnorm(model)
+    fuse_batchnorm(model, strict=True)  # a BN left after a layer has no int8 form
     chosen = select_modules(model, targets, ignore, (nn.Linear, nn.Conv2d))
     if not chosen:
         raise ConfigError(

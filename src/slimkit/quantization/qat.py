@@ -89,6 +89,12 @@ def finish_qat(model: nn.Module) -> nn.Module:
 def _qat_int8(model: nn.Module, config: QATInt8, *, data: Any = None, **_: Any) -> nn.Module:
     if data is None or not hasattr(data, "train"):
         raise ConfigError("QATInt8 needs data=<DataBundle> with train and calib loaders")
+    from slimkit.pruning.keep_zeros import chain, mask_keeper, zero_masks
+
+    # Pruning zeros are read from the float model: calibration snaps weights onto the int8
+    # grid, and small weights it rounded to 0 (a whole channel with per_channel=False) were
+    # then kept at 0 for good as if pruned. Folding BN keeps a zero weight zero.
+    masks = zero_masks(model)
     prepare_and_calibrate(model, config, data)
     set_state(model, "qat")
     freeze_observers(model, config.freeze_observers_epoch == 0)
@@ -96,8 +102,6 @@ def _qat_int8(model: nn.Module, config: QATInt8, *, data: Any = None, **_: Any) 
     def on_epoch_end(epoch: int, m: nn.Module) -> None:
         if epoch + 1 >= config.freeze_observers_epoch:
             freeze_observers(m)
-
-    from slimkit.pruning.keep_zeros import chain, zero_keeper
 
     assert isinstance(config.train, TrainConfig)
     train(
@@ -107,7 +111,7 @@ def _qat_int8(model: nn.Module, config: QATInt8, *, data: Any = None, **_: Any) 
         on_epoch_end=on_epoch_end,
         # A pruned model stays pruned: the straight-through gradient reaches its zero
         # weights (0 is on the int8 grid) and training regrew them, densely.
-        after_step=chain(zero_keeper(model), sync_shared),
+        after_step=chain(mask_keeper(masks, model), sync_shared),
         description="qat int8",
     )
     return finish_qat(model)
