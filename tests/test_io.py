@@ -88,22 +88,10 @@ def test_nonfinite_weights_refused_unless_allowed(tmp_path):
     assert torch.isnan(slim_io.load(path, allow_nonfinite=True).fc2.weight[0, 0])
 
 
-def _mixed_precision_lenet300():
-    """lenet300 in float64 (values off the fp32 grid) with one bf16 and one fp16 layer."""
-    model = build_model("lenet300", image_size=8, seed=0).double()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / 3)
-    model.fc2.to(torch.bfloat16)
-    model.fc3.to(torch.float16)
-    return model
-
-
-def test_load_gives_back_each_tensors_float_dtype(tmp_path):
+def test_load_gives_back_each_tensors_float_dtype(tmp_path, mixed_precision_lenet300):
     # The model was rebuilt in float32 and the weights copied into it: a .double() model (or a
     # bf16 layer) came back as float32, its float64 values rounded.
-    model = _mixed_precision_lenet300()
+    model = mixed_precision_lenet300
     path = tmp_path / "mixed.safetensors"
     slim_io.save(model, path)
     loaded = slim_io.load(path)

@@ -308,22 +308,14 @@ def test_onnx_teacher_refuses_threads_zero_up_front(tmp_path):
     assert OnnxTeacher(Session(), threads=2).input_name == "x"
 
 
-def test_distill_probes_the_student_once(digits_data, teacher, tmp_path, monkeypatch):
+def test_distill_probes_the_student_once(digits_data, teacher, tmp_path, probe_calls):
     # distill() probed the student with check_fits, then train() probed it again: the same
     # pass on the same model and data (and, with device="cuda", on a model already moved off
     # the data's CPU). The API and `slimkit distill` each probe once, before any training.
     from slimkit import io as slim_io
-    from slimkit import preconditions
     from slimkit.cli import main
 
-    calls: list[str] = []
-    real = preconditions.check_fits
-
-    def counting(model, data, call):
-        calls.append(call)
-        return real(model, data, call)
-
-    monkeypatch.setattr(preconditions, "check_fits", counting)
+    calls = probe_calls
     student = build_model("lenet300", image_size=8, seed=0)
     cfg = DistillConfig(train=TrainConfig(epochs=1, max_batches=2))
     distill(student, teacher, digits_data, cfg)

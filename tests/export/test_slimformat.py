@@ -117,16 +117,10 @@ def test_float64_values_off_the_fp32_grid_are_not_palette_coded(tmp_path):
     assert torch.equal(slim_io.load(path).fc1.calib, model.fc1.calib)
 
 
-def test_float64_and_half_layers_load_in_their_own_dtypes(tmp_path):
+def test_float64_and_half_layers_load_in_their_own_dtypes(tmp_path, mixed_precision_lenet300):
     # The records carry their dtype, but the rebuilt model was float32: a .double() model (or a
     # bf16 / fp16 layer) loaded as float32, its float64 values rounded.
-    model = build_model("lenet300", image_size=8, seed=0).double()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / 3)
-    model.fc2.to(torch.bfloat16)
-    model.fc3.to(torch.float16)
+    model = mixed_precision_lenet300
     path = tmp_path / "mixed.slim"
     slimformat.save(model, path)
     want = model.state_dict()

@@ -48,24 +48,16 @@ def test_trials_distill_from_the_teacher_at_their_temperature(tmp_path, capsys):
         hpo(more, storage=f"sqlite:///{tmp_path / 'h.db'}")
 
 
-def test_a_kd_trial_probes_its_student_once(tmp_path, monkeypatch):
+def test_a_kd_trial_probes_its_student_once(tmp_path, probe_calls):
     # Each KD trial's distill() probed the student with check_fits and its train() probed it
     # again, the same pass on the same model and data. check_runs probes before the study
     # (its own model), each trial's new student once.
     from slimkit import io as slim_io
-    from slimkit import preconditions
     from slimkit.models import build_model
 
     teacher = tmp_path / "t.safetensors"
     slim_io.save(build_model("lenet5", image_size=8, seed=0), teacher)
-    calls: list[str] = []
-    real = preconditions.check_fits
-
-    def counting(model, data, call):
-        calls.append(call)
-        return real(model, data, call)
-
-    monkeypatch.setattr(preconditions, "check_fits", counting)
+    calls = probe_calls
     cfg = HPOConfig(
         model="lenet300",
         space={"temperature": [2.0], "epochs": [1]},
