@@ -599,7 +599,7 @@ def previous_run_files(out: Path, keep: str | os.PathLike[str] | None = None) ->
         return p != kept and not (kept_folder and p.parent == kept)
 
     recorded: list[str] = []
-    tokenizer: list[str] = []
+    tokenizer: set[str] = set()
     for name in (STATE, "metrics.json"):
         try:
             doc = json.loads((out / name).read_text())
@@ -610,15 +610,12 @@ def previous_run_files(out: Path, keep: str | os.PathLike[str] | None = None) ->
         arts = doc.get("artifacts")
         if isinstance(arts, dict):
             recorded += [a["path"] for a in arts.values() if isinstance(a, dict) and "path" in a]
-        files = doc.get("tokenizer_files")  # an HF run's copies of its model's tokenizer files
-        if isinstance(files, list):
-            tokenizer += [f for f in files if isinstance(f, str)]
-    candidates = [(rel, ARTIFACT_NAMES) for rel in recorded]
-    if tokenizer:
-        from slimkit.transformers.api import TOKENIZER_FILES
+        if "tokenizer_files" in doc:  # an HF run's copies of its model's tokenizer files
+            from slimkit.transformers.api import recorded_tokenizer_files
 
-        # written at the top of the folder: a bare name only
-        candidates += [(n, frozenset(TOKENIZER_FILES)) for n in tokenizer if Path(n).name == n]
+            tokenizer |= recorded_tokenizer_files(doc)  # bare names, at the top of the folder
+    candidates = [(rel, ARTIFACT_NAMES) for rel in recorded]
+    candidates += [(n, frozenset({n})) for n in sorted(tokenizer)]
     found: list[Path] = []
     root = out.resolve()
     for rel, names in candidates:

@@ -137,17 +137,22 @@ def compress_encoder(
         raise
 
 
-def _recorded_tokenizer_files(out: Path) -> set[str]:
-    """The tokenizer files an earlier run into ``out`` recorded in its metrics.json: only
-    bare names slimkit copies (TOKENIZER_FILES), so nothing else in the folder is touched."""
-    try:
-        doc = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):  # no earlier run, or an unreadable record: nothing recorded
-        return set()
+def recorded_tokenizer_files(doc: Any) -> set[str]:
+    """The tokenizer files a run record (a metrics.json's content) lists as copied: only bare
+    names slimkit copies (TOKENIZER_FILES), so nothing else in a folder is ever taken for one."""
     files = doc.get("tokenizer_files") if isinstance(doc, dict) else None
     if not isinstance(files, list):
         return set()
     return {f for f in files if isinstance(f, str) and f in TOKENIZER_FILES}
+
+
+def _recorded_tokenizer_files(out: Path) -> set[str]:
+    """:func:`recorded_tokenizer_files` of the metrics.json an earlier run wrote into ``out``."""
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):  # no earlier run, or an unreadable record: nothing recorded
+        return set()
+    return recorded_tokenizer_files(doc)
 
 
 FIDELITY_K = 5  # embedding_fidelity's top-k: measuring needs more sentences than this
